@@ -1,0 +1,57 @@
+"""clientlb — embeddable client-side load balancing for Python.
+
+Point a :class:`LoadBalancer` at a target (a static list, DNS A/AAAA or SRV
+records, Consul, etcd) and your own httpx, gRPC and raw TCP calls are spread
+over its healthy backends, inside the process: no proxy, no sidecar, no
+extra hop.
+"""
+
+from __future__ import annotations
+
+from ._balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
+from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
+from ._errors import ClientLBError, ConfigError, DiscoveryError, NoEndpointAvailable
+from ._outcome import Outcome
+from ._resolver import Resolver
+from ._strategies import (
+    STRATEGIES,
+    LeastRequest,
+    Maglev,
+    PeakEwma,
+    Picker,
+    Random,
+    RingHash,
+    RoundRobin,
+    Strategy,
+)
+from ._target import Target, parse_target
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STRATEGIES",
+    "BalancerSnapshot",
+    "ClientLBError",
+    "ConfigError",
+    "DiscoveryError",
+    "Endpoint",
+    "EndpointSet",
+    "EndpointSetDiff",
+    "EndpointSnapshot",
+    "LeastRequest",
+    "LoadBalancer",
+    "Maglev",
+    "NoEndpointAvailable",
+    "Outcome",
+    "PeakEwma",
+    "Pick",
+    "Picker",
+    "Random",
+    "Resolver",
+    "RingHash",
+    "RoundRobin",
+    "Strategy",
+    "Target",
+    "__version__",
+    "parse_target",
+]

@@ -1,0 +1,529 @@
+"""The load balancer: snapshots in, picks out, outcomes back.
+
+Data flows one way (DESIGN.md): a resolver publishes :class:`EndpointSet`
+snapshots; the balancer keeps one :class:`EndpointState` per address (load,
+counters, health), selects the endpoints that may take traffic, and asks the
+strategy for a new picker, which it publishes with a single reference
+assignment. ``pick()`` reads that reference and never blocks, never does I/O
+and never takes the rebuild lock: a 10,000-endpoint update is built beside
+the old picker, which keeps serving until the swap.
+
+Every pick ends with an outcome (``Pick.done`` or the ``with`` block), which
+feeds the load metrics and the outcome listeners (outlier detection,
+telemetry). ``clock=`` and ``rng=`` are injectable so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
+from ._errors import ConfigError, NoEndpointAvailable
+from ._outcome import Outcome
+from ._resolver import Resolver, create_resolver
+from ._state import EndpointState, Health
+from ._strategies import Key, Picker, Strategy, resolve_strategy
+from ._target import Target, parse_target
+
+__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
+
+logger = logging.getLogger("clientlb.balancer")
+
+Clock = Callable[[], float]
+OutcomeListener = Callable[[EndpointState, Outcome, float, float], None]
+DiffListener = Callable[[EndpointSetDiff], None]
+
+_SUCCESS = Outcome.SUCCESS
+_CANCELLED = Outcome.CANCELLED
+
+
+def _classify_exception(exc: BaseException) -> Outcome:
+    if not isinstance(exc, Exception) or isinstance(exc, asyncio.CancelledError):
+        return Outcome.CANCELLED
+    if isinstance(exc, ConnectionRefusedError):
+        return Outcome.CONNECT_FAILURE
+    if isinstance(exc, TimeoutError):
+        return Outcome.TIMEOUT
+    return Outcome.FAILURE
+
+
+class Pick:
+    """One chosen endpoint, in flight until :meth:`done` (or the end of a ``with`` block).
+
+    ``with lb.pick() as p: call(p.endpoint)`` reports success, or a failure
+    if the block raises (``ConnectionRefusedError`` → connect failure,
+    ``TimeoutError`` → timeout, cancellation → cancelled, anything else →
+    failure). Integrations that know better call ``p.done(outcome)``
+    explicitly inside the block; the first report wins and later ones are
+    ignored, so ``done`` is safe to call from several cleanup paths.
+    """
+
+    __slots__ = ("_finished", "_lb", "_start", "_state", "endpoint")
+
+    def __init__(self, lb: LoadBalancer, state: EndpointState, start: float) -> None:
+        self._lb = lb
+        self._state = state
+        self._start = start
+        self._finished = False
+        self.endpoint: Endpoint = state.endpoint
+
+    @property
+    def started_at(self) -> float:
+        """The balancer clock's reading when the pick was made."""
+        return self._start
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def done(self, outcome: Outcome | str = _SUCCESS, latency: float | None = None) -> None:
+        """Report how the call ended and, optionally, its latency in seconds.
+
+        Without ``latency`` the time since the pick (balancer clock) is used.
+        """
+        if self._finished:
+            return
+        self._finished = True
+        if outcome.__class__ is not Outcome:
+            outcome = Outcome(outcome)
+        lb = self._lb
+        now = lb._clock()
+        if latency is None:
+            latency = now - self._start
+        state = self._state
+        if outcome is _SUCCESS:
+            state.load.release(now, latency, False)
+        elif outcome is _CANCELLED:
+            state.load.release(now, None, False)
+        else:
+            state.load.release(now, latency, True)
+        listeners = lb._outcome_listeners
+        if listeners:
+            for listener in listeners:
+                listener(state, outcome, latency, now)
+
+    def __enter__(self) -> Pick:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self._finished:
+            self.done(_SUCCESS if exc is None else _classify_exception(exc))
+
+    def __del__(self) -> None:
+        # A pick that is dropped without an outcome must not stay "in flight"
+        # forever and skew least_request: count it as cancelled.
+        if not self._finished:
+            with contextlib.suppress(Exception):  # interpreter shutdown
+                self.done(_CANCELLED)
+
+    def __repr__(self) -> str:
+        status = "done" if self._finished else "in flight"
+        return f"<Pick {self.endpoint.address} {status}>"
+
+
+@dataclass(frozen=True)
+class EndpointSnapshot:
+    """The state of one endpoint, as ``LoadBalancer.snapshot()`` reports it."""
+
+    endpoint: Endpoint
+    state: str
+    effective_weight: float
+    in_flight: int
+    ewma_latency: float
+    ejection_count: int
+    requests: int
+    failures: int
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.address
+
+
+@dataclass(frozen=True)
+class BalancerSnapshot:
+    """A consistent view of a balancer: its mode and every endpoint's state."""
+
+    name: str
+    target: str
+    strategy: str
+    mode: str  # "normal", "panic", "empty", "waiting" (first resolution), "closed"
+    endpoints: tuple[EndpointSnapshot, ...]
+    version: int
+
+    def by_address(self) -> dict[str, EndpointSnapshot]:
+        return {e.address: e for e in self.endpoints}
+
+
+class LoadBalancer:
+    """An in-process load balancer over the endpoints of a target.
+
+    ::
+
+        lb = clientlb.LoadBalancer("static://10.0.0.1:8080,10.0.0.2:8080",
+                                   strategy="least_request")
+        with lb.pick() as p:
+            send_request(p.endpoint.host, p.endpoint.port)
+
+    Args:
+        target: a target string (``static://``, ``dns://``, ``srv://``,
+            ``consul://``, ``etcd://``), or a list of ``"host:port"`` strings
+            or :class:`Endpoint` objects.
+        strategy: a strategy name (``round_robin``, ``random``,
+            ``least_request``, ``peak_ewma`` — the default —, ``ring_hash``,
+            ``maglev``) or a :class:`Strategy` object.
+        name: the logical service name used in logs, metrics and as the HTTP
+            ``Host``/TLS name; defaults to the target's service name.
+        first_resolution_timeout: how long the first ``pick()`` waits for a
+            resolver's first answer before raising ``NoEndpointAvailable``
+            (default 5 s; static targets never wait).
+        clock: a monotonic clock in seconds (default ``time.monotonic``).
+        rng: a ``random.Random`` (default: a new one seeded from the OS).
+
+    Raises:
+        ConfigError: for a malformed target, an unknown scheme or strategy.
+    """
+
+    def __init__(
+        self,
+        target: str | Iterable[str | Endpoint] | Target,
+        *,
+        strategy: str | Strategy = "peak_ewma",
+        name: str | None = None,
+        first_resolution_timeout: float = 5.0,
+        clock: Clock | None = None,
+        rng: _random.Random | None = None,
+        resolver_options: dict[str, Any] | None = None,
+    ) -> None:
+        self._target = parse_target(target)
+        self._strategy = resolve_strategy(strategy)
+        if name is not None and (not isinstance(name, str) or not name):
+            raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
+        if not isinstance(first_resolution_timeout, (int, float)) or first_resolution_timeout < 0:
+            raise ConfigError(f"first_resolution_timeout must be >= 0 seconds, got "
+                              f"{first_resolution_timeout!r}", field="first_resolution_timeout")
+        if rng is not None and not isinstance(rng, _random.Random):
+            raise ConfigError(f"rng must be a random.Random, got {rng!r}", field="rng")
+        self.name: str = name or self._target.service
+        self._first_resolution_timeout = float(first_resolution_timeout)
+        self._clock: Clock = clock or time.monotonic
+        self._rng = rng or _random.Random()
+        self._lock = threading.RLock()
+        self._states: dict[str, EndpointState] = {}
+        self._draining: dict[str, EndpointState] = {}
+        self._endpoint_set = EndpointSet()
+        self._picker: Picker | None = None
+        self._weights: dict[str, float] = {}
+        self._mode = "waiting"
+        self._no_pick_reason = "waiting for the first resolution of the target"
+        self._ready = threading.Event()
+        self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._discovery_error: BaseException | None = None
+        self._closed = False
+        self._outcome_listeners: tuple[OutcomeListener, ...] = ()
+        self._diff_listeners: tuple[DiffListener, ...] = ()
+        self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
+        self._start_resolver()
+
+    # -- resolver side ------------------------------------------------------------------
+
+    def _start_resolver(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._resolver.start(self)
+            return
+        # Inside a running loop: resolve with asyncio tasks on that loop.
+        self._resolver_task = loop.create_task(self._resolver.astart(self))
+
+    def publish(self, endpoints: EndpointSet) -> None:
+        """Apply a new endpoint set (called by resolvers; safe from any thread)."""
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock()
+            diff = self._endpoint_set.diff(endpoints)
+            states = self._states
+            for ep in diff.added:
+                old = self._draining.pop(ep.address, None)
+                if old is not None:  # came back while draining: keep its load and history
+                    old.draining = False
+                    old.endpoint = ep
+                    states[ep.address] = old
+                else:
+                    states[ep.address] = EndpointState(ep, now, self._strategy.new_load(now))
+            for _, new in diff.changed:
+                states[new.address].endpoint = new
+            for ep in diff.removed:
+                state = states.pop(ep.address)
+                state.draining = True
+                if state.load.in_flight > 0:
+                    self._draining[ep.address] = state
+            self._endpoint_set = endpoints
+            self._discovery_error = None
+            self._rebuild_locked(now)
+            if diff:
+                logger.info("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
+                            len(diff.added), len(diff.removed), len(diff.changed),
+                            len(endpoints))
+            listeners = self._diff_listeners
+        self._set_ready()
+        if diff:
+            for listener in listeners:
+                listener(diff)
+
+    def error(self, exc: BaseException) -> None:
+        """Record a discovery failure (called by resolvers); the last good set stays."""
+        with self._lock:
+            self._discovery_error = exc
+            if not self._ready.is_set():
+                self._no_pick_reason = f"discovery failed: {exc}"
+        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+
+    def _set_ready(self) -> None:
+        if self._ready.is_set():
+            return
+        self._ready.set()
+        with self._lock:
+            waiters, self._ready_waiters = self._ready_waiters, []
+        for loop, fut in waiters:
+            loop.call_soon_threadsafe(_resolve_future, fut)
+
+    # -- selection ------------------------------------------------------------------------
+
+    def _select(self, states: Sequence[EndpointState], now: float
+                ) -> tuple[list[EndpointState], list[float], str]:
+        """The endpoints that may take traffic, their effective weights, and the mode.
+
+        Without health configuration: the best (lowest) priority level present;
+        zero-weight endpoints only when every endpoint of that level has weight 0.
+        """
+        if not states:
+            return [], [], "empty"
+        best = min(s.endpoint.priority for s in states)
+        level = [s for s in states if s.endpoint.priority == best and not s.draining]
+        chosen = [s for s in level if s.endpoint.weight > 0]
+        if chosen:
+            return chosen, [float(s.endpoint.weight) for s in chosen], "normal"
+        return level, [1.0] * len(level), "normal"
+
+    def _rebuild_locked(self, now: float) -> None:
+        states = [self._states[ep.address] for ep in self._endpoint_set]
+        chosen, weights, mode = self._select(states, now)
+        self._mode = mode
+        self._weights = {s.address: w for s, w in zip(chosen, weights, strict=True)}
+        if chosen:
+            self._picker = self._strategy.build(chosen, weights, self._rng)
+        else:
+            self._picker = None
+            self._no_pick_reason = (
+                "the target resolved to no endpoint" if not states
+                else "no endpoint may take traffic"
+            )
+
+    def rebuild(self) -> None:
+        """Recompute the picker now (after a health change; rarely needed by users)."""
+        with self._lock:
+            if not self._closed:
+                self._rebuild_locked(self._clock())
+
+    # -- picking --------------------------------------------------------------------------
+
+    def pick(self, key: Key | None = None) -> Pick:
+        """Choose an endpoint; the returned :class:`Pick` is in flight until done.
+
+        ``key`` (str, bytes or int) drives ``ring_hash`` and ``maglev``; other
+        strategies ignore it. Never blocks, except that the very first pick of
+        a balancer whose resolver has not answered yet waits for it, up to
+        ``first_resolution_timeout`` (from asyncio, ``await lb.wait_ready()``
+        first instead).
+
+        Raises:
+            NoEndpointAvailable: nothing to pick, with the reason (and the
+                discovery error as ``__cause__`` when there is one).
+        """
+        picker = self._picker
+        if picker is None:
+            picker = self._picker_or_raise()
+        now = self._clock()
+        state = picker.pick(key, now)
+        state.load.acquire()
+        return Pick(self, state, now)
+
+    def _picker_or_raise(self) -> Picker:
+        if self._closed:
+            raise NoEndpointAvailable("the balancer is closed", service=self.name)
+        if not self._ready.is_set():
+            try:
+                asyncio.get_running_loop()
+                in_loop = True
+            except RuntimeError:
+                in_loop = False
+            if not in_loop:
+                self._ready.wait(self._first_resolution_timeout)
+        picker = self._picker
+        if picker is not None:
+            return picker
+        reason = self._no_pick_reason
+        if not self._ready.is_set():
+            reason = ("the first resolution of the target did not finish in "
+                      f"{self._first_resolution_timeout:g}s")
+            if self._discovery_error is not None:
+                reason += f" (last error: {self._discovery_error})"
+        raise NoEndpointAvailable(reason, service=self.name) from self._discovery_error
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until the first resolution finished; True when it did in time."""
+        return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
+
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """Await the first resolution without blocking the event loop."""
+        if self._ready.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._ready.is_set():
+                return True
+            self._ready_waiters.append((loop, fut))
+        try:
+            await asyncio.wait_for(
+                fut, self._first_resolution_timeout if timeout is None else timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- listeners --------------------------------------------------------------------------
+
+    def add_outcome_listener(self, listener: OutcomeListener) -> None:
+        """Call ``listener(state, outcome, latency, now)`` after every outcome."""
+        with self._lock:
+            self._outcome_listeners = (*self._outcome_listeners, listener)
+
+    def add_diff_listener(self, listener: DiffListener) -> None:
+        """Call ``listener(diff)`` after every endpoint-set change (e.g. to close pools)."""
+        with self._lock:
+            self._diff_listeners = (*self._diff_listeners, listener)
+
+    def remove_listener(self, listener: Callable[..., None]) -> None:
+        with self._lock:
+            self._outcome_listeners = tuple(x for x in self._outcome_listeners if x != listener)
+            self._diff_listeners = tuple(x for x in self._diff_listeners if x != listener)
+
+    # -- introspection ----------------------------------------------------------------------
+
+    @property
+    def target(self) -> Target:
+        return self._target
+
+    @property
+    def strategy(self) -> Strategy:
+        return self._strategy
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    @property
+    def rng(self) -> _random.Random:
+        return self._rng
+
+    @property
+    def mode(self) -> str:
+        return "closed" if self._closed else self._mode
+
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """Every discovered endpoint, whatever its health."""
+        return self._endpoint_set.endpoints
+
+    def state_of(self, address: str) -> EndpointState | None:
+        """The live state of an endpoint (``host:port``), including draining ones."""
+        return self._states.get(address) or self._draining.get(address)
+
+    def snapshot(self) -> BalancerSnapshot:
+        """Per endpoint: state, effective weight, in-flight, EWMA latency, ejections."""
+        with self._lock:
+            now = self._clock()
+            for addr in [a for a, s in self._draining.items() if s.load.in_flight <= 0]:
+                del self._draining[addr]
+            rows = [
+                self._row(state, now)
+                for state in (*self._states.values(), *self._draining.values())
+            ]
+            return BalancerSnapshot(
+                name=self.name, target=str(self._target), strategy=self._strategy.name,
+                mode=self.mode, endpoints=tuple(rows), version=self._endpoint_set.version,
+            )
+
+    def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:
+        load = state.load
+        return EndpointSnapshot(
+            endpoint=state.endpoint,
+            state=state.health(now).value,
+            effective_weight=self._weights.get(state.address, 0.0),
+            in_flight=load.in_flight,
+            ewma_latency=load.latency(now),
+            ejection_count=state.ejection_count,
+            requests=load.requests,
+            failures=load.failures,
+        )
+
+    def __repr__(self) -> str:
+        now = self._clock()
+        states = list(self._states.values())
+        healthy = sum(1 for s in states if s.health(now) is Health.HEALTHY)
+        in_flight = sum(s.load.in_flight for s in states)
+        return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
+                f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
+                f"mode={self.mode}>")
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop discovery and refuse new picks; in-flight calls finish. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._picker = None
+        self._resolver.close()
+        self._set_ready()
+
+    async def aclose(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._picker = None
+        await self._resolver.aclose()
+        self._set_ready()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> LoadBalancer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> LoadBalancer:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+def _resolve_future(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,62 @@
+"""Per-endpoint mutable state, kept across snapshots by address.
+
+A resolver publishes immutable :class:`~clientlb.EndpointSet` snapshots; the
+balancer keeps one :class:`EndpointState` per address so that load metrics,
+counters and health survive an update that only changes, say, a weight.
+Pickers hold references to these states; nothing here is copied per pick.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._endpoint import Endpoint
+from ._load import EndpointLoad
+
+__all__ = ["EndpointState", "Health"]
+
+
+class Health(str, enum.Enum):
+    """Whether an endpoint may take traffic (see ``LoadBalancer.snapshot``)."""
+
+    HEALTHY = "healthy"
+    EJECTED = "ejected"  # outlier detection took it out for a while
+    UNHEALTHY = "unhealthy"  # active health checks failed
+    DRAINING = "draining"  # left the target (or drained by hand): in-flight calls finish
+
+
+class EndpointState:
+    """Everything the balancer tracks about one endpoint."""
+
+    __slots__ = (
+        "added_at",
+        "address",
+        "draining",
+        "ejected_until",
+        "ejection_count",
+        "endpoint",
+        "load",
+        "probe_healthy",
+    )
+
+    def __init__(self, endpoint: Endpoint, now: float, load: EndpointLoad) -> None:
+        self.endpoint = endpoint
+        self.address = endpoint.address
+        self.load = load
+        self.added_at = now
+        self.ejected_until: float | None = None
+        self.ejection_count = 0
+        self.probe_healthy = True
+        self.draining = False
+
+    def health(self, now: float) -> Health:
+        if self.draining:
+            return Health.DRAINING
+        if self.ejected_until is not None and now < self.ejected_until:
+            return Health.EJECTED
+        if not self.probe_healthy:
+            return Health.UNHEALTHY
+        return Health.HEALTHY
+
+    def __repr__(self) -> str:
+        return f"<EndpointState {self.address} in_flight={self.load.in_flight}>"
