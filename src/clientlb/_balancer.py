@@ -21,7 +21,7 @@ import logging
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -338,11 +338,19 @@ class LoadBalancer:
 
     # -- picking --------------------------------------------------------------------------
 
-    def pick(self, key: Key | None = None) -> Pick:
+    def pick(self, key: Key | None = None, *, exclude: Collection[str] | None = None,
+             prefer: str | None = None) -> Pick:
         """Choose an endpoint; the returned :class:`Pick` is in flight until done.
 
         ``key`` (str, bytes or int) drives ``ring_hash`` and ``maglev``; other
-        strategies ignore it. Never blocks, except that the very first pick of
+        strategies ignore it. ``exclude`` is a collection of addresses
+        (``host:port``) to avoid — retries use it so that an attempt never
+        goes back to an endpoint already tried while another one may take
+        traffic; when every candidate is excluded, one is picked anyway.
+        ``prefer`` is the address of an endpoint to use when it may take
+        traffic (sticky sessions); otherwise the strategy picks.
+
+        Never blocks, except that the very first pick of
         a balancer whose resolver has not answered yet waits for it, up to
         ``first_resolution_timeout`` (from asyncio, ``await lb.wait_ready()``
         first instead).
@@ -355,9 +363,29 @@ class LoadBalancer:
         if picker is None:
             picker = self._picker_or_raise()
         now = self._clock()
-        state = picker.pick(key, now)
+        if prefer is not None and prefer in self._weights:
+            state = self._states.get(prefer) or picker.pick(key, now)
+        else:
+            state = picker.pick(key, now)
+            if exclude and state.address in exclude:
+                state = self._pick_excluding(picker, key, now, exclude, state)
         state.load.acquire()
         return Pick(self, state, now)
+
+    def _pick_excluding(self, picker: Picker, key: Key | None, now: float,
+                        exclude: Collection[str], first: EndpointState) -> EndpointState:
+        # A few more draws keep the strategy's preferences; then the first
+        # eligible endpoint not yet tried (retry path only, so O(n) is fine).
+        for _ in range(3):
+            state = picker.pick(key, now)
+            if state.address not in exclude:
+                return state
+        for address in self._weights:
+            if address not in exclude:
+                candidate = self._states.get(address)
+                if candidate is not None:
+                    return candidate
+        return first
 
     def _picker_or_raise(self) -> Picker:
         if self._closed:

@@ -1,0 +1,51 @@
+"""Shared fixtures: a fake clock, seeded randomness, and real-server helpers."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from ._helpers import FakeClock
+
+REQUIRE_SERVERS = os.environ.get("CLIENTLB_REQUIRE_SERVERS") == "1"
+
+
+def require_binary(name: str, *candidates: str) -> str:
+    """Path of a server binary; skip the test without it, or fail under CI's
+    ``CLIENTLB_REQUIRE_SERVERS=1``."""
+    for cand in (name, *candidates):
+        path = shutil.which(cand) or (cand if os.path.isabs(cand) and os.access(cand, os.X_OK)
+                                      else None)
+        if path:
+            return path
+    message = f"{name} is not installed (CI installs it in .ci/run)"
+    if REQUIRE_SERVERS:
+        pytest.fail(message + " and CLIENTLB_REQUIRE_SERVERS=1", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+@pytest.fixture
+def http_backends() -> Iterator[list]:  # type: ignore[type-arg]
+    """Three real HTTP servers on loopback (see ``tests/_helpers.HTTPBackend``)."""
+    from ._helpers import HTTPBackend
+
+    backends = [HTTPBackend(f"b{i}") for i in range(3)]
+    try:
+        yield backends
+    finally:
+        for b in backends:
+            b.close()

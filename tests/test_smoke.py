@@ -1,0 +1,9 @@
+"""The package imports and exposes exactly its curated public names."""
+
+import clientlb
+
+
+def test_all_matches_public_names() -> None:
+    public = {n for n in dir(clientlb) if not n.startswith("_")} - {"annotations"}
+    assert set(clientlb.__all__) - {"__version__"} == public
+    assert clientlb.__all__ == sorted(clientlb.__all__, key=lambda s: (s.upper() != s, s))
