@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import random as _random
 import threading
 import time
@@ -231,6 +233,9 @@ class LoadBalancer:
         self._closed = False
         self._outcome_listeners: tuple[OutcomeListener, ...] = ()
         self._diff_listeners: tuple[DiffListener, ...] = ()
+        self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
+        self._weight_overrides: dict[str, float] = {}  # set_weight(); survives updates
+        self._edit_lock = threading.Lock()  # serialises add()/remove() on static targets
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
         self._start_resolver()
 
@@ -287,7 +292,10 @@ class LoadBalancer:
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
+            error_listeners = self._error_listeners
         logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        for error_listener in error_listeners:
+            error_listener(exc)
 
     def _set_ready(self) -> None:
         if self._ready.is_set():
@@ -317,6 +325,8 @@ class LoadBalancer:
         return level, [1.0] * len(level), "normal"
 
     def _rebuild_locked(self, now: float) -> None:
+        if self._weight_overrides:
+            self._apply_weight_overrides_locked()
         states = [self._states[ep.address] for ep in self._endpoint_set]
         chosen, weights, mode = self._select(states, now)
         self._mode = mode
@@ -446,6 +456,12 @@ class LoadBalancer:
         with self._lock:
             self._outcome_listeners = tuple(x for x in self._outcome_listeners if x != listener)
             self._diff_listeners = tuple(x for x in self._diff_listeners if x != listener)
+            self._error_listeners = tuple(x for x in self._error_listeners if x != listener)
+
+    def add_error_listener(self, listener: Callable[[BaseException], None]) -> None:
+        """Call ``listener(exc)`` after every discovery error (the last good set stays)."""
+        with self._lock:
+            self._error_listeners = (*self._error_listeners, listener)
 
     # -- introspection ----------------------------------------------------------------------
 
@@ -513,6 +529,135 @@ class LoadBalancer:
         return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
                 f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
                 f"mode={self.mode}>")
+
+    # -- runtime control (the control API; see clientlb.Registry) ------------------------------
+
+    def set_strategy(self, strategy: str | Strategy) -> None:
+        """Switch the algorithm live: a new picker over the same endpoint states.
+
+        In-flight calls are untouched and load metrics (in-flight counts,
+        latency estimates) carry over, so a switch to ``least_request`` sees
+        the calls already running.
+
+        Raises:
+            ConfigError: an unknown strategy name.
+        """
+        new = resolve_strategy(strategy)
+        with self._lock:
+            old, self._strategy = self._strategy, new
+            if not self._closed:
+                self._rebuild_locked(self._clock())
+        logger.info("%s: strategy %s -> %s", self.name, old.name, new.name)
+
+    def set_weight(self, address: str, weight: float | None) -> None:
+        """Override the weight of one endpoint (``host:port``); ``None`` removes the override.
+
+        The override survives discovery updates (the endpoint keeps the weight
+        given here, whatever discovery says) and applies when the address
+        comes back after leaving. ``0`` takes the endpoint out of rotation
+        unless every endpoint of its level has weight 0.
+
+        Raises:
+            ConfigError: a weight that is not a finite number >= 0.
+        """
+        if weight is not None and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                                   or not math.isfinite(weight) or weight < 0):
+            raise ConfigError(f"weight must be a finite number >= 0 or None, got {weight!r}",
+                              field="weight")
+        with self._lock:
+            if weight is None:
+                self._weight_overrides.pop(address, None)
+                ep = self._endpoint_set.get(address)
+                state = self._states.get(address)
+                if ep is not None and state is not None:
+                    state.endpoint = ep
+            else:
+                self._weight_overrides[address] = float(weight)
+            if not self._closed:
+                self._rebuild_locked(self._clock())
+        logger.info("%s: weight of %s set to %s", self.name, address,
+                    "discovery's" if weight is None else f"{weight:g}")
+
+    def _apply_weight_overrides_locked(self) -> None:
+        for address, weight in self._weight_overrides.items():
+            state = self._states.get(address)
+            if state is not None and state.endpoint.weight != weight:
+                state.endpoint = dataclasses.replace(state.endpoint, weight=weight)
+
+    def drain(self, address: str) -> bool:
+        """Stop sending new calls to an endpoint; its in-flight calls finish.
+
+        The endpoint stays in ``snapshot()`` as ``draining`` until
+        :meth:`undrain` or until discovery removes it. Returns False when no
+        endpoint has that address.
+        """
+        with self._lock:
+            state = self._states.get(address)
+            if state is None:
+                return False
+            if not state.draining:
+                state.draining = True
+                if not self._closed:
+                    self._rebuild_locked(self._clock())
+                logger.info("%s: %s draining (%d in flight)", self.name, address,
+                            state.load.in_flight)
+            return True
+
+    def undrain(self, address: str) -> bool:
+        """Put an endpoint drained with :meth:`drain` back in rotation."""
+        with self._lock:
+            state = self._states.get(address)
+            if state is None:
+                return False
+            if state.draining:
+                state.draining = False
+                if not self._closed:
+                    self._rebuild_locked(self._clock())
+                logger.info("%s: %s back in rotation", self.name, address)
+            return True
+
+    def add(self, endpoint: Endpoint | str) -> None:
+        """Add an endpoint to a ``static://`` target (``Endpoint`` or ``"host:port"``).
+
+        Adding an address that is already there replaces its attributes
+        (weight, priority, zone, metadata), keeping its load and history.
+
+        Raises:
+            ConfigError: the target is managed by discovery, or the endpoint is malformed.
+        """
+        ep = endpoint if isinstance(endpoint, Endpoint) else Endpoint.parse(endpoint)
+        self._check_static("add")
+        with self._edit_lock:
+            current = [e for e in self._endpoint_set if e.address != ep.address]
+            self.publish(EndpointSet([*current, ep], version=self._endpoint_set.version + 1))
+
+    def remove(self, address: str) -> bool:
+        """Remove an endpoint from a ``static://`` target; its in-flight calls finish.
+
+        Returns False when no endpoint has that address.
+
+        Raises:
+            ConfigError: the target is managed by discovery.
+        """
+        self._check_static("remove")
+        with self._edit_lock:
+            if address not in self._endpoint_set:
+                return False
+            rest = [e for e in self._endpoint_set if e.address != address]
+            self.publish(EndpointSet(rest, version=self._endpoint_set.version + 1))
+            return True
+
+    def _check_static(self, what: str) -> None:
+        if self._target.scheme != "static":
+            raise ConfigError(
+                f"{what}() only edits static targets; {self._target.scheme}:// endpoints come "
+                "from discovery (use set_weight() or drain() instead)", field="target")
+
+    def in_flight(self) -> int:
+        """Calls in flight on every endpoint, including draining ones."""
+        with self._lock:
+            states = (*self._states.values(), *self._draining.values())
+        return sum(s.load.in_flight for s in states)
 
     # -- lifecycle --------------------------------------------------------------------------
 
