@@ -25,6 +25,7 @@ from ._strategies import (
     Strategy,
 )
 from ._target import Target, parse_target
+from ._telemetry import Telemetry, instrument
 
 __version__ = "0.1.0"
 
@@ -52,6 +53,8 @@ __all__ = [
     "RoundRobin",
     "Strategy",
     "Target",
+    "Telemetry",
     "__version__",
+    "instrument",
     "parse_target",
 ]

@@ -1,0 +1,315 @@
+"""OpenTelemetry metrics and span events for load balancers.
+
+clientlb depends on ``opentelemetry-api`` only: without an SDK configured by
+the application, every instrument is the API's no-op and the cost per call is
+a few attribute look-ups. With an SDK (``opentelemetry-sdk``, an exporter),
+:func:`instrument` (or :class:`clientlb.Registry`, which instruments every
+balancer it creates) records:
+
+==================================  =========  ===============================================
+instrument                          kind       attributes
+==================================  =========  ===============================================
+``clientlb.requests``               counter    service, endpoint, ``clientlb.outcome``
+``clientlb.request.duration``       histogram  same; seconds, the buckets of OpenTelemetry's
+                                               ``http.client.request.duration``
+``clientlb.endpoints``              gauge      service, ``clientlb.endpoint.state``
+                                               (healthy, ejected, unhealthy, draining)
+``clientlb.panic``                  gauge      service; 1 while the balancer is in panic mode
+``clientlb.ejections``              counter    service, endpoint (observed from ``snapshot()``)
+``clientlb.retries``                counter    service, ``clientlb.retry.reason``
+``clientlb.retry.budget_exhausted`` counter    service
+``clientlb.discovery.updates``      counter    service
+``clientlb.discovery.errors``       counter    service, ``error.type``
+==================================  =========  ===============================================
+
+Attribute names follow OpenTelemetry's semantic conventions where one
+exists: the endpoint is ``server.address`` + ``server.port`` (what the
+connection went to), a failed outcome also sets ``error.type`` (the outcome
+kind, e.g. ``gateway_failure``), a discovery error's ``error.type`` is the
+exception class. clientlb's own names live under ``clientlb.``:
+``clientlb.service`` is the balancer's logical name (``LoadBalancer.name``).
+Nothing secret is ever an attribute: targets are not recorded at all, only
+the service name and endpoint addresses.
+
+Span events: when the caller's current span is recording, every attempt
+adds a ``clientlb.attempt`` event (service, endpoint, attempt number within
+that span, outcome, duration); retries add ``clientlb.retry`` (attempt,
+reason) through :func:`record_retry`, which the retry layer calls.
+
+Cost: the outcome listener does two dictionary look-ups for attribute sets
+pre-built per endpoint and outcome, one counter ``add`` and one histogram
+``record``; see ``benchmarks/telemetry_overhead.py`` for the measured cost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import TracerProvider
+
+from ._endpoint import EndpointSetDiff
+from ._outcome import Outcome
+from ._state import EndpointState, Health
+
+if TYPE_CHECKING:
+    from ._balancer import LoadBalancer
+
+__all__ = ["Telemetry", "instrument", "record_budget_exhausted", "record_retry"]
+
+logger = logging.getLogger("clientlb.telemetry")
+
+#: OpenTelemetry's advisory buckets for ``http.client.request.duration`` (seconds).
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                    10.0)
+
+SERVICE = "clientlb.service"
+OUTCOME = "clientlb.outcome"
+STATE = "clientlb.endpoint.state"
+RETRY_REASON = "clientlb.retry.reason"
+ATTEMPT = "clientlb.attempt"
+
+_STATES = tuple(h.value for h in Health)
+
+Attributes = Mapping[str, Any]
+
+
+class _Bound:
+    """One instrumented balancer: its listeners and pre-built attribute sets."""
+
+    __slots__ = ("attrs", "lock", "service", "service_attrs", "telemetry")
+
+    def __init__(self, telemetry: Telemetry, lb: LoadBalancer) -> None:
+        self.telemetry = telemetry
+        self.service = lb.name
+        self.service_attrs: Attributes = {SERVICE: lb.name}
+        # address -> outcome -> attributes; built on first use, dropped when the
+        # endpoint leaves, so the per-outcome cost is two dict look-ups.
+        self.attrs: dict[str, dict[Outcome, Attributes]] = {}
+        self.lock = threading.Lock()
+
+    def endpoint_attrs(self, state: EndpointState) -> dict[Outcome, Attributes]:
+        per = self.attrs.get(state.address)
+        if per is None:
+            ep = state.endpoint
+            base = {SERVICE: self.service, "server.address": ep.host, "server.port": ep.port}
+            per = {}
+            for outcome in Outcome:
+                a = dict(base)
+                a[OUTCOME] = outcome.value
+                if outcome.is_failure:
+                    a["error.type"] = outcome.value
+                per[outcome] = a
+            with self.lock:
+                self.attrs[state.address] = per
+        return per
+
+    # -- listeners (called by the balancer) --------------------------------------------
+
+    def on_outcome(self, state: EndpointState, outcome: Outcome, latency: float,
+                   now: float) -> None:
+        per = self.attrs.get(state.address) or self.endpoint_attrs(state)
+        attrs = per[outcome]
+        t = self.telemetry
+        t._requests.add(1, attrs)
+        t._duration.record(latency, attrs)
+        if t._span_events:
+            span = trace.get_current_span()
+            if span.is_recording():
+                t._span_event(span, attrs, latency)
+
+    def on_diff(self, diff: EndpointSetDiff) -> None:
+        self.telemetry._discovery_updates.add(1, self.service_attrs)
+        if diff.removed:
+            with self.lock:
+                for ep in diff.removed:
+                    self.attrs.pop(ep.address, None)
+
+    def on_error(self, exc: BaseException) -> None:
+        self.telemetry._discovery_errors.add(
+            1, {SERVICE: self.service, "error.type": type(exc).__qualname__})
+
+
+class Telemetry:
+    """A set of OpenTelemetry instruments shared by the balancers it instruments.
+
+    ::
+
+        telemetry = clientlb.Telemetry()          # the global providers
+        telemetry.instrument(lb)
+
+    Args:
+        meter_provider: defaults to the global one (``metrics.get_meter_provider()``).
+        tracer_provider: only used to check the span API is wired; span events go to
+            the *caller's current span*, whatever provider made it.
+        span_events: add ``clientlb.attempt`` events to the current span (default True).
+    """
+
+    def __init__(self, *, meter_provider: MeterProvider | None = None,
+                 tracer_provider: TracerProvider | None = None,
+                 span_events: bool = True) -> None:
+        from . import __version__
+
+        meter = metrics.get_meter("clientlb", __version__, meter_provider)
+        self._span_events = span_events
+        self._bound: weakref.WeakKeyDictionary[LoadBalancer, _Bound] = (
+            weakref.WeakKeyDictionary())
+        self._lock = threading.Lock()
+        # span -> attempts seen in that span (weak: spans end and go away)
+        self._attempts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._requests = meter.create_counter(
+            "clientlb.requests", unit="{request}",
+            description="Calls through a balancer, by service, endpoint and outcome.")
+        self._duration = meter.create_histogram(
+            "clientlb.request.duration", unit="s",
+            description="Duration of calls through a balancer, from pick to outcome.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        self._retries = meter.create_counter(
+            "clientlb.retries", unit="{retry}",
+            description="Retried attempts, by service and reason.")
+        self._budget_exhausted = meter.create_counter(
+            "clientlb.retry.budget_exhausted", unit="{retry}",
+            description="Retries refused because the retry budget was spent.")
+        self._discovery_updates = meter.create_counter(
+            "clientlb.discovery.updates", unit="{update}",
+            description="Endpoint-set changes published by discovery.")
+        self._discovery_errors = meter.create_counter(
+            "clientlb.discovery.errors", unit="{error}",
+            description="Discovery failures (the last good endpoint set was kept).")
+        meter.create_observable_gauge(
+            "clientlb.endpoints", callbacks=[self._observe_endpoints], unit="{endpoint}",
+            description="Endpoints of each balancer, by state.")
+        meter.create_observable_gauge(
+            "clientlb.panic", callbacks=[self._observe_panic], unit="1",
+            description="1 while a balancer spreads traffic over every endpoint (panic mode).")
+        meter.create_observable_counter(
+            "clientlb.ejections", callbacks=[self._observe_ejections], unit="{ejection}",
+            description="Outlier ejections per endpoint since it was discovered.")
+
+    # -- instrumenting --------------------------------------------------------------------
+
+    def instrument(self, lb: LoadBalancer) -> None:
+        """Record ``lb``'s outcomes, discovery updates and errors. Idempotent."""
+        with self._lock:
+            if lb in self._bound:
+                return
+            bound = _Bound(self, lb)
+            self._bound[lb] = bound
+        lb.add_outcome_listener(bound.on_outcome)
+        lb.add_diff_listener(bound.on_diff)
+        lb.add_error_listener(bound.on_error)
+        _REGISTRY.setdefault(lb, []).append(bound)
+        logger.debug("%s: telemetry on", lb.name)
+
+    def uninstrument(self, lb: LoadBalancer) -> None:
+        """Stop recording ``lb``. Idempotent."""
+        with self._lock:
+            bound = self._bound.pop(lb, None)
+        if bound is None:
+            return
+        lb.remove_listener(bound.on_outcome)
+        lb.remove_listener(bound.on_diff)
+        lb.remove_listener(bound.on_error)
+        bounds = _REGISTRY.get(lb)
+        if bounds is not None and bound in bounds:
+            bounds.remove(bound)
+
+    def _live(self) -> list[tuple[_Bound, LoadBalancer]]:
+        with self._lock:
+            items = list(self._bound.items())
+        return [(b, lb) for lb, b in items if not lb.closed]
+
+    # -- span events ----------------------------------------------------------------------
+
+    def _span_event(self, span: Any, attrs: Attributes, latency: float) -> None:
+        try:
+            n = self._attempts.get(span, 0) + 1
+            self._attempts[span] = n
+        except TypeError:  # a span type that cannot be weakly referenced
+            n = 1
+        event = dict(attrs)
+        event[ATTEMPT] = n
+        event["clientlb.duration"] = latency
+        span.add_event("clientlb.attempt", event)
+
+    def _retry(self, bound: _Bound, attempt: int, reason: str, address: str | None) -> None:
+        self._retries.add(1, {SERVICE: bound.service, RETRY_REASON: reason})
+        if self._span_events:
+            span = trace.get_current_span()
+            if span.is_recording():
+                event: dict[str, Any] = {SERVICE: bound.service, ATTEMPT: attempt,
+                                         RETRY_REASON: reason}
+                if address is not None:
+                    event["clientlb.endpoint"] = address
+                span.add_event("clientlb.retry", event)
+
+    # -- observable callbacks ---------------------------------------------------------
+
+    def _observe_endpoints(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            counts = dict.fromkeys(_STATES, 0)
+            for row in lb.snapshot().endpoints:
+                counts[row.state] = counts.get(row.state, 0) + 1
+            for state, n in counts.items():
+                yield Observation(n, {SERVICE: bound.service, STATE: state})
+
+    def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            yield Observation(1 if lb.mode == "panic" else 0, bound.service_attrs)
+
+    def _observe_ejections(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            for row in lb.snapshot().endpoints:
+                ep = row.endpoint
+                yield Observation(row.ejection_count, {
+                    SERVICE: bound.service, "server.address": ep.host, "server.port": ep.port})
+
+
+# Balancer -> its instrumentations, for the hooks the retry layer calls.
+_REGISTRY: weakref.WeakKeyDictionary[LoadBalancer, list[_Bound]] = weakref.WeakKeyDictionary()
+_default: Telemetry | None = None
+_default_lock = threading.Lock()
+
+
+def default_telemetry() -> Telemetry:
+    """The process-wide :class:`Telemetry` on the global providers (created on first use)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Telemetry()
+        return _default
+
+
+def instrument(lb: LoadBalancer, *, meter_provider: MeterProvider | None = None) -> Telemetry:
+    """Record ``lb`` with OpenTelemetry; returns the :class:`Telemetry` used.
+
+    Without ``meter_provider``, the process-wide instruments on the global
+    provider are used (set the SDK up before or after: the API forwards).
+    """
+    telemetry = default_telemetry() if meter_provider is None else Telemetry(
+        meter_provider=meter_provider)
+    telemetry.instrument(lb)
+    return telemetry
+
+
+def record_retry(lb: LoadBalancer, *, attempt: int, reason: str,
+                 endpoint: str | None = None) -> None:
+    """Count a retry of ``lb`` (called by the retry layer; cheap when not instrumented).
+
+    ``attempt`` is the number of the attempt about to start (2 for the first
+    retry), ``reason`` a short word (``connect_failure``, ``status_503``...),
+    ``endpoint`` the address that failed.
+    """
+    for bound in _REGISTRY.get(lb, ()):
+        bound.telemetry._retry(bound, attempt, reason, endpoint)
+
+
+def record_budget_exhausted(lb: LoadBalancer) -> None:
+    """Count a retry refused because ``lb``'s retry budget was spent."""
+    for bound in _REGISTRY.get(lb, ()):
+        bound.telemetry._budget_exhausted.add(1, bound.service_attrs)

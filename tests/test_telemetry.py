@@ -1,0 +1,175 @@
+"""OpenTelemetry metrics and span events, read back with the SDK's in-memory reader/exporter."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import clientlb
+from clientlb import EndpointSet, LoadBalancer, Outcome
+from clientlb._telemetry import record_budget_exhausted, record_retry
+
+from ._helpers import FakeClock
+
+
+@pytest.fixture
+def reader() -> InMemoryMetricReader:
+    return InMemoryMetricReader()
+
+
+@pytest.fixture
+def telemetry(reader: InMemoryMetricReader) -> clientlb.Telemetry:
+    return clientlb.Telemetry(meter_provider=MeterProvider(metric_readers=[reader]))
+
+
+@pytest.fixture
+def lb(clock: FakeClock, telemetry: clientlb.Telemetry) -> Iterator[LoadBalancer]:
+    balancer = LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002"], strategy="round_robin",
+                            name="users", clock=clock, rng=random.Random(1))
+    telemetry.instrument(balancer)
+    yield balancer
+    balancer.close()
+
+
+def points(reader: InMemoryMetricReader, name: str) -> list[Any]:
+    data = reader.get_metrics_data()
+    assert data is not None
+    found = []
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == name:
+                    found.extend(metric.data.data_points)
+    return found
+
+
+def by_attrs(reader: InMemoryMetricReader, name: str) -> dict[tuple[tuple[str, Any], ...], Any]:
+    return {tuple(sorted(p.attributes.items())): p for p in points(reader, name)}
+
+
+def test_outcomes_are_counted_by_service_endpoint_and_outcome(
+        lb: LoadBalancer, reader: InMemoryMetricReader, clock: FakeClock) -> None:
+    for outcome in (Outcome.SUCCESS, Outcome.SUCCESS, Outcome.GATEWAY_FAILURE, Outcome.SUCCESS):
+        p = lb.pick()
+        clock.advance(0.02)
+        p.done(outcome)
+    requests = by_attrs(reader, "clientlb.requests")
+    ok_1 = (("clientlb.outcome", "success"), ("clientlb.service", "users"),
+            ("server.address", "127.0.0.1"), ("server.port", 8001))
+    bad_1 = (("clientlb.outcome", "gateway_failure"), ("clientlb.service", "users"),
+             ("error.type", "gateway_failure"), ("server.address", "127.0.0.1"),
+             ("server.port", 8001))
+    assert requests[ok_1].value == 1
+    assert requests[bad_1].value == 1
+    assert sum(p.value for p in requests.values()) == 4
+    durations = by_attrs(reader, "clientlb.request.duration")
+    assert durations[ok_1].count == 1
+    assert durations[ok_1].sum == pytest.approx(0.02)
+    assert durations[ok_1].explicit_bounds[:3] == (0.005, 0.01, 0.025)
+
+
+def test_endpoints_are_reported_by_state(lb: LoadBalancer,
+                                         reader: InMemoryMetricReader) -> None:
+    lb.drain("127.0.0.1:8002")
+    states = {p.attributes["clientlb.endpoint.state"]: p.value
+              for p in points(reader, "clientlb.endpoints")}
+    assert states == {"healthy": 1, "draining": 1, "ejected": 0, "unhealthy": 0}
+    assert [p.value for p in points(reader, "clientlb.panic")] == [0]
+
+
+def test_ejections_are_observed_per_endpoint(lb: LoadBalancer, reader: InMemoryMetricReader,
+                                             clock: FakeClock) -> None:
+    state = lb.state_of("127.0.0.1:8001")
+    assert state is not None
+    state.ejection_count = 2
+    ejections = {p.attributes["server.port"]: p.value for p in points(reader, "clientlb.ejections")}
+    assert ejections == {8001: 2, 8002: 0}
+
+
+def test_discovery_updates_and_errors_are_counted(lb: LoadBalancer,
+                                                  reader: InMemoryMetricReader) -> None:
+    lb.publish(EndpointSet([clientlb.Endpoint("127.0.0.1", 8003)], version=2))
+    lb.error(clientlb.DiscoveryError("registry down"))
+    assert [p.value for p in points(reader, "clientlb.discovery.updates")] == [1]
+    errors = points(reader, "clientlb.discovery.errors")
+    assert [(p.attributes["error.type"], p.value) for p in errors] == [("DiscoveryError", 1)]
+
+
+def test_retries_and_budget_exhaustion_are_counted(lb: LoadBalancer,
+                                                   reader: InMemoryMetricReader) -> None:
+    record_retry(lb, attempt=2, reason="connect_failure", endpoint="127.0.0.1:8001")
+    record_retry(lb, attempt=3, reason="connect_failure")
+    record_budget_exhausted(lb)
+    retries = points(reader, "clientlb.retries")
+    assert [(p.attributes["clientlb.retry.reason"], p.value) for p in retries] == [
+        ("connect_failure", 2)]
+    assert [p.value for p in points(reader, "clientlb.retry.budget_exhausted")] == [1]
+
+
+def test_each_attempt_adds_an_event_to_the_callers_span(lb: LoadBalancer) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("GET /users"):
+        lb.pick().done(Outcome.CONNECT_FAILURE)
+        record_retry(lb, attempt=2, reason="connect_failure", endpoint="127.0.0.1:8001")
+        lb.pick().done()
+    (span,) = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    assert [name for name, _ in events] == ["clientlb.attempt", "clientlb.retry",
+                                            "clientlb.attempt"]
+    first, retry, second = (attrs for _, attrs in events)
+    assert (first["clientlb.attempt"], first["server.port"], first["clientlb.outcome"]) == (
+        1, 8001, "connect_failure")
+    assert retry["clientlb.retry.reason"] == "connect_failure"
+    assert (second["clientlb.attempt"], second["server.port"], second["clientlb.outcome"]) == (
+        2, 8002, "success")
+
+
+def test_no_span_event_without_a_recording_span(lb: LoadBalancer,
+                                                reader: InMemoryMetricReader) -> None:
+    lb.pick().done()  # no current span: only metrics, and no error
+    assert sum(p.value for p in points(reader, "clientlb.requests")) == 1
+
+
+def test_uninstrument_stops_recording(lb: LoadBalancer, telemetry: clientlb.Telemetry,
+                                      reader: InMemoryMetricReader) -> None:
+    lb.pick().done()
+    telemetry.uninstrument(lb)
+    lb.pick().done()
+    assert sum(p.value for p in points(reader, "clientlb.requests")) == 1
+
+
+def test_instrument_twice_counts_once(lb: LoadBalancer, telemetry: clientlb.Telemetry,
+                                      reader: InMemoryMetricReader) -> None:
+    telemetry.instrument(lb)
+    lb.pick().done()
+    assert sum(p.value for p in points(reader, "clientlb.requests")) == 1
+
+
+def test_attributes_and_logs_never_carry_a_secret(
+        telemetry: clientlb.Telemetry, reader: InMemoryMetricReader,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A token in the target appears in no metric attribute and no log line."""
+    caplog.set_level(logging.DEBUG, logger="clientlb")
+    lb = LoadBalancer(["127.0.0.1:8001"], name="users")
+    lb._target = clientlb.parse_target("consul://127.0.0.1:8500/users?token=s3cr3t")
+    telemetry.instrument(lb)
+    lb.pick().done(Outcome.FAILURE)
+    lb.error(clientlb.DiscoveryError("consul down", target=str(lb.target)))
+    lb.set_weight("127.0.0.1:8001", 2)
+    data = reader.get_metrics_data()
+    assert data is not None
+    assert "s3cr3t" not in data.to_json()
+    assert "s3cr3t" not in caplog.text
+    lb.close()
