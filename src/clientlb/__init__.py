@@ -10,9 +10,16 @@ from __future__ import annotations
 
 from ._balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
 from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from ._errors import ClientLBError, ConfigError, DiscoveryError, NoEndpointAvailable
+from ._errors import (
+    ClientLBError,
+    ConfigError,
+    ConnectError,
+    DiscoveryError,
+    NoEndpointAvailable,
+)
 from ._outcome import Outcome
 from ._resolver import Resolver
+from ._retry import RetryBudget, RetryPolicy
 from ._strategies import (
     STRATEGIES,
     LeastRequest,
@@ -25,15 +32,26 @@ from ._strategies import (
     Strategy,
 )
 from ._target import Target, parse_target
+from ._tcp import (
+    BalancedSocket,
+    BalancedSSLSocket,
+    BalancedStreamWriter,
+    connect,
+    open_connection,
+)
 from ._telemetry import Telemetry, instrument
 
 __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "BalancedSSLSocket",
+    "BalancedSocket",
+    "BalancedStreamWriter",
     "BalancerSnapshot",
     "ClientLBError",
     "ConfigError",
+    "ConnectError",
     "DiscoveryError",
     "Endpoint",
     "EndpointSet",
@@ -49,12 +67,16 @@ __all__ = [
     "Picker",
     "Random",
     "Resolver",
+    "RetryBudget",
+    "RetryPolicy",
     "RingHash",
     "RoundRobin",
     "Strategy",
     "Target",
     "Telemetry",
     "__version__",
+    "connect",
     "instrument",
+    "open_connection",
     "parse_target",
 ]

@@ -8,7 +8,19 @@ value and the rule that was broken, e.g. ``"port must be 1..65535, got 0"``.
 
 from __future__ import annotations
 
-__all__ = ["ClientLBError", "ConfigError", "DiscoveryError", "NoEndpointAvailable"]
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._endpoint import Endpoint
+
+__all__ = [
+    "ClientLBError",
+    "ConfigError",
+    "ConnectError",
+    "DiscoveryError",
+    "NoEndpointAvailable",
+]
 
 
 class ClientLBError(Exception):
@@ -59,3 +71,30 @@ class DiscoveryError(ClientLBError):
             parts.append(f"target={target}")
         detail = f" ({', '.join(parts[1:])})" if len(parts) > 1 else ""
         super().__init__(message + detail)
+
+
+class ConnectError(ClientLBError, ConnectionError):
+    """No attempt of a balanced connect reached a backend (``clientlb.connect``).
+
+    Also a :class:`ConnectionError` (an ``OSError``), so socket code written
+    against the standard library keeps catching it. ``errors`` lists each
+    ``(endpoint, exception)`` tried, in order; ``tried`` their addresses; the
+    message says why each one failed, and ``__cause__`` is the last error.
+    """
+
+    def __init__(self, message: str, *, service: str | None = None,
+                 errors: Sequence[tuple[Endpoint, BaseException]] = (),
+                 reasons: Sequence[str] = ()) -> None:
+        self.service = service
+        self.errors = tuple(errors)
+        reasons = reasons or [str(exc) for _, exc in self.errors]
+        detail = "; ".join(
+            f"{ep.address} {reason}"
+            for (ep, _), reason in zip(self.errors, reasons, strict=True)
+        )
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+    @property
+    def tried(self) -> tuple[str, ...]:
+        """The addresses (``host:port``) tried, in order."""
+        return tuple(ep.address for ep, _ in self.errors)

@@ -1,0 +1,537 @@
+"""Balanced raw TCP connections, with or without TLS, from threads and asyncio.
+
+Databases, caches and queues do not speak HTTP: their drivers open TCP
+connections. :func:`connect` and :func:`open_connection` are the balanced
+twins of :func:`socket.create_connection` and :func:`asyncio.open_connection`:
+
+::
+
+    lb = clientlb.LoadBalancer(["10.0.0.1:6379", "10.0.0.2:6379"], name="cache",
+                               strategy="least_request")
+    with clientlb.connect(lb, timeout=2.0) as sock:      # a socket.socket
+        sock.sendall(b"PING\\r\\n")
+
+    reader, writer = await clientlb.open_connection(lb)   # asyncio streams
+
+**Failover.** A connect that is refused, unreachable, times out or fails its
+TLS handshake never reached the backend's application, so it is always safe
+to try elsewhere (DESIGN.md, "nothing lost"). The failed attempt is reported
+as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
+detection vocabulary (see :mod:`clientlb._outcome`; a connect timeout is a
+connect failure, not ``TIMEOUT``, which means "accepted and did not answer")
+— and the next attempt picks again with ``exclude=`` the endpoints already
+tried. Attempts are bounded (``attempts``, default 3: with one endpoint down
+the second attempt avoids it; three covers two bad endpoints), never go back
+to an endpoint that already failed this connect, and share a total time
+(``deadline``). When every attempt failed, :class:`ConnectError`
+names each endpoint tried and why; it is a :class:`ConnectionError` (so an
+``except OSError`` or ``except ConnectionError`` written for the stdlib keeps
+working) and a :class:`~clientlb.ClientLBError`.
+
+**TLS.** The connection goes to the endpoint's address while the certificate
+is verified against ``server_hostname``, which is also the SNI. Its default is
+the balancer's logical name ``lb.name`` (a DNS/SRV name, a Consul service, or
+``LoadBalancer(name=...)``), the same rule as the HTTP transports: the
+replicas of one service share its certificate. A static target has no logical
+name (its ``lb.name`` is ``"static"``), so TLS over a static target without
+``server_hostname=`` or ``name=`` is a :class:`~clientlb.ConfigError` rather
+than a silent verification against the word "static". ``server_hostname``
+may also be a callable of the :class:`~clientlb.Endpoint` for backends that
+each carry their own certificate (``server_hostname=lambda ep: ep.host``).
+
+**In flight until closed.** A connection is one long call: its
+:class:`~clientlb.Pick` stays in flight, so ``least_request`` counts open
+connections (the "least connections" of hardware balancers) and ``peak_ewma``
+multiplies its latency estimate by them, until the connection is closed:
+
+* sync: :func:`connect` returns a :class:`BalancedSocket` (or, with TLS, a
+  :class:`BalancedSSLSocket`), a real ``socket.socket`` subclass whose
+  ``close()`` — and so ``with`` — completes the pick. A socket dropped without
+  ``close()`` completes it as ``CANCELLED`` when it is garbage-collected (the
+  pick's own finalizer), after Python's usual ``ResourceWarning``.
+* asyncio: the streams are built the way :func:`asyncio.open_connection`
+  builds them, on a :class:`asyncio.StreamReaderProtocol` subclass whose
+  ``connection_lost`` completes the pick. That is called however the
+  connection ends — ``writer.close()``, ``writer.transport.abort()``, the peer
+  closing or resetting it — which is more faithful than wrapping
+  ``StreamWriter.close`` alone. The writer is a :class:`BalancedStreamWriter`.
+
+**Latency.** A connection's lifetime says nothing about the backend (a pooled
+connection lives for hours), so the latency recorded is the *connect time*:
+TCP handshake plus TLS handshake, the closest thing a raw connection has to a
+round trip, and what a slow or overloaded host stretches first. It is
+reported when the connection closes (one pick, one ``done``). The outcome is
+success unless the application said otherwise with ``set_outcome()`` (a
+protocol error it saw on the connection) or, for asyncio, the transport was
+lost with an error (a reset), which is a ``FAILURE``.
+
+Socket timeout: like :func:`socket.create_connection`, the returned socket
+keeps ``timeout`` as its timeout for later reads and writes; call
+``sock.settimeout(None)`` for a blocking socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl as _ssl
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from ._balancer import LoadBalancer, Pick
+from ._endpoint import Endpoint
+from ._errors import ConfigError, ConnectError, NoEndpointAvailable
+from ._outcome import Outcome
+from ._strategies import Key
+
+__all__ = [
+    "BalancedSSLSocket",
+    "BalancedSocket",
+    "BalancedStreamWriter",
+    "connect",
+    "open_connection",
+]
+
+ServerHostname = str | Callable[[Endpoint], str] | None
+
+DEFAULT_TIMEOUT = 5.0
+DEFAULT_ATTEMPTS = 3
+
+
+class _Lease:
+    """What an open connection owes its pick: the outcome to report, and when."""
+
+    __slots__ = ("connect_latency", "outcome", "pick")
+
+    def __init__(self, pick: Pick, connect_latency: float) -> None:
+        self.pick = pick
+        self.connect_latency = connect_latency
+        self.outcome = Outcome.SUCCESS
+
+    def release(self, outcome: Outcome | None = None) -> None:
+        self.pick.done(outcome or self.outcome, latency=self.connect_latency)
+
+
+def _set_outcome(lease: _Lease | None, outcome: Outcome | str) -> None:
+    if lease is None:
+        raise RuntimeError("this connection is not tracked by a balancer")
+    lease.outcome = outcome if isinstance(outcome, Outcome) else Outcome(outcome)
+
+
+class BalancedSocket(socket.socket):
+    """A connected ``socket.socket`` whose ``close()`` completes its balancer pick.
+
+    ``endpoint`` is the backend it is connected to, ``connect_latency`` the
+    seconds the connect took; :meth:`set_outcome` records a failure the
+    application saw on the connection, reported when it closes.
+    """
+
+    __slots__ = ("_clientlb_lease",)
+
+    _clientlb_lease: _Lease | None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        lease = self._clientlb_lease
+        if lease is None:
+            raise RuntimeError("this connection is not tracked by a balancer")
+        return lease.pick.endpoint
+
+    @property
+    def connect_latency(self) -> float:
+        lease = self._clientlb_lease
+        return 0.0 if lease is None else lease.connect_latency
+
+    def set_outcome(self, outcome: Outcome | str) -> None:
+        """The outcome reported when the connection closes (default: success)."""
+        _set_outcome(self._clientlb_lease, outcome)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            lease = self._clientlb_lease
+            if lease is not None:
+                lease.release()
+
+
+class BalancedSSLSocket(_ssl.SSLSocket):
+    """A TLS ``ssl.SSLSocket`` whose ``close()`` completes its balancer pick.
+
+    Same attributes as :class:`BalancedSocket`.
+    """
+
+    _clientlb_lease: _Lease | None = None
+
+    endpoint = BalancedSocket.endpoint
+    connect_latency = BalancedSocket.connect_latency
+
+    def set_outcome(self, outcome: Outcome | str) -> None:
+        """The outcome reported when the connection closes (default: success)."""
+        _set_outcome(self._clientlb_lease, outcome)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            lease = self._clientlb_lease
+            if lease is not None:
+                lease.release()
+
+
+_ssl_classes: dict[type[_ssl.SSLSocket], type[BalancedSSLSocket]] = {}
+
+
+def _balanced_ssl_class(cls: type[_ssl.SSLSocket]) -> type[BalancedSSLSocket]:
+    # A context may carry its own ``sslsocket_class``; keep its behaviour.
+    if cls is _ssl.SSLSocket:
+        return BalancedSSLSocket
+    sub = _ssl_classes.get(cls)
+    if sub is None:
+        sub = type(f"Balanced{cls.__name__}", (BalancedSSLSocket, cls), {})
+        _ssl_classes[cls] = sub
+    return sub
+
+
+class BalancedStreamWriter(asyncio.StreamWriter):
+    """An ``asyncio.StreamWriter`` that knows its endpoint (see :func:`open_connection`)."""
+
+    def __init__(self, transport: asyncio.WriteTransport, protocol: _BalancedProtocol,
+                 reader: asyncio.StreamReader | None, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self._clientlb_lease = protocol.lease
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self._clientlb_lease.pick.endpoint
+
+    @property
+    def connect_latency(self) -> float:
+        return self._clientlb_lease.connect_latency
+
+    def set_outcome(self, outcome: Outcome | str) -> None:
+        """The outcome reported when the connection closes (default: success)."""
+        _set_outcome(self._clientlb_lease, outcome)
+
+
+class _BalancedProtocol(asyncio.StreamReaderProtocol):
+    """Completes the pick in ``connection_lost``, however the connection ends."""
+
+    _clientlb_lease: _Lease | None = None
+    _clientlb_lost: tuple[Exception | None] | None = None
+
+    @property
+    def lease(self) -> _Lease:
+        assert self._clientlb_lease is not None
+        return self._clientlb_lease
+
+    def arm(self, lease: _Lease) -> None:
+        """Hand the connected pick over; release at once if already lost."""
+        self._clientlb_lease = lease
+        if self._clientlb_lost is not None:
+            self._release(self._clientlb_lost[0])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._clientlb_lost = (exc,)
+            if self._clientlb_lease is not None:
+                self._release(exc)
+
+    def _release(self, exc: Exception | None) -> None:
+        lease = self._clientlb_lease
+        assert lease is not None
+        failed = exc is not None and lease.outcome is Outcome.SUCCESS
+        lease.release(Outcome.FAILURE if failed else None)
+
+
+# -- shared helpers ---------------------------------------------------------------------
+
+
+def _check_options(timeout: float, attempts: int, deadline: float | None) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}",
+                          field="timeout")
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ConfigError(f"attempts must be an integer >= 1, got {attempts!r}",
+                          field="attempts")
+    if deadline is not None and (isinstance(deadline, bool)
+                                 or not isinstance(deadline, (int, float))
+                                 or not deadline > 0):
+        raise ConfigError(f"deadline must be a number of seconds > 0 or None, got "
+                          f"{deadline!r}", field="deadline")
+
+
+def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname) -> Callable[[Endpoint], str]:
+    """The name certificates are verified against, per endpoint."""
+    if callable(server_hostname):
+        return server_hostname
+    if server_hostname is not None:
+        if not isinstance(server_hostname, str) or not server_hostname:
+            raise ConfigError(f"server_hostname must be a non-empty string or a callable of "
+                              f"the endpoint, got {server_hostname!r}", field="server_hostname")
+        name = server_hostname
+    else:
+        name = lb.name
+        if lb.target.scheme == "static" and name == lb.target.service:
+            raise ConfigError(
+                "a static target has no logical name to verify TLS certificates against; "
+                "pass server_hostname= or LoadBalancer(..., name='service.example')",
+                field="server_hostname")
+    return lambda endpoint: name
+
+
+def _describe(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, _ssl.SSLCertVerificationError):
+        return f"TLS certificate rejected: {exc.verify_message or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class _Attempts:
+    """Bookkeeping of one balanced connect: what was tried, time left, the final error."""
+
+    __slots__ = ("attempts", "deadline_at", "errors", "exhausted", "lb", "timeout", "tried")
+
+    def __init__(self, lb: LoadBalancer, timeout: float, attempts: int,
+                 deadline: float | None) -> None:
+        self.lb = lb
+        self.timeout = float(timeout)
+        self.attempts = attempts
+        self.deadline_at = None if deadline is None else time.monotonic() + deadline
+        self.tried: set[str] = set()
+        self.errors: list[tuple[Endpoint, BaseException, str]] = []
+        self.exhausted = False
+
+    def budget(self) -> float | None:
+        """Seconds this attempt may take, or None when the deadline has passed."""
+        if len(self.errors) >= self.attempts:
+            return None
+        if self.deadline_at is None:
+            return self.timeout
+        left = self.deadline_at - time.monotonic()
+        return min(self.timeout, left) if left > 0 else None
+
+    def pick(self, key: Key | None) -> Pick:
+        try:
+            pick = self.lb.pick(key, exclude=self.tried)
+        except NoEndpointAvailable as exc:
+            if not self.errors:
+                raise _NoEndpointConnectError(exc.reason, service=exc.service) from exc
+            raise self.error() from exc
+        if pick.endpoint.address in self.tried:
+            # Every endpoint that may take traffic failed already: going round
+            # again at once would only hammer them; fail now.
+            pick.done(Outcome.CANCELLED)
+            self.exhausted = True
+            self.raise_error()
+        return pick
+
+    def failed(self, pick: Pick, exc: BaseException, budget: float) -> None:
+        pick.done(Outcome.CONNECT_FAILURE)
+        self.tried.add(pick.endpoint.address)
+        self.errors.append((pick.endpoint, exc, _describe(exc, budget)))
+
+    def error(self) -> ConnectError:
+        n = len(self.errors)
+        tries = f"{n} attempt{'s' if n != 1 else ''}"
+        if self.exhausted:
+            why = f"on any endpoint ({tries}, every endpoint tried)"
+        elif n >= self.attempts:
+            why = f"after {tries}"
+        else:
+            why = f"within the deadline ({tries})"
+        err = ConnectError(f"could not connect to {self.lb.name!r} {why}",
+                           service=self.lb.name,
+                           errors=[(ep, exc) for ep, exc, _ in self.errors],
+                           reasons=[reason for _, _, reason in self.errors])
+        return err
+
+    def raise_error(self) -> NoReturn:
+        last = self.errors[-1][1] if self.errors else None
+        raise self.error() from last
+
+
+class _NoEndpointConnectError(NoEndpointAvailable, ConnectionError):
+    """``NoEndpointAvailable`` that is also a ``ConnectionError`` for socket code."""
+
+
+# -- sync ------------------------------------------------------------------------------
+
+
+def connect(
+    lb: LoadBalancer,
+    timeout: float = DEFAULT_TIMEOUT,
+    ssl_context: _ssl.SSLContext | None = None,
+    server_hostname: ServerHostname = None,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    deadline: float | None = None,
+    key: Key | None = None,
+    source_address: tuple[str, int] | None = None,
+) -> BalancedSocket | BalancedSSLSocket:
+    """Open a TCP (or TLS) connection to an endpoint picked by ``lb``.
+
+    Args:
+        lb: the balancer to pick from.
+        timeout: seconds for each attempt's TCP connect plus TLS handshake
+            (default 5 s, a LAN-scale bound that still fails over in time);
+            also the returned socket's timeout, as with
+            :func:`socket.create_connection`.
+        ssl_context: wrap the connection in TLS with this context
+            (e.g. ``ssl.create_default_context(cafile=...)``).
+        server_hostname: the TLS name (SNI and certificate verification):
+            a string, a callable of the endpoint, or None for the balancer's
+            logical name ``lb.name``.
+        attempts: endpoints tried at most (default 3), each a different one:
+            when every endpoint that may take traffic has failed, the
+            connect fails without going round again.
+        deadline: seconds for all attempts together (default None: bounded
+            by ``attempts × timeout``).
+        key: the pick key for ``ring_hash``/``maglev`` (shard by key).
+        source_address: passed to :func:`socket.create_connection`.
+
+    Returns:
+        A :class:`BalancedSocket`, or a :class:`BalancedSSLSocket` with TLS;
+        closing it completes the pick.
+
+    Raises:
+        ConnectError: every attempt failed (``.errors`` says where and why).
+        NoEndpointAvailable: nothing to pick (also a ``ConnectionError``).
+        ConfigError: an invalid option, or TLS over a static target without a name.
+    """
+    _check_options(timeout, attempts, deadline)
+    tls_name = _tls_name(lb, server_hostname) if ssl_context is not None else None
+    state = _Attempts(lb, timeout, attempts, deadline)
+    clock = lb.clock
+    while True:
+        budget = state.budget()
+        if budget is None:
+            state.raise_error()
+        pick = state.pick(key)
+        endpoint = pick.endpoint
+        raw: socket.socket | None = None
+        try:
+            raw = socket.create_connection((endpoint.host, endpoint.port), budget,
+                                           source_address)
+            if ssl_context is not None and tls_name is not None:
+                # The handshake shares the attempt's budget (raw's timeout).
+                sock: socket.socket = ssl_context.wrap_socket(
+                    raw, server_hostname=tls_name(endpoint))
+            else:
+                sock = raw
+        except OSError as exc:
+            if raw is not None:
+                raw.close()
+            state.failed(pick, exc, budget)
+            continue
+        except BaseException:
+            if raw is not None:
+                raw.close()
+            pick.done(Outcome.CANCELLED)
+            raise
+        lease = _Lease(pick, max(0.0, clock() - pick.started_at))
+        return _adopt(sock, lease, timeout)
+
+
+def _adopt(sock: socket.socket, lease: _Lease,
+           timeout: float) -> BalancedSocket | BalancedSSLSocket:
+    """Turn a connected socket into its balanced class, without a second connect."""
+    if isinstance(sock, _ssl.SSLSocket):
+        try:
+            sock.__class__ = _balanced_ssl_class(type(sock))
+        except TypeError:  # an exotic sslsocket_class with its own layout
+            sock.close()
+            lease.release(Outcome.CANCELLED)
+            raise ConfigError(f"cannot track connections of {type(sock).__name__}; use "
+                              "ssl.SSLSocket as the context's sslsocket_class",
+                              field="ssl_context") from None
+        assert isinstance(sock, BalancedSSLSocket)
+        sock._clientlb_lease = lease
+        sock.settimeout(timeout)
+        return sock
+    balanced = BalancedSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    balanced._clientlb_lease = lease
+    balanced.settimeout(timeout)
+    return balanced
+
+
+# -- asyncio ---------------------------------------------------------------------------
+
+
+def _factory(protocol: _BalancedProtocol) -> Callable[[], _BalancedProtocol]:
+    return lambda: protocol
+
+
+async def open_connection(
+    lb: LoadBalancer,
+    ssl: _ssl.SSLContext | bool | None = None,
+    server_hostname: ServerHostname = None,
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    attempts: int = DEFAULT_ATTEMPTS,
+    deadline: float | None = None,
+    key: Key | None = None,
+    limit: int = 2**16,
+    **kwds: Any,
+) -> tuple[asyncio.StreamReader, BalancedStreamWriter]:
+    """Open asyncio streams to an endpoint picked by ``lb``.
+
+    The asyncio twin of :func:`connect`, with :func:`asyncio.open_connection`'s
+    shape: ``ssl`` is an ``SSLContext`` or ``True`` for the default context;
+    ``limit`` and other keywords go to ``loop.create_connection``. The pick
+    stays in flight until the connection is lost (``writer.close()``, abort,
+    or the peer closing it). Waits for the balancer's first resolution
+    without blocking the loop.
+
+    Raises:
+        ConnectError: every attempt failed.
+        NoEndpointAvailable: nothing to pick (also a ``ConnectionError``).
+        ConfigError: an invalid option, or TLS over a static target without a name.
+    """
+    _check_options(timeout, attempts, deadline)
+    context: _ssl.SSLContext | None
+    if ssl is True:
+        context = _ssl.create_default_context()
+    elif ssl is None or ssl is False:
+        context = None
+    else:
+        context = ssl
+    tls_name = _tls_name(lb, server_hostname) if context is not None else None
+    await lb.wait_ready_async()
+    state = _Attempts(lb, timeout, attempts, deadline)
+    loop = asyncio.get_running_loop()
+    clock = lb.clock
+    while True:
+        budget = state.budget()
+        if budget is None:
+            state.raise_error()
+        pick = state.pick(key)
+        endpoint = pick.endpoint
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = _BalancedProtocol(reader, loop=loop)
+        tls: dict[str, Any] = {}
+        if context is not None and tls_name is not None:
+            tls = {"ssl": context, "server_hostname": tls_name(endpoint)}
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(_factory(protocol), endpoint.host, endpoint.port,
+                                       **tls, **kwds),
+                budget)
+        except (OSError, asyncio.TimeoutError) as exc:
+            state.failed(pick, exc, budget)
+            continue
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            raise
+        protocol.arm(_Lease(pick, max(0.0, clock() - pick.started_at)))
+        assert isinstance(transport, asyncio.WriteTransport)
+        writer = BalancedStreamWriter(transport, protocol, reader, loop)
+        return reader, writer
