@@ -32,6 +32,7 @@ from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from ._errors import ConfigError, NoEndpointAvailable
 from ._outcome import Outcome
 from ._resolver import Resolver, create_resolver
+from ._retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from ._state import EndpointState, Health
 from ._strategies import Key, Picker, Strategy, resolve_strategy
 from ._target import Target, parse_target
@@ -190,6 +191,9 @@ class LoadBalancer:
             (default 5 s; static targets never wait).
         clock: a monotonic clock in seconds (default ``time.monotonic``).
         rng: a ``random.Random`` (default: a new one seeded from the OS).
+        retry: the :class:`RetryPolicy` of the HTTP and gRPC integrations
+            (default ``RetryPolicy()``); ``None`` turns retries off. The
+            balancer keeps its own retry budget, ``lb.retry_budget``.
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
@@ -205,8 +209,11 @@ class LoadBalancer:
         clock: Clock | None = None,
         rng: _random.Random | None = None,
         resolver_options: dict[str, Any] | None = None,
+        retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     ) -> None:
         self._target = parse_target(target)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
@@ -219,6 +226,11 @@ class LoadBalancer:
         self._first_resolution_timeout = float(first_resolution_timeout)
         self._clock: Clock = clock or time.monotonic
         self._rng = rng or _random.Random()
+        #: The retry policy of the integrations (None: no retries) and this
+        #: balancer's own retry budget, shared by its HTTP and gRPC calls.
+        self.retry_policy: RetryPolicy | None = retry
+        self.retry_budget: RetryBudget | None = (
+            retry.new_budget(self._clock) if retry is not None else None)
         self._lock = threading.RLock()
         self._states: dict[str, EndpointState] = {}
         self._draining: dict[str, EndpointState] = {}
