@@ -1,0 +1,157 @@
+"""Balanced gRPC channels: any clientlb target and strategy, per call, for grpcio.
+
+::
+
+    import clientlb.grpc
+
+    channel = clientlb.grpc.insecure_channel("dns:///users.internal:50051",
+                                             strategy="least_request")
+    stub = users_pb2_grpc.UsersStub(channel)      # generated stubs work unchanged
+    stub.Get(users_pb2.GetRequest(id=7))
+
+The returned object *is* a ``grpc.Channel``: it keeps one grpcio channel per
+endpoint and picks an endpoint for every call (see ``_channel`` for the
+mechanics, ``_common`` for how status codes become outcomes, and
+``clientlb.grpc.aio`` for ``grpc.aio``). grpcio is an optional extra:
+``pip install clientlb[grpc]``.
+"""
+
+from __future__ import annotations
+
+try:
+    import grpc
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "clientlb.grpc needs grpcio, an optional extra: pip install clientlb[grpc]"
+    ) from _exc
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from .._balancer import LoadBalancer
+from .._endpoint import Endpoint
+from .._errors import ConfigError
+from ._channel import BalancedChannel
+from ._common import (
+    DEFAULT_FAILURE_CODES,
+    Hedging,
+    NoEndpointRpcError,
+    build_config,
+    channel_options,
+    classify,
+    endpoint_target,
+    logical_name,
+    make_lb,
+)
+
+__all__ = [
+    "DEFAULT_FAILURE_CODES",
+    "BalancedChannel",
+    "Hedging",
+    "NoEndpointRpcError",
+    "classify",
+    "insecure_channel",
+    "secure_channel",
+]
+
+
+def insecure_channel(
+    lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
+    options: Sequence[tuple[str, Any]] | None = None,
+    *,
+    compression: grpc.Compression | None = None,
+    server_name: str | None = None,
+    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+    retryable_codes: Collection[grpc.StatusCode] = (),
+    max_attempts: int | None = None,
+    transparent_retries: int = 3,
+    hedging: Hedging | None = None,
+    **lb_options: Any,
+) -> BalancedChannel:
+    """A plaintext ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
+
+    Args:
+        lb_or_target: a :class:`~clientlb.LoadBalancer` (shared, not closed
+            with the channel) or a target; with a target the channel builds
+            its own balancer from ``**lb_options`` (``strategy=``, ``name=``...)
+            and closes it with the channel.
+        options: grpcio channel options, given to every sub-channel.
+        compression: the default compression of every sub-channel.
+        server_name: the ``:authority`` to send (default: the target's
+            service name; for a static target, each endpoint's address).
+        failure_codes: the status codes that count as the endpoint's failure
+            (default: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+            INTERNAL, UNKNOWN).
+        retryable_codes: codes after which a unary-unary call is sent again on
+            another endpoint (gRFC A6 ``retryableStatusCodes``; default none:
+            the server may have executed the call — list codes only for
+            idempotent methods).
+        max_attempts: attempts in all, first included (gRFC A6, 1..5); default
+            the balancer's retry policy, or 2 when ``retryable_codes`` is set.
+        transparent_retries: how many times a call that never reached a
+            server (connect failure) is sent to another endpoint (default 3).
+        hedging: a :class:`Hedging` policy for idempotent unary-unary methods.
+
+    Raises:
+        ConfigError: for a bad target, option or policy.
+    """
+    lb, owns = make_lb(lb_or_target, lb_options)
+    try:
+        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
+                              max_attempts=max_attempts, transparent_retries=transparent_retries,
+                              hedging=hedging)
+        opts = channel_options(options, logical_name(lb, server_name))
+    except BaseException:
+        if owns:
+            lb.close()
+        raise
+
+    def factory(endpoint: Endpoint) -> grpc.Channel:
+        return grpc.insecure_channel(endpoint_target(endpoint), options=opts,
+                                     compression=compression)
+
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+
+
+def secure_channel(
+    lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] | None = None,
+    server_name: str | None = None,
+    *,
+    compression: grpc.Compression | None = None,
+    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+    retryable_codes: Collection[grpc.StatusCode] = (),
+    max_attempts: int | None = None,
+    transparent_retries: int = 3,
+    hedging: Hedging | None = None,
+    **lb_options: Any,
+) -> BalancedChannel:
+    """A TLS ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
+
+    Every sub-channel connects to an endpoint's address, while the
+    ``:authority`` and the name the server certificate must carry are the
+    logical name: ``server_name=``, else the target's service name. A static
+    target has no service name: give ``server_name=`` (or ``name=`` to the
+    balancer) so that certificates are checked against the service's name.
+    Other arguments as :func:`insecure_channel`.
+    """
+    if not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
+                          field="credentials")
+    lb, owns = make_lb(lb_or_target, lb_options)
+    try:
+        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
+                              max_attempts=max_attempts, transparent_retries=transparent_retries,
+                              hedging=hedging)
+        opts = channel_options(options, logical_name(lb, server_name))
+    except BaseException:
+        if owns:
+            lb.close()
+        raise
+
+    def factory(endpoint: Endpoint) -> grpc.Channel:
+        return grpc.secure_channel(endpoint_target(endpoint), credentials, options=opts,
+                                   compression=compression)
+
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)

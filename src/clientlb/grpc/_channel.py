@@ -1,0 +1,507 @@
+"""A ``grpc.Channel`` that picks an endpoint per call (sync grpcio).
+
+grpcio cannot load a custom resolver or balancing policy (grpc/grpc#11685),
+so the balancing happens one level up: :class:`BalancedChannel` keeps one
+ordinary grpcio channel (a *sub-channel*, ``pick_first`` to one address) per
+endpoint, created on first use, and every call asks the
+:class:`~clientlb.LoadBalancer` for an endpoint, sends the call on that
+endpoint's sub-channel and reports the outcome (see ``_common``) on the
+``Pick``. Streaming calls stay in flight (for ``least_request`` and
+``peak_ewma``) until they end.
+
+When discovery drops an endpoint its sub-channel stops taking new calls and
+is closed once its in-flight calls have ended (drained), never under them.
+
+Retries (gRFC A6): a unary-unary call that failed before any server saw it
+(connect failure) is sent again at once to an endpoint not yet tried
+(*transparent retry*); with ``retryable_codes=`` a call that failed with one of
+those codes is retried after a jittered exponential backoff, up to
+``max_attempts``, while the balancer's retry budget allows. Streaming calls
+are not retried: their messages cannot be replayed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from .._balancer import LoadBalancer, Pick
+from .._endpoint import Endpoint, EndpointSetDiff
+from .._errors import NoEndpointAvailable
+from .._outcome import Outcome
+from ._common import ChannelConfig, NoEndpointRpcError, classify, is_local_origin
+
+__all__ = ["BalancedChannel"]
+
+_CONNECTIVITY_ORDER = (
+    grpc.ChannelConnectivity.READY,
+    grpc.ChannelConnectivity.CONNECTING,
+    grpc.ChannelConnectivity.IDLE,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+    grpc.ChannelConnectivity.SHUTDOWN,
+)
+
+# (kind, method, request_serializer, response_deserializer, registered)
+_Key = tuple[str, str, Any, Any, bool]
+
+
+class _SubChannel:
+    """One endpoint's grpcio channel, its cached multicallables and in-flight count."""
+
+    __slots__ = ("_lock", "address", "callables", "channel", "closed", "draining",
+                 "in_flight", "state", "watcher")
+
+    def __init__(self, address: str, channel: grpc.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.callables: dict[_Key, Any] = {}
+        self.in_flight = 0
+        self.draining = False
+        self.closed = False
+        self.state: grpc.ChannelConnectivity | None = None
+        self.watcher: Callable[[grpc.ChannelConnectivity], None] | None = None
+        self._lock = threading.Lock()
+
+    def callable(self, key: _Key) -> Any:
+        c = self.callables.get(key)
+        if c is None:
+            kind, method, ser, deser, registered = key
+            c = getattr(self.channel, kind)(method, request_serializer=ser,
+                                           response_deserializer=deser,
+                                           _registered_method=registered)
+            self.callables[key] = c
+        return c
+
+    def acquire(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            if not (self.draining and self.in_flight <= 0 and not self.closed):
+                return
+            self.closed = True
+        self._close()
+
+    def drain(self) -> None:
+        """Take no new calls; close as soon as the in-flight ones have ended."""
+        with self._lock:
+            self.draining = True
+            if self.in_flight > 0 or self.closed:
+                return
+            self.closed = True
+        self._close()
+
+    def close_now(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self._close()
+
+    def _close(self) -> None:
+        if self.watcher is not None:
+            self.channel.unsubscribe(self.watcher)
+            self.watcher = None
+        self.channel.close()
+
+    def __repr__(self) -> str:
+        status = "closed" if self.closed else "draining" if self.draining else "open"
+        return f"<SubChannel {self.address} {status} in_flight={self.in_flight}>"
+
+
+class BalancedChannel(grpc.Channel):  # type: ignore[misc]
+    """A ``grpc.Channel`` over every endpoint of a :class:`~clientlb.LoadBalancer`.
+
+    Build it with :func:`clientlb.grpc.insecure_channel` or
+    :func:`clientlb.grpc.secure_channel`; generated stubs and
+    ``grpc.intercept_channel`` take it like any other channel.
+    """
+
+    def __init__(self, lb: LoadBalancer, *, owns_lb: bool,
+                 factory: Callable[[Endpoint], grpc.Channel], config: ChannelConfig) -> None:
+        self._lb = lb
+        self._owns_lb = owns_lb
+        self._factory = factory
+        self._config = config
+        self._failure_codes = config.failure_codes
+        self._subs: dict[str, _SubChannel] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
+        self._state: grpc.ChannelConnectivity = grpc.ChannelConnectivity.IDLE
+        self._rng = lb.rng
+        lb.add_diff_listener(self._on_diff)
+
+    # -- sub-channels ---------------------------------------------------------------------
+
+    @property
+    def lb(self) -> LoadBalancer:
+        """The balancer that picks an endpoint for every call."""
+        return self._lb
+
+    def _sub(self, endpoint: Endpoint) -> _SubChannel:
+        sub = self._subs.get(endpoint.address)
+        if sub is not None and not sub.draining:
+            return sub
+        with self._lock:
+            if self._closed:
+                raise ValueError("Cannot invoke RPC on closed channel!")
+            sub = self._subs.get(endpoint.address)
+            if sub is not None and not sub.draining:
+                return sub
+            sub = _SubChannel(endpoint.address, self._factory(endpoint))
+            current = self._lb.state_of(endpoint.address)
+            if current is None or current.draining:
+                # Picked just before it left the target: serve this call, then close.
+                sub.draining = True
+                return sub
+            self._subs[endpoint.address] = sub
+            watch = bool(self._subscribers)
+        if watch:
+            self._watch(sub, False)
+        return sub
+
+    def _on_diff(self, diff: EndpointSetDiff) -> None:
+        if not diff.removed:
+            return
+        with self._lock:
+            gone = [self._subs.pop(ep.address) for ep in diff.removed
+                    if ep.address in self._subs]
+        for sub in gone:
+            sub.drain()
+        if gone:
+            self._update_state()
+
+    def sub_channels(self) -> dict[str, str]:
+        """``{address: "open" | "draining"}`` of the live sub-channels (for tests and repr)."""
+        with self._lock:
+            return {a: ("draining" if s.draining else "open") for a, s in self._subs.items()}
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _pick(self, exclude: set[str] | None) -> Pick:
+        try:
+            return self._lb.pick(exclude=exclude)
+        except NoEndpointAvailable as exc:
+            raise NoEndpointRpcError(exc) from exc
+
+    def _blocking(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
+                  credentials: Any, wait_for_ready: bool | None, compression: Any,
+                  with_call: bool) -> Any:
+        hedging = self._config.hedging
+        if hedging is not None and hedging.applies_to(key[1]):
+            from ._hedging import hedged_call
+
+            return hedged_call(self, key, request, timeout, metadata, credentials,
+                               wait_for_ready, compression, with_call)
+        start = time.monotonic() if timeout is not None else 0.0
+        tried: set[str] | None = None
+        attempt = 1
+        transparent = 0
+        call_timeout = timeout
+        while True:
+            pick = self._pick(tried)
+            sub = self._sub(pick.endpoint)
+            sub.acquire()
+            try:
+                c = sub.callable(key)
+                if with_call:
+                    result = c.with_call(request, timeout=call_timeout, metadata=metadata,
+                                         credentials=credentials, wait_for_ready=wait_for_ready,
+                                         compression=compression)
+                else:
+                    result = c(request, timeout=call_timeout, metadata=metadata,
+                               credentials=credentials, wait_for_ready=wait_for_ready,
+                               compression=compression)
+            except grpc.RpcError as exc:
+                code, details = exc.code(), exc.details()
+                pick.done(classify(code, details, self._failure_codes))
+                sub.release()
+                delay = self._retry_delay(code, details, attempt, transparent)
+                if delay is None:
+                    raise
+                if delay < 0:
+                    transparent += 1
+                else:
+                    attempt += 1
+                    if delay:
+                        if timeout is not None and \
+                                time.monotonic() + delay >= start + timeout:
+                            raise
+                        time.sleep(delay)
+                if timeout is not None:
+                    call_timeout = start + timeout - time.monotonic()
+                    if call_timeout <= 0:
+                        raise
+                if tried is None:
+                    tried = set()
+                tried.add(pick.endpoint.address)
+                continue
+            except BaseException:
+                pick.done(Outcome.CANCELLED)
+                sub.release()
+                raise
+            pick.done(Outcome.SUCCESS)
+            sub.release()
+            return result
+
+    def _retry_delay(self, code: grpc.StatusCode, details: str | None, attempt: int,
+                     transparent: int) -> float | None:
+        """-1 for a transparent retry, a backoff (s) for a policy retry, None for none."""
+        plan = self._config.retry
+        if is_local_origin(code, details) and transparent < plan.transparent_retries \
+                and len(self._lb.endpoints()) > 1:
+            return -1.0
+        if code in plan.retryable_codes and attempt < plan.max_attempts:
+            budget = plan.budget
+            if budget is not None and not _budget_allows(budget):
+                return None
+            return plan.backoff(attempt, self._rng.random())
+        return None
+
+    def _future(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
+                credentials: Any, wait_for_ready: bool | None, compression: Any) -> Any:
+        from ._future import RetryingFuture
+
+        fut = RetryingFuture(self, key, request, timeout, metadata, credentials,
+                             wait_for_ready, compression)
+        fut.start()
+        return fut
+
+    def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
+                credentials: Any, wait_for_ready: bool | None, compression: Any,
+                method: str = "__call__") -> Any:
+        pick = self._pick(None)
+        sub = self._sub(pick.endpoint)
+        sub.acquire()
+        try:
+            call = getattr(sub.callable(key), method)(
+                request, timeout=timeout, metadata=metadata, credentials=credentials,
+                wait_for_ready=wait_for_ready, compression=compression)
+        except grpc.RpcError as exc:  # with_call of a stream-unary call
+            pick.done(classify(exc.code(), exc.details(), self._failure_codes))
+            sub.release()
+            raise
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            sub.release()
+            raise
+        if method == "with_call":
+            pick.done(Outcome.SUCCESS)
+            sub.release()
+            return call
+        failure_codes = self._failure_codes
+
+        def finished(c: Any) -> None:
+            pick.done(classify(c.code(), c.details(), failure_codes))
+            sub.release()
+
+        call.add_done_callback(finished)
+        return call
+
+    # -- grpc.Channel -----------------------------------------------------------------------
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None,
+                    _registered_method: bool = False) -> grpc.UnaryUnaryMultiCallable:
+        return _UnaryUnary(self, ("unary_unary", method, request_serializer,
+                                  response_deserializer, _registered_method))
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool = False) -> grpc.UnaryStreamMultiCallable:
+        return _UnaryStream(self, ("unary_stream", method, request_serializer,
+                                   response_deserializer, _registered_method))
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool = False) -> grpc.StreamUnaryMultiCallable:
+        return _StreamUnary(self, ("stream_unary", method, request_serializer,
+                                   response_deserializer, _registered_method))
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None,
+                      _registered_method: bool = False) -> grpc.StreamStreamMultiCallable:
+        return _StreamStream(self, ("stream_stream", method, request_serializer,
+                                    response_deserializer, _registered_method))
+
+    # -- connectivity -------------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[grpc.ChannelConnectivity], None],
+                  try_to_connect: bool = False) -> None:
+        """Connectivity of the whole channel: READY when any sub-channel is READY,
+        else CONNECTING, IDLE, TRANSIENT_FAILURE in that order. ``try_to_connect``
+        opens a sub-channel to every endpoint and connects it."""
+        with self._lock:
+            first = not self._subscribers
+            self._subscribers.append(callback)
+            state = self._state
+        if try_to_connect:
+            try:
+                for ep in self._lb.endpoints():
+                    self._sub(ep)
+            except ValueError:
+                pass
+        if first or try_to_connect:
+            with self._lock:
+                subs = list(self._subs.values())
+            for sub in subs:
+                self._watch(sub, try_to_connect)
+        callback(state)
+
+    def _watch(self, sub: _SubChannel, try_to_connect: bool) -> None:
+        if sub.watcher is not None:
+            if try_to_connect:  # a second subscription only to nudge the connection
+                sub.channel.subscribe(lambda _s: None, try_to_connect=True)
+            return
+
+        def on_state(state: grpc.ChannelConnectivity) -> None:
+            sub.state = state
+            self._update_state()
+
+        sub.watcher = on_state
+        sub.channel.subscribe(on_state, try_to_connect=try_to_connect)
+
+    def _update_state(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            states = {s.state for s in self._subs.values() if s.state is not None}
+            new = next((s for s in _CONNECTIVITY_ORDER if s in states),
+                       grpc.ChannelConnectivity.IDLE)
+            if new is self._state:
+                return
+            self._state = new
+            subscribers = list(self._subscribers)
+        for cb in subscribers:
+            cb(new)
+
+    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
+        with self._lock:
+            if callback in self._subscribers:
+                self._subscribers.remove(callback)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every sub-channel now (in-flight calls are cancelled, as grpcio does)
+        and the balancer when the channel created it."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            subs = list(self._subs.values())
+            self._subs.clear()
+        self._lb.remove_listener(self._on_diff)
+        for sub in subs:
+            sub.close_now()
+        if self._owns_lb:
+            self._lb.close()
+
+    def __enter__(self) -> BalancedChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        subs = self.sub_channels()
+        draining = sum(1 for v in subs.values() if v == "draining")
+        status = "closed" if self._closed else self._state.name
+        return (f"<BalancedChannel {self._lb.name!r} [{len(subs)} sub-channels, "
+                f"{draining} draining] {status}>")
+
+
+def _budget_allows(budget: Any) -> bool:
+    for name in ("try_withdraw", "withdraw", "acquire", "can_retry"):
+        fn = getattr(budget, name, None)
+        if fn is not None:
+            return bool(fn())
+    return True
+
+
+class _MultiCallable:
+    __slots__ = ("_ch", "_key")
+
+    def __init__(self, channel: BalancedChannel, key: _Key) -> None:
+        self._ch = channel
+        self._key = key
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__.lstrip('_')} {self._key[1]} on {self._ch!r}>"
+
+
+class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> Any:
+        return self._ch._blocking(self._key, request, timeout, metadata, credentials,
+                                  wait_for_ready, compression, False)
+
+    def with_call(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                  credentials: Any = None, wait_for_ready: bool | None = None,
+                  compression: Any = None) -> tuple[Any, grpc.Call]:
+        result: tuple[Any, grpc.Call] = self._ch._blocking(
+            self._key, request, timeout, metadata, credentials, wait_for_ready, compression,
+            True)
+        return result
+
+    def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
+               credentials: Any = None, wait_for_ready: bool | None = None,
+               compression: Any = None) -> Any:
+        return self._ch._future(self._key, request, timeout, metadata, credentials,
+                                wait_for_ready, compression)
+
+
+class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> Any:
+        return self._ch._stream(self._key, request, timeout, metadata, credentials,
+                                wait_for_ready, compression)
+
+
+class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(self, request_iterator: Iterator[Any], timeout: float | None = None,
+                 metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None, compression: Any = None) -> Any:
+        response, _call = self.with_call(request_iterator, timeout, metadata, credentials,
+                                         wait_for_ready, compression)
+        return response
+
+    def with_call(self, request_iterator: Iterator[Any], timeout: float | None = None,
+                  metadata: Any = None, credentials: Any = None,
+                  wait_for_ready: bool | None = None,
+                  compression: Any = None) -> tuple[Any, grpc.Call]:
+        result: tuple[Any, grpc.Call] = self._ch._stream(
+            self._key, request_iterator, timeout, metadata, credentials, wait_for_ready,
+            compression, "with_call")
+        return result
+
+    def future(self, request_iterator: Iterator[Any], timeout: float | None = None,
+               metadata: Any = None, credentials: Any = None,
+               wait_for_ready: bool | None = None, compression: Any = None) -> Any:
+        return self._ch._stream(self._key, request_iterator, timeout, metadata, credentials,
+                                wait_for_ready, compression, "future")
+
+
+class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+
+    def __call__(self, request_iterator: Iterator[Any], timeout: float | None = None,
+                 metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None, compression: Any = None) -> Any:
+        return self._ch._stream(self._key, request_iterator, timeout, metadata, credentials,
+                                wait_for_ready, compression)

@@ -1,0 +1,94 @@
+"""Hedged unary-unary calls for the sync channel (gRFC A6 hedging policy).
+
+The first attempt starts at once; while none has answered, another starts
+every ``Hedging.delay`` seconds on an endpoint not yet tried, up to
+``Hedging.max_attempts``. The first answer that is a success or a fatal
+error wins; an attempt failing with a non-fatal code starts the next hedge
+at once. The losers are cancelled and report ``CANCELLED`` (they say nothing
+about their endpoint). Hedged attempts are sent in parallel, so only use
+hedging for idempotent methods (``Hedging(methods=...)``).
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ._common import classify
+
+if TYPE_CHECKING:
+    from ._channel import BalancedChannel, _Key
+
+__all__ = ["hedged_call"]
+
+
+def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | None,
+                metadata: Any, credentials: Any, wait_for_ready: bool | None,
+                compression: Any, with_call: bool) -> Any:
+    hedging = ch._config.hedging
+    assert hedging is not None
+    start = time.monotonic()
+    done: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    calls: list[Any] = []
+    tried: set[str] = set()
+    failure_codes = ch._failure_codes
+
+    def remaining() -> float | None:
+        return None if timeout is None else max(start + timeout - time.monotonic(), 0.0)
+
+    def launch() -> None:
+        pick = ch._pick(tried or None)
+        tried.add(pick.endpoint.address)
+        sub = ch._sub(pick.endpoint)
+        sub.acquire()
+        try:
+            call = sub.callable(key).future(
+                request, timeout=remaining(), metadata=metadata, credentials=credentials,
+                wait_for_ready=wait_for_ready, compression=compression)
+        except BaseException:
+            pick.done("cancelled")
+            sub.release()
+            raise
+
+        def finished(c: Any) -> None:
+            pick.done(classify(c.code(), c.details(), failure_codes))
+            sub.release()
+            done.put(c)
+
+        calls.append(call)
+        call.add_done_callback(finished)
+
+    launch()
+    pending = 1
+    winner: Any = None
+    try:
+        while winner is None:
+            hedge_left = len(calls) < hedging.max_attempts
+            # Without hedges left, wait for an answer: every attempt has the deadline.
+            wait = hedging.delay if hedge_left else None
+            try:
+                call = done.get(timeout=wait)
+            except queue.Empty:
+                if hedge_left:
+                    launch()
+                    pending += 1
+                continue
+            pending -= 1
+            code = call.code()
+            if code is grpc.StatusCode.OK or code not in hedging.non_fatal_codes:
+                winner = call
+            elif len(calls) < hedging.max_attempts:
+                launch()
+                pending += 1
+            elif pending == 0:
+                winner = call
+    finally:
+        for c in calls:
+            if c is not winner:
+                c.cancel()
+    if with_call:
+        return winner.result(), winner
+    return winner.result()
