@@ -320,15 +320,20 @@ class _Attempts:
         return min(self.timeout, left) if left > 0 else None
 
     def pick(self, key: Key | None) -> Pick:
+        tried = self.tried
+        if tried and all(ep.address in tried for ep in self.lb.endpoints()):
+            self.exhausted = True
+            self.raise_error()
         try:
             pick = self.lb.pick(key, exclude=self.tried)
         except NoEndpointAvailable as exc:
             if not self.errors:
                 raise _NoEndpointConnectError(exc.reason, service=exc.service) from exc
             raise self.error() from exc
-        if pick.endpoint.address in self.tried:
-            # Every endpoint that may take traffic failed already: going round
-            # again at once would only hammer them; fail now.
+        if pick.endpoint.address in tried:
+            # Every endpoint that may take traffic failed already (the others
+            # are ejected or unhealthy): going round again at once would only
+            # hammer them; fail now.
             pick.done(Outcome.CANCELLED)
             self.exhausted = True
             self.raise_error()
