@@ -18,6 +18,7 @@ from ._errors import (
     NoEndpointAvailable,
 )
 from ._outcome import Outcome
+from ._registry import Registry
 from ._resolver import Resolver
 from ._retry import RetryBudget, RetryPolicy
 from ._strategies import (
@@ -66,6 +67,7 @@ __all__ = [
     "Pick",
     "Picker",
     "Random",
+    "Registry",
     "Resolver",
     "RetryBudget",
     "RetryPolicy",
