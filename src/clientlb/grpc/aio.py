@@ -1,0 +1,745 @@
+"""Balanced ``grpc.aio`` channels: one grpc.aio channel per endpoint, a pick per call.
+
+::
+
+    import clientlb.grpc.aio
+
+    async with clientlb.grpc.aio.insecure_channel("dns:///users.internal:50051") as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        await stub.Get(users_pb2.GetRequest(id=7))
+
+The same rules as the sync channel (:mod:`clientlb.grpc`): status codes become
+outcomes, a unary-unary call that never reached a server is retried at once
+on another endpoint (transparent retry), ``retryable_codes=`` adds gRFC A6
+policy retries with jittered backoff within the balancer's retry budget,
+streaming calls are in flight until they end and are not retried, and a
+removed endpoint's sub-channel is closed once its calls have ended.
+
+``interceptors=`` are given to every sub-channel, so they run once per
+*attempt* (a retried call passes through them again) and always on the
+endpoint that carries it. Everything runs on the event loop that created
+the channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Collection, Generator, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from .._balancer import LoadBalancer, Pick
+from .._endpoint import Endpoint, EndpointSetDiff
+from .._errors import ConfigError, NoEndpointAvailable
+from .._outcome import Outcome
+from ._common import (
+    DEFAULT_FAILURE_CODES,
+    ChannelConfig,
+    Hedging,
+    NoEndpointRpcError,
+    build_config,
+    channel_options,
+    classify,
+    endpoint_target,
+    is_local_origin,
+    logical_name,
+    make_lb,
+)
+
+__all__ = ["BalancedChannel", "Hedging", "insecure_channel", "secure_channel"]
+
+_Key = tuple[str, str, Any, Any, bool]
+_READY = grpc.ChannelConnectivity.READY
+_FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_ORDER = (
+    grpc.ChannelConnectivity.READY,
+    grpc.ChannelConnectivity.CONNECTING,
+    grpc.ChannelConnectivity.IDLE,
+    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
+    grpc.ChannelConnectivity.SHUTDOWN,
+)
+
+
+class _SubChannel:
+    """One endpoint's grpc.aio channel (used from the event loop only)."""
+
+    __slots__ = ("address", "callables", "channel", "closed", "draining", "in_flight")
+
+    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+        self.address = address
+        self.channel = channel
+        self.callables: dict[_Key, Any] = {}
+        self.in_flight = 0
+        self.draining = False
+        self.closed = False
+
+    def callable(self, key: _Key) -> Any:
+        c = self.callables.get(key)
+        if c is None:
+            kind, method, ser, deser, registered = key
+            c = getattr(self.channel, kind)(method, request_serializer=ser,
+                                           response_deserializer=deser,
+                                           _registered_method=registered)
+            self.callables[key] = c
+        return c
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.draining and self.in_flight <= 0:
+            self.close_soon()
+
+    def drain(self) -> None:
+        self.draining = True
+        if self.in_flight <= 0:
+            self.close_soon()
+
+    def close_soon(self) -> None:
+        if not self.closed:
+            self.closed = True
+            task = asyncio.get_running_loop().create_task(self.channel.close())
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+    def __repr__(self) -> str:
+        status = "closed" if self.closed else "draining" if self.draining else "open"
+        return f"<SubChannel {self.address} {status} in_flight={self.in_flight}>"
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
+    """A ``grpc.aio.Channel`` over every endpoint of a :class:`~clientlb.LoadBalancer`."""
+
+    def __init__(self, lb: LoadBalancer, *, owns_lb: bool,
+                 factory: Callable[[Endpoint], grpc.aio.Channel],
+                 config: ChannelConfig) -> None:
+        self._lb = lb
+        self._owns_lb = owns_lb
+        self._factory = factory
+        self._config = config
+        self._failure_codes = config.failure_codes
+        self._subs: dict[str, _SubChannel] = {}
+        self._closed = False
+        self._rng = lb.rng
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
+        self._loop_thread = threading.get_ident() if self._loop is not None else None
+        lb.add_diff_listener(self._on_diff)
+
+    @property
+    def lb(self) -> LoadBalancer:
+        return self._lb
+
+    # -- sub-channels ---------------------------------------------------------------------
+
+    def _sub(self, endpoint: Endpoint) -> _SubChannel:
+        sub = self._subs.get(endpoint.address)
+        if sub is not None:
+            return sub
+        if self._closed:
+            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
+        sub = _SubChannel(endpoint.address, self._factory(endpoint))
+        current = self._lb.state_of(endpoint.address)
+        if current is None or current.draining:
+            sub.draining = True  # picked just before it left: serve this call, then close
+        else:
+            self._subs[endpoint.address] = sub
+        return sub
+
+    def _on_diff(self, diff: EndpointSetDiff) -> None:
+        if not diff.removed:
+            return
+        loop = self._loop
+        if loop is None:
+            return
+        if threading.get_ident() == self._loop_thread:
+            self._apply_removals(diff.removed)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._apply_removals, diff.removed)
+
+    def _apply_removals(self, removed: Sequence[Endpoint]) -> None:
+        for ep in removed:
+            sub = self._subs.pop(ep.address, None)
+            if sub is not None:
+                sub.drain()
+
+    def sub_channels(self) -> dict[str, str]:
+        """``{address: "open" | "draining"}`` of the live sub-channels."""
+        return {a: ("draining" if s.draining else "open") for a, s in self._subs.items()}
+
+    def _pick(self, exclude: set[str] | None) -> Pick:
+        try:
+            return self._lb.pick(exclude=exclude)
+        except NoEndpointAvailable as exc:
+            raise NoEndpointRpcError(exc) from exc
+
+    def _retry_delay(self, code: grpc.StatusCode, details: str | None, attempt: int,
+                     transparent: int) -> float | None:
+        plan = self._config.retry
+        if is_local_origin(code, details) and transparent < plan.transparent_retries \
+                and len(self._lb.endpoints()) > 1:
+            return -1.0
+        if code in plan.retryable_codes and attempt < plan.max_attempts:
+            budget = plan.budget
+            if budget is not None and not _budget_allows(budget):
+                return None
+            return plan.backoff(attempt, self._rng.random())
+        return None
+
+    def _stream(self, key: _Key, request: Any, kwargs: dict[str, Any]) -> Any:
+        pick = self._pick(None)
+        sub = self._sub(pick.endpoint)
+        # A stream cannot be replayed, so it is not retried; but an endpoint whose
+        # sub-channel is known to be unable to connect is skipped before sending.
+        tried: set[str] | None = None
+        for _ in range(self._config.retry.transparent_retries):
+            if sub.channel.get_state() is not _FAILING:
+                break
+            pick.done(Outcome.CONNECT_FAILURE)
+            tried = (tried or set()) | {pick.endpoint.address}
+            pick = self._pick(tried)
+            sub = self._sub(pick.endpoint)
+        sub.in_flight += 1
+        try:
+            call = sub.callable(key)(request, **kwargs)
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            sub.release()
+            raise
+        failure_codes = self._failure_codes
+
+        def finished(c: Any) -> None:
+            if c.cancelled():
+                pick.done(Outcome.CANCELLED)
+                sub.release()
+                return
+            # The call is done, so its code is already known: read it without waiting.
+            task = asyncio.get_running_loop().create_task(_report(c, pick, sub, failure_codes))
+            _BACKGROUND.add(task)
+            task.add_done_callback(_BACKGROUND.discard)
+
+        call.add_done_callback(finished)
+        return call
+
+    # -- grpc.aio.Channel -------------------------------------------------------------------
+
+    def unary_unary(self, method: str, request_serializer: Any = None,
+                    response_deserializer: Any = None,
+                    _registered_method: bool | None = False) -> Any:
+        return _UnaryUnary(self, ("unary_unary", method, request_serializer,
+                                  response_deserializer, bool(_registered_method)))
+
+    def unary_stream(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return _Streaming(self, ("unary_stream", method, request_serializer,
+                                 response_deserializer, bool(_registered_method)))
+
+    def stream_unary(self, method: str, request_serializer: Any = None,
+                     response_deserializer: Any = None,
+                     _registered_method: bool | None = False) -> Any:
+        return _Streaming(self, ("stream_unary", method, request_serializer,
+                                 response_deserializer, bool(_registered_method)))
+
+    def stream_stream(self, method: str, request_serializer: Any = None,
+                      response_deserializer: Any = None,
+                      _registered_method: bool | None = False) -> Any:
+        return _Streaming(self, ("stream_stream", method, request_serializer,
+                                 response_deserializer, bool(_registered_method)))
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        """READY when any sub-channel is READY, else CONNECTING, IDLE, TRANSIENT_FAILURE.
+
+        ``try_to_connect`` opens and connects a sub-channel to every endpoint.
+        """
+        if try_to_connect and not self._closed:
+            for ep in self._lb.endpoints():
+                self._sub(ep)
+        if self._closed:
+            return grpc.ChannelConnectivity.SHUTDOWN
+        states = {s.channel.get_state(try_to_connect) for s in self._subs.values()}
+        return next((s for s in _ORDER if s in states), grpc.ChannelConnectivity.IDLE)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        while self.get_state() is last_observed_state:
+            subs = list(self._subs.values())
+            if not subs:
+                for ep in self._lb.endpoints():
+                    self._sub(ep)
+                subs = list(self._subs.values())
+                if not subs:
+                    return
+            waits = [asyncio.ensure_future(s.channel.wait_for_state_change(
+                s.channel.get_state())) for s in subs]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+    async def channel_ready(self) -> None:
+        state = self.get_state(try_to_connect=True)
+        while state is not _READY:
+            await self.wait_for_state_change(state)
+            state = self.get_state(try_to_connect=True)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every sub-channel (in-flight calls get ``grace`` seconds, then are
+        cancelled) and the balancer when the channel created it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._lb.remove_listener(self._on_diff)
+        subs = list(self._subs.values())
+        self._subs.clear()
+        closing = [s.channel.close(grace) for s in subs if not s.closed]
+        for s in subs:
+            s.closed = True
+        if closing:
+            await asyncio.gather(*closing)
+        if self._owns_lb:
+            await self._lb.aclose()
+
+    async def __aenter__(self) -> BalancedChannel:
+        """Enter, after the balancer's first resolution (or its timeout)."""
+        await self._lb.wait_ready_async()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        subs = self.sub_channels()
+        draining = sum(1 for v in subs.values() if v == "draining")
+        status = "closed" if self._closed else "open"
+        return (f"<aio.BalancedChannel {self._lb.name!r} [{len(subs)} sub-channels, "
+                f"{draining} draining] {status}>")
+
+
+async def _report(call: Any, pick: Pick, sub: _SubChannel,
+                  failure_codes: Collection[grpc.StatusCode]) -> None:
+    try:
+        code = await call.code()
+        details = await call.details()
+        pick.done(classify(code, details, failure_codes))
+    except BaseException:
+        pick.done(Outcome.CANCELLED)
+        raise
+    finally:
+        sub.release()
+
+
+def _budget_allows(budget: Any) -> bool:
+    for name in ("try_withdraw", "withdraw", "acquire", "can_retry"):
+        fn = getattr(budget, name, None)
+        if fn is not None:
+            return bool(fn())
+    return True
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ("_ch", "_key")
+
+    def __init__(self, channel: BalancedChannel, key: _Key) -> None:
+        self._ch = channel
+        self._key = key
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: Any = None, wait_for_ready: bool | None = None,
+                 compression: Any = None) -> _UnaryUnaryCall:
+        return _UnaryUnaryCall(self._ch, self._key, request, timeout, {
+            "metadata": metadata, "credentials": credentials,
+            "wait_for_ready": wait_for_ready, "compression": compression})
+
+
+class _Streaming:
+    __slots__ = ("_ch", "_key")
+
+    def __init__(self, channel: BalancedChannel, key: _Key) -> None:
+        self._ch = channel
+        self._key = key
+
+    def __call__(self, request: Any = None, *, timeout: float | None = None,
+                 metadata: Any = None, credentials: Any = None,
+                 wait_for_ready: bool | None = None, compression: Any = None) -> Any:
+        return self._ch._stream(self._key, request, {
+            "timeout": timeout, "metadata": metadata, "credentials": credentials,
+            "wait_for_ready": wait_for_ready, "compression": compression})
+
+
+grpc.aio.UnaryStreamMultiCallable.register(_Streaming)
+grpc.aio.StreamUnaryMultiCallable.register(_Streaming)
+grpc.aio.StreamStreamMultiCallable.register(_Streaming)
+
+
+class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+    """A unary-unary call across attempts; awaits like grpc.aio's own call.
+
+    The first attempt starts at once. ``await call`` drives the attempts in
+    the awaiting task (no extra task on the fast path); anything else that
+    needs the outcome (``code()``, ``add_done_callback``...) starts a task.
+    """
+
+    def __init__(self, channel: BalancedChannel, key: _Key, request: Any,
+                 timeout: float | None, kwargs: dict[str, Any]) -> None:
+        self._ch = channel
+        self._key = key
+        self._request = request
+        self._timeout = timeout
+        self._kwargs = kwargs
+        self._start = time.monotonic() if timeout is not None else 0.0
+        self._driver: Any = None  # None, "inline" or a Task
+        self._finished = False
+        self._response: Any = None
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[Any], None]] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._user_cancelled = False
+        self._pick: Pick | None = None
+        self._sub: _SubChannel | None = None
+        self._call: Any = None
+        self._hedging: Hedging | None = None
+        hedging = channel._config.hedging
+        if hedging is not None and hedging.applies_to(key[1]):
+            self._hedging = hedging
+            self._ensure_driver()
+        elif not channel._lb.wait_ready(0):
+            self._ensure_driver()  # the first resolution is still running: await it first
+        else:
+            try:
+                self._launch(None)
+            except NoEndpointRpcError as exc:  # surfaces when awaited, as grpc.aio errors do
+                self._driver = "done"
+                self._finish(None, exc)
+
+    def _remaining(self) -> float | None:
+        if self._timeout is None:
+            return None
+        return self._start + self._timeout - time.monotonic()
+
+    def _launch(self, tried: set[str] | None) -> None:
+        pick = self._ch._pick(tried)
+        sub = self._ch._sub(pick.endpoint)
+        sub.in_flight += 1
+        try:
+            call = sub.callable(self._key)(self._request, timeout=self._remaining(),
+                                           **self._kwargs)
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            sub.release()
+            raise
+        self._pick, self._sub, self._call = pick, sub, call
+
+    async def _drive(self) -> Any:
+        if self._hedging is not None:
+            return await self._drive_hedged(self._hedging)
+        if self._pick is None:
+            await self._ch._lb.wait_ready_async()
+            self._launch(None)
+        tried: set[str] | None = None
+        attempt = 1
+        transparent = 0
+        while True:
+            pick, sub, call = self._pick, self._sub, self._call
+            assert pick is not None and sub is not None
+            try:
+                response = await call
+            except grpc.aio.AioRpcError as exc:
+                code, details = exc.code(), exc.details()
+                pick.done(classify(code, details, self._ch._failure_codes))
+                sub.release()
+                delay = self._ch._retry_delay(code, details, attempt, transparent)
+                remaining = self._remaining()
+                if delay is None or self._user_cancelled or \
+                        (remaining is not None and remaining <= max(delay, 0.0)):
+                    raise
+                if delay < 0:
+                    transparent += 1
+                else:
+                    attempt += 1
+                    if delay:
+                        await asyncio.sleep(delay)
+                if tried is None:
+                    tried = set()
+                tried.add(pick.endpoint.address)
+                self._launch(tried)
+                continue
+            except BaseException:
+                pick.done(Outcome.CANCELLED)
+                sub.release()
+                raise
+            pick.done(Outcome.SUCCESS)
+            sub.release()
+            return response
+
+    async def _drive_hedged(self, hedging: Hedging) -> Any:
+        await self._ch._lb.wait_ready_async()
+        tried: set[str] = set()
+        attempts: dict[asyncio.Future[Any], tuple[Pick, _SubChannel, Any]] = {}
+
+        def launch() -> None:
+            self._launch(tried or None)
+            assert self._pick is not None and self._sub is not None
+            tried.add(self._pick.endpoint.address)
+            attempts[asyncio.ensure_future(_await(self._call))] = (
+                self._pick, self._sub, self._call)
+
+        def settle(fut: asyncio.Future[Any]) -> grpc.StatusCode:
+            pick, sub, _call = attempts[fut]
+            exc = fut.exception() if not fut.cancelled() else None
+            if fut.cancelled():
+                code, details = grpc.StatusCode.CANCELLED, None
+            elif isinstance(exc, grpc.aio.AioRpcError):
+                code, details = exc.code(), exc.details()
+            elif exc is not None:
+                code, details = grpc.StatusCode.UNKNOWN, str(exc)
+            else:
+                code, details = grpc.StatusCode.OK, None
+            pick.done(classify(code, details, self._ch._failure_codes))
+            sub.release()
+            return code
+
+        launch()
+        pending: set[asyncio.Future[Any]] = set(attempts)
+        winner: asyncio.Future[Any] | None = None
+        try:
+            while winner is None:
+                hedge_left = len(attempts) < hedging.max_attempts
+                done, pending = await asyncio.wait(
+                    pending, timeout=hedging.delay if hedge_left else None,
+                    return_when=asyncio.FIRST_COMPLETED)
+                if not done:
+                    launch()
+                    pending = set(attempts) - {f for f in attempts if f.done()}
+                    continue
+                for fut in done:
+                    code = settle(fut)
+                    if winner is None and (code is grpc.StatusCode.OK
+                                           or code not in hedging.non_fatal_codes):
+                        winner = fut
+                if winner is None:
+                    if len(attempts) < hedging.max_attempts:
+                        launch()
+                        pending = {f for f in attempts if not f.done()}
+                    elif not pending:
+                        winner = next(iter(done))
+        finally:
+            for fut, (_pick, _sub, call) in attempts.items():
+                if fut is not winner and not fut.done():
+                    call.cancel()
+                    fut.add_done_callback(settle)
+        self._call = attempts[winner][2]
+        return winner.result()
+
+    def _finish(self, response: Any, error: BaseException | None) -> None:
+        self._finished = True
+        self._response = response
+        self._error = error
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        callbacks, self._callbacks = self._callbacks, []
+        for cb in callbacks:
+            cb(self)
+
+    async def _run(self) -> Any:
+        try:
+            response = await self._drive()
+        except BaseException as exc:
+            self._finish(None, exc)
+            raise
+        self._finish(response, None)
+        return response
+
+    def _ensure_driver(self) -> None:
+        if self._driver is None:
+            task = asyncio.get_running_loop().create_task(self._run())
+            task.add_done_callback(_consume)
+            self._driver = task
+
+    async def _wait_finished(self) -> None:
+        if self._finished:
+            return
+        self._ensure_driver()
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._waiter)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self._finished:
+            if self._error is not None:
+                raise self._error
+            return self._response
+        if self._driver is None:
+            self._driver = "inline"
+            response = yield from self._run().__await__()
+            return response
+        yield from self._wait_finished().__await__()
+        if self._error is not None:
+            raise self._error
+        return self._response
+
+    # -- grpc.aio.Call ---------------------------------------------------------------------
+
+    def cancelled(self) -> bool:
+        return self._finished and isinstance(self._error, asyncio.CancelledError)
+
+    def done(self) -> bool:
+        return self._finished
+
+    def time_remaining(self) -> float | None:
+        return self._remaining()
+
+    def cancel(self) -> bool:
+        if self._finished:
+            return False
+        self._user_cancelled = True
+        if self._call is not None:
+            self._call.cancel()
+        if isinstance(self._driver, asyncio.Task):
+            self._driver.cancel()
+        return True
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        if self._finished:
+            callback(self)
+            return
+        self._ensure_driver()
+        self._callbacks.append(callback)
+
+    async def initial_metadata(self) -> Any:
+        await self._wait_finished()
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        await self._wait_finished()
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        await self._wait_finished()
+        if isinstance(self._error, NoEndpointRpcError):
+            return grpc.StatusCode.UNAVAILABLE
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        await self._wait_finished()
+        if isinstance(self._error, NoEndpointRpcError):
+            return str(self._error)
+        details: str = await self._call.details()
+        return details
+
+    async def wait_for_connection(self) -> None:
+        await self._wait_finished()
+
+    def __repr__(self) -> str:
+        state = "done" if self._finished else "running"
+        return f"<aio.UnaryUnaryCall {self._key[1]} {state}>"
+
+
+async def _await(call: Any) -> Any:
+    return await call
+
+
+def _consume(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # the error is the caller's, through the call object
+
+
+def _factory_args(options: Sequence[tuple[str, Any]] | None, interceptors: Any
+                  ) -> list[Any] | None:
+    if interceptors is None:
+        return None
+    if isinstance(interceptors, (str, bytes)) or not isinstance(interceptors, (list, tuple)):
+        raise ConfigError(f"interceptors must be a list of grpc.aio client interceptors, got "
+                          f"{interceptors!r}", field="interceptors")
+    return list(interceptors)
+
+
+def insecure_channel(
+    lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
+    options: Sequence[tuple[str, Any]] | None = None,
+    *,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    server_name: str | None = None,
+    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+    retryable_codes: Collection[grpc.StatusCode] = (),
+    max_attempts: int | None = None,
+    transparent_retries: int = 3,
+    hedging: Hedging | None = None,
+    **lb_options: Any,
+) -> BalancedChannel:
+    """A plaintext ``grpc.aio.Channel`` picking an endpoint per call.
+
+    Arguments as :func:`clientlb.grpc.insecure_channel`, plus ``interceptors``
+    (grpc.aio client interceptors, run once per attempt on its sub-channel).
+    """
+    lb, owns = make_lb(lb_or_target, lb_options)
+    try:
+        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
+                              max_attempts=max_attempts, transparent_retries=transparent_retries,
+                              hedging=hedging)
+        opts = channel_options(options, logical_name(lb, server_name))
+        chain = _factory_args(options, interceptors)
+    except BaseException:
+        if owns:
+            lb.close()
+        raise
+
+    def factory(endpoint: Endpoint) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(endpoint_target(endpoint), options=opts,
+                                         compression=compression, interceptors=chain)
+
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+
+
+def secure_channel(
+    lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
+    credentials: grpc.ChannelCredentials,
+    options: Sequence[tuple[str, Any]] | None = None,
+    server_name: str | None = None,
+    *,
+    compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+    retryable_codes: Collection[grpc.StatusCode] = (),
+    max_attempts: int | None = None,
+    transparent_retries: int = 3,
+    hedging: Hedging | None = None,
+    **lb_options: Any,
+) -> BalancedChannel:
+    """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
+
+    Arguments as :func:`clientlb.grpc.secure_channel` and :func:`insecure_channel`.
+    """
+    if not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
+                          field="credentials")
+    lb, owns = make_lb(lb_or_target, lb_options)
+    try:
+        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
+                              max_attempts=max_attempts, transparent_retries=transparent_retries,
+                              hedging=hedging)
+        opts = channel_options(options, logical_name(lb, server_name))
+        chain = _factory_args(options, interceptors)
+    except BaseException:
+        if owns:
+            lb.close()
+        raise
+
+    def factory(endpoint: Endpoint) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(endpoint_target(endpoint), credentials, options=opts,
+                                       compression=compression, interceptors=chain)
+
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+
