@@ -8,6 +8,13 @@ extra hop.
 
 from __future__ import annotations
 
+from ._affinity import (
+    CookieAffinity,
+    HeaderAffinity,
+    hash_by_client_ip,
+    hash_by_cookie,
+    hash_by_header,
+)
 from ._balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
 from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from ._errors import (
@@ -17,6 +24,7 @@ from ._errors import (
     DiscoveryError,
     NoEndpointAvailable,
 )
+from ._http import AsyncHTTPTransport, HTTPTransport
 from ._outcome import Outcome
 from ._registry import Registry
 from ._resolver import Resolver
@@ -46,6 +54,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "AsyncHTTPTransport",
     "BalancedSSLSocket",
     "BalancedSocket",
     "BalancedStreamWriter",
@@ -53,11 +62,14 @@ __all__ = [
     "ClientLBError",
     "ConfigError",
     "ConnectError",
+    "CookieAffinity",
     "DiscoveryError",
     "Endpoint",
     "EndpointSet",
     "EndpointSetDiff",
     "EndpointSnapshot",
+    "HTTPTransport",
+    "HeaderAffinity",
     "LeastRequest",
     "LoadBalancer",
     "Maglev",
@@ -78,6 +90,9 @@ __all__ = [
     "Telemetry",
     "__version__",
     "connect",
+    "hash_by_client_ip",
+    "hash_by_cookie",
+    "hash_by_header",
     "instrument",
     "open_connection",
     "parse_target",

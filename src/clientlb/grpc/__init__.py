@@ -64,7 +64,7 @@ def insecure_channel(
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
-    transparent_retries: int = 3,
+    transparent_retries: int | None = None,
     hedging: Hedging | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
@@ -123,7 +123,7 @@ def secure_channel(
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
-    transparent_retries: int = 3,
+    transparent_retries: int | None = None,
     hedging: Hedging | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:

@@ -33,7 +33,8 @@ from .._balancer import LoadBalancer, Pick
 from .._endpoint import Endpoint, EndpointSetDiff
 from .._errors import NoEndpointAvailable
 from .._outcome import Outcome
-from ._common import ChannelConfig, NoEndpointRpcError, classify, is_local_origin
+from .._retry import RetryState
+from ._common import ChannelConfig, NoEndpointRpcError, classify, retry_decision
 
 __all__ = ["BalancedChannel"]
 
@@ -201,8 +202,11 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             return hedged_call(self, key, request, timeout, metadata, credentials,
                                wait_for_ready, compression, with_call)
         start = time.monotonic() if timeout is not None else 0.0
+        plan = self._config.retry
+        if plan.budget is not None:
+            plan.budget.deposit()
         tried: set[str] | None = None
-        attempt = 1
+        rstate: RetryState | None = None
         transparent = 0
         call_timeout = timeout
         while True:
@@ -223,18 +227,16 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
                 code, details = exc.code(), exc.details()
                 pick.done(classify(code, details, self._failure_codes))
                 sub.release()
-                delay = self._retry_delay(code, details, attempt, transparent)
+                delay, rstate = retry_decision(plan, self._lb, code, details, transparent,
+                                               rstate)
                 if delay is None:
                     raise
                 if delay < 0:
                     transparent += 1
-                else:
-                    attempt += 1
-                    if delay:
-                        if timeout is not None and \
-                                time.monotonic() + delay >= start + timeout:
-                            raise
-                        time.sleep(delay)
+                elif delay:
+                    if timeout is not None and time.monotonic() + delay >= start + timeout:
+                        raise
+                    time.sleep(delay)
                 if timeout is not None:
                     call_timeout = start + timeout - time.monotonic()
                     if call_timeout <= 0:
@@ -250,20 +252,6 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             pick.done(Outcome.SUCCESS)
             sub.release()
             return result
-
-    def _retry_delay(self, code: grpc.StatusCode, details: str | None, attempt: int,
-                     transparent: int) -> float | None:
-        """-1 for a transparent retry, a backoff (s) for a policy retry, None for none."""
-        plan = self._config.retry
-        if is_local_origin(code, details) and transparent < plan.transparent_retries \
-                and len(self._lb.endpoints()) > 1:
-            return -1.0
-        if code in plan.retryable_codes and attempt < plan.max_attempts:
-            budget = plan.budget
-            if budget is not None and not _budget_allows(budget):
-                return None
-            return plan.backoff(attempt, self._rng.random())
-        return None
 
     def _future(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any) -> Any:
@@ -416,14 +404,6 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         status = "closed" if self._closed else self._state.name
         return (f"<BalancedChannel {self._lb.name!r} [{len(subs)} sub-channels, "
                 f"{draining} draining] {status}>")
-
-
-def _budget_allows(budget: Any) -> bool:
-    for name in ("try_withdraw", "withdraw", "acquire", "can_retry"):
-        fn = getattr(budget, name, None)
-        if fn is not None:
-            return bool(fn())
-    return True
 
 
 class _MultiCallable:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
@@ -34,6 +34,7 @@ from .._balancer import LoadBalancer
 from .._endpoint import Endpoint
 from .._errors import ConfigError, NoEndpointAvailable
 from .._outcome import Outcome
+from .._retry import RetryBudget, RetryPolicy, RetryState
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
@@ -47,6 +48,7 @@ __all__ = [
     "is_local_origin",
     "logical_name",
     "make_lb",
+    "retry_decision",
 ]
 
 StatusCode = grpc.StatusCode
@@ -168,27 +170,46 @@ class Hedging:
 
 @dataclass(frozen=True)
 class RetryPlan:
-    """How one channel retries (gRFC A6 retry policy), resolved at construction.
+    """How one channel retries unary-unary calls (gRFC A6), resolved at construction.
 
-    ``max_attempts`` counts the first attempt (gRFC A6: 2..5; 1 turns policy
-    retries off). Backoff before retry *n* is random in
-    ``[0, min(initial_backoff × multiplier^(n-1), max_backoff)]`` (gRFC A6's
-    jittered exponential backoff). Transparent retries (connect failures)
-    are not counted in ``max_attempts`` and wait for no backoff, but each goes
-    to an endpoint not yet tried, at most ``transparent_retries`` times.
+    * ``transparent_retries``: a call that never reached a server (connect
+      failure) goes at once, with no backoff, to an endpoint not yet tried, at
+      most this many times (gRPC's transparent retry; default 3, 0 when the
+      balancer was built with ``retry=None``).
+    * ``retryable_codes`` (gRFC A6 ``retryableStatusCodes``): a call that
+      failed with one of them is sent again after the balancer's
+      :class:`~clientlb.RetryPolicy` backoff, up to its ``attempts`` (capped
+      at 5 as gRFC A6 does). Default none: the server may have run the call.
+    * Every retry, transparent or not, is withdrawn from the balancer's
+      :class:`~clientlb.RetryBudget` (``lb.retry_budget``), shared with its
+      HTTP and TCP traffic, so an outage never becomes a retry storm.
     """
 
     retryable_codes: frozenset[grpc.StatusCode] = frozenset()
-    max_attempts: int = 1
-    initial_backoff: float = 0.05
-    max_backoff: float = 1.0
-    backoff_multiplier: float = 2.0
+    policy: RetryPolicy | None = None
     transparent_retries: int = 3
-    budget: Any = None  # the balancer's retry budget, shared with every integration
+    budget: RetryBudget | None = None
 
-    def backoff(self, retry: int, rng_random: float) -> float:
-        cap = min(self.initial_backoff * self.backoff_multiplier ** (retry - 1), self.max_backoff)
-        return cap * rng_random
+
+def retry_decision(plan: RetryPlan, lb: LoadBalancer, code: grpc.StatusCode | None,
+                   details: str | None, transparent: int, state: RetryState | None
+                   ) -> tuple[float | None, RetryState | None]:
+    """After a failed attempt: ``(-1, state)`` to retry at once (transparent),
+    ``(seconds, state)`` to retry after a backoff, ``(None, state)`` to give up."""
+    budget = plan.budget
+    if is_local_origin(code, details):
+        if transparent < plan.transparent_retries and len(lb.endpoints()) > 1 and (
+                budget is None or budget.try_withdraw()):
+            return -1.0, state
+        return None, state
+    if plan.policy is None or code not in plan.retryable_codes:
+        return None, state
+    if state is None:
+        state = plan.policy.start(lb.rng)
+    delay = state.next_delay()
+    if delay is None or (budget is not None and not budget.try_withdraw()):
+        return None, state
+    return delay, state
 
 
 @dataclass(frozen=True)
@@ -201,7 +222,7 @@ class ChannelConfig:
 
 
 def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: object,
-                 max_attempts: int | None, transparent_retries: int,
+                 max_attempts: int | None, transparent_retries: int | None,
                  hedging: Hedging | None) -> ChannelConfig:
     """Validate the channel's own options (``ConfigError`` names the field)."""
     codes = _check_codes(failure_codes, "failure_codes")
@@ -209,33 +230,29 @@ def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: ob
     if hedging is not None and not isinstance(hedging, Hedging):
         raise ConfigError(f"hedging must be a clientlb.grpc.Hedging or None, got {hedging!r}",
                           field="hedging")
+    policy = lb.retry_policy
     t = transparent_retries
+    if t is None:
+        t = 0 if policy is None else 3
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise ConfigError(f"transparent_retries must be an integer >= 0, got {t!r}",
                           field="transparent_retries")
-    policy = getattr(lb, "retry_policy", None)
-    budget = getattr(lb, "retry_budget", None)
-    attempts = 2 if retryable else 1
-    initial, maximum, multiplier = 0.05, 1.0, 2.0
-    if policy is not None:
-        attempts = int(getattr(policy, "attempts", attempts) or 1) if retryable else 1
-        backoff = getattr(policy, "backoff", None)
-        initial = float(getattr(backoff, "initial", getattr(policy, "initial_backoff", initial)))
-        maximum = float(getattr(backoff, "maximum", getattr(policy, "max_backoff", maximum)))
-        multiplier = float(getattr(backoff, "multiplier",
-                                   getattr(policy, "backoff_multiplier", multiplier)))
-    elif getattr(lb, "_retry_disabled", False):
-        attempts = 1
+    if retryable and policy is None:
+        raise ConfigError("retryable_codes needs a retry policy, but the balancer was built "
+                          "with retry=None", field="retryable_codes")
     if max_attempts is not None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
                 or not 1 <= max_attempts <= 5:
             raise ConfigError(f"max_attempts must be an integer 1..5 (gRFC A6 caps it at 5), "
                               f"got {max_attempts!r}", field="max_attempts")
-        attempts = max_attempts
-    attempts = min(max(attempts, 1), 5)
-    plan = RetryPlan(retryable_codes=retryable, max_attempts=attempts, initial_backoff=initial,
-                     max_backoff=maximum, backoff_multiplier=multiplier,
-                     transparent_retries=t, budget=budget)
+        if policy is None:
+            raise ConfigError("max_attempts needs a retry policy, but the balancer was built "
+                              "with retry=None", field="max_attempts")
+        policy = replace(policy, attempts=max_attempts)
+    elif policy is not None and policy.attempts > 5:
+        policy = replace(policy, attempts=5)  # gRFC A6: maxAttempts above 5 is treated as 5
+    plan = RetryPlan(retryable_codes=retryable, policy=policy if retryable else None,
+                     transparent_retries=t, budget=lb.retry_budget)
     return ChannelConfig(failure_codes=codes, retry=plan, hedging=hedging)
 
 

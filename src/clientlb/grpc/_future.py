@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from .._outcome import Outcome
-from ._common import NoEndpointRpcError, classify
+from .._retry import RetryState
+from ._common import NoEndpointRpcError, classify, retry_decision
 
 if TYPE_CHECKING:
     from ._channel import BalancedChannel, _Key
@@ -46,8 +47,11 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._cancelled = False
         self._callbacks: list[Callable[[Any], None]] = []
         self._tried: set[str] = set()
-        self._attempt = 1
+        self._rstate: RetryState | None = None
         self._transparent = 0
+        budget = channel._config.retry.budget
+        if budget is not None:
+            budget.deposit()
 
     def start(self) -> None:
         try:
@@ -78,7 +82,8 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             if code is grpc.StatusCode.OK or self._cancelled:
                 self._finish(c, None)
                 return
-            delay = self._ch._retry_delay(code, details, self._attempt, self._transparent)
+            delay, self._rstate = retry_decision(self._ch._config.retry, self._ch._lb, code,
+                                                 details, self._transparent, self._rstate)
             remaining = self._remaining()
             if delay is None or (remaining is not None and remaining <= max(delay, 0)):
                 self._finish(c, None)
@@ -88,7 +93,6 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
                 self._transparent += 1
                 self.start()
             else:
-                self._attempt += 1
                 timer = threading.Timer(delay, self.start)
                 timer.daemon = True
                 timer.start()
@@ -207,4 +211,4 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         state = "done" if self.done() else "running"
-        return f"<RetryingFuture {self._key[1]} {state} attempt={self._attempt}>"
+        return f"<RetryingFuture {self._key[1]} {state} transparent_retries={self._transparent}>"

@@ -36,6 +36,7 @@ from .._balancer import LoadBalancer, Pick
 from .._endpoint import Endpoint, EndpointSetDiff
 from .._errors import ConfigError, NoEndpointAvailable
 from .._outcome import Outcome
+from .._retry import RetryState
 from ._common import (
     DEFAULT_FAILURE_CODES,
     ChannelConfig,
@@ -45,9 +46,9 @@ from ._common import (
     channel_options,
     classify,
     endpoint_target,
-    is_local_origin,
     logical_name,
     make_lb,
+    retry_decision,
 )
 
 __all__ = ["BalancedChannel", "Hedging", "insecure_channel", "secure_channel"]
@@ -182,19 +183,6 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             return self._lb.pick(exclude=exclude)
         except NoEndpointAvailable as exc:
             raise NoEndpointRpcError(exc) from exc
-
-    def _retry_delay(self, code: grpc.StatusCode, details: str | None, attempt: int,
-                     transparent: int) -> float | None:
-        plan = self._config.retry
-        if is_local_origin(code, details) and transparent < plan.transparent_retries \
-                and len(self._lb.endpoints()) > 1:
-            return -1.0
-        if code in plan.retryable_codes and attempt < plan.max_attempts:
-            budget = plan.budget
-            if budget is not None and not _budget_allows(budget):
-                return None
-            return plan.backoff(attempt, self._rng.random())
-        return None
 
     def _stream(self, key: _Key, request: Any, kwargs: dict[str, Any]) -> Any:
         pick = self._pick(None)
@@ -339,14 +327,6 @@ async def _report(call: Any, pick: Pick, sub: _SubChannel,
         sub.release()
 
 
-def _budget_allows(budget: Any) -> bool:
-    for name in ("try_withdraw", "withdraw", "acquire", "can_retry"):
-        fn = getattr(budget, name, None)
-        if fn is not None:
-            return bool(fn())
-    return True
-
-
 class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
     __slots__ = ("_ch", "_key")
 
@@ -446,8 +426,11 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         if self._pick is None:
             await self._ch._lb.wait_ready_async()
             self._launch(None)
+        plan = self._ch._config.retry
+        if plan.budget is not None:
+            plan.budget.deposit()
         tried: set[str] | None = None
-        attempt = 1
+        rstate: RetryState | None = None
         transparent = 0
         while True:
             pick, sub, call = self._pick, self._sub, self._call
@@ -458,17 +441,16 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                 code, details = exc.code(), exc.details()
                 pick.done(classify(code, details, self._ch._failure_codes))
                 sub.release()
-                delay = self._ch._retry_delay(code, details, attempt, transparent)
+                delay, rstate = retry_decision(plan, self._ch._lb, code, details, transparent,
+                                               rstate)
                 remaining = self._remaining()
                 if delay is None or self._user_cancelled or \
                         (remaining is not None and remaining <= max(delay, 0.0)):
                     raise
                 if delay < 0:
                     transparent += 1
-                else:
-                    attempt += 1
-                    if delay:
-                        await asyncio.sleep(delay)
+                elif delay:
+                    await asyncio.sleep(delay)
                 if tried is None:
                     tried = set()
                 tried.add(pick.endpoint.address)
@@ -675,7 +657,7 @@ def insecure_channel(
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
-    transparent_retries: int = 3,
+    transparent_retries: int | None = None,
     hedging: Hedging | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
@@ -714,7 +696,7 @@ def secure_channel(
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
-    transparent_retries: int = 3,
+    transparent_retries: int | None = None,
     hedging: Hedging | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
