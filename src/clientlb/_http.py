@@ -1,0 +1,805 @@
+"""httpx transports that balance every request over a :class:`LoadBalancer`.
+
+::
+
+    lb = clientlb.LoadBalancer("static://10.0.0.1:8080,10.0.0.2:8080", name="users")
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        client.get("http://users/v1/me")          # goes to 10.0.0.1 or 10.0.0.2
+
+**Routing.** The request URL names the *logical* service (``users``); each
+attempt connects to a picked endpoint, while the ``Host`` header keeps the
+logical name and, for ``https``, the logical name (or ``server_name=``) is the
+TLS SNI and the name the certificate is verified against — httpcore's
+``sni_hostname`` request extension. Every endpoint has its own httpcore
+connection pool (``limits`` apply per endpoint); the pool of an endpoint that
+leaves the target is closed once its last response is closed (a diff
+listener). The options of ``httpx.HTTPTransport`` (``verify``, ``cert``,
+``trust_env``, ``http1``, ``http2``, ``limits``, ``local_address``,
+``retries``, ``socket_options``) pass through; ``proxy`` and ``uds`` are
+refused, as they would bypass the endpoints. Several services share one
+client through httpx ``mounts=``.
+
+**Outcomes** (:class:`~clientlb.Outcome`, the vocabulary of Envoy's outlier
+detection): connect errors, TLS handshake failures and connect timeouts →
+``CONNECT_FAILURE`` (local origin); read and write timeouts → ``TIMEOUT``;
+502/503/504 → ``GATEWAY_FAILURE``; other 5xx, resets and protocol errors →
+``FAILURE``; everything else → ``SUCCESS``; a pool timeout, a local protocol
+error or a cancellation → ``CANCELLED`` (says nothing about the endpoint). The
+latency recorded is the time to the response headers, and a response stays
+in flight until it is closed — a long download keeps counting for
+``least_request``/``peak_ewma``; an error while reading the body turns the
+outcome into a failure.
+
+**Retries** (the balancer's :class:`~clientlb.RetryPolicy`, ``retry=None``
+for none): a request that never reached a backend (connection refused,
+connect timeout, TLS failure, pool timeout) is retried at once on another
+endpoint, whatever its method; one that may have reached it (502/503/504,
+read/write errors and timeouts) only when idempotent (RFC 9110: GET, HEAD,
+OPTIONS, PUT, DELETE, TRACE), when it carries an ``Idempotency-Key`` header,
+or when the request opts in with ``extensions={"clientlb.retry": True}``
+(``False`` turns retries off for one request), after a jittered exponential
+back-off that honours ``Retry-After`` up to the policy's cap. No endpoint is
+tried twice while another may take traffic (``lb.pick(exclude=...)``); every
+retry is paid from the balancer's retry budget (20% + 10/s); a streamed body
+that was already sent is never replayed. When the attempts are spent the
+last response is returned, or the last error is raised as the same httpx
+exception, its message naming every endpoint tried.
+
+**Affinity**: ``hash_key=`` feeds ``ring_hash``/``maglev``; ``affinity=``
+gives sticky sessions (see :mod:`clientlb._affinity`).
+
+Sync and async share one :class:`_Router` — classification, routing, retry
+decisions, pools bookkeeping — and differ only in the dozen lines that do
+I/O. Each response's ``extensions["clientlb.endpoint"]`` names the endpoint
+that served it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import Any, Generic, TypeVar
+
+import anyio
+import httpcore
+import httpx
+
+from ._affinity import Affinity, HashKey, TokenMap, balancer_secret
+from ._balancer import LoadBalancer, Pick
+from ._endpoint import Endpoint, EndpointSetDiff
+from ._errors import ConfigError, NoEndpointAvailable
+from ._outcome import Outcome
+from ._retry import RetryState
+
+__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
+
+_SUCCESS = Outcome.SUCCESS
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+class HTTPNoEndpointAvailable(httpx.TransportError, NoEndpointAvailable):
+    """``NoEndpointAvailable`` raised through httpx: catch either name."""
+
+    def __init__(self, error: NoEndpointAvailable, request: httpx.Request | None = None) -> None:
+        httpx.TransportError.__init__(self, error.reason)
+        self.reason = error.reason
+        self.service = error.service
+        self.args = (str(error),)
+        if request is not None:
+            self.request = request
+
+
+# httpcore exception → (httpx exception, outcome, may the request have reached the backend?)
+# The most specific class wins (looked up along the exception's MRO).
+_EXCEPTIONS: dict[type[Exception], tuple[type[httpx.TransportError], Outcome, bool]] = {
+    httpcore.ConnectError: (httpx.ConnectError, Outcome.CONNECT_FAILURE, False),
+    httpcore.ConnectTimeout: (httpx.ConnectTimeout, Outcome.CONNECT_FAILURE, False),
+    httpcore.PoolTimeout: (httpx.PoolTimeout, Outcome.CANCELLED, False),
+    httpcore.ReadTimeout: (httpx.ReadTimeout, Outcome.TIMEOUT, True),
+    httpcore.WriteTimeout: (httpx.WriteTimeout, Outcome.TIMEOUT, True),
+    httpcore.TimeoutException: (httpx.TimeoutException, Outcome.TIMEOUT, True),
+    httpcore.ReadError: (httpx.ReadError, Outcome.FAILURE, True),
+    httpcore.WriteError: (httpx.WriteError, Outcome.FAILURE, True),
+    httpcore.NetworkError: (httpx.NetworkError, Outcome.FAILURE, True),
+    httpcore.RemoteProtocolError: (httpx.RemoteProtocolError, Outcome.FAILURE, True),
+    httpcore.LocalProtocolError: (httpx.LocalProtocolError, Outcome.CANCELLED, True),
+    httpcore.ProtocolError: (httpx.ProtocolError, Outcome.FAILURE, True),
+    httpcore.UnsupportedProtocol: (httpx.UnsupportedProtocol, Outcome.CANCELLED, True),
+    httpcore.ProxyError: (httpx.ProxyError, Outcome.FAILURE, True),
+}
+#: Caller errors: never retried, whatever the method.
+_NOT_RETRIED = frozenset({httpx.LocalProtocolError, httpx.UnsupportedProtocol})
+
+
+def classify_exception(exc: BaseException) -> tuple[type[httpx.TransportError] | None, Outcome,
+                                                    bool]:
+    """``(httpx exception class or None, outcome, may have reached the backend)``."""
+    if isinstance(exc, Exception):
+        for cls in type(exc).__mro__:
+            entry = _EXCEPTIONS.get(cls)
+            if entry is not None:
+                return entry
+        if isinstance(exc, httpx.TransportError):  # raised by a custom pool
+            return type(exc), Outcome.FAILURE, True
+    return None, Outcome.CANCELLED, True
+
+
+def classify_status(status: int) -> Outcome:
+    """502/503/504 → gateway failure; other 5xx → failure; the rest → success."""
+    if status < 500:
+        return _SUCCESS
+    if status in (502, 503, 504):
+        return Outcome.GATEWAY_FAILURE
+    return Outcome.FAILURE
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` value (delta-seconds or an HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+# -- transport options --------------------------------------------------------------------------
+
+_OPTIONS = frozenset({"verify", "cert", "trust_env", "http1", "http2", "limits",
+                      "local_address", "retries", "socket_options"})
+
+
+def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+    for name in options:
+        if name in ("proxy", "uds", "mounts", "transport"):
+            raise ConfigError(f"{name!r} is not supported: the transport connects to the "
+                              "balanced endpoints itself (route through a proxy with a "
+                              "separate httpx mount)", field=name)
+        if name not in _OPTIONS:
+            raise ConfigError(f"unknown httpx transport option {name!r}; expected one of "
+                              f"{', '.join(sorted(_OPTIONS))}", field=name)
+    limits = options.get("limits", httpx.Limits(max_connections=100,
+                                                max_keepalive_connections=20,
+                                                keepalive_expiry=5.0))
+    if not isinstance(limits, httpx.Limits):
+        raise ConfigError(f"limits must be an httpx.Limits, got {limits!r}", field="limits")
+    ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
+                                           cert=options.get("cert"),
+                                           trust_env=options.get("trust_env", True))
+    return {
+        "ssl_context": ssl_context,
+        "max_connections": limits.max_connections,
+        "max_keepalive_connections": limits.max_keepalive_connections,
+        "keepalive_expiry": limits.keepalive_expiry,
+        "http1": options.get("http1", True),
+        "http2": options.get("http2", False),
+        "local_address": options.get("local_address"),
+        "retries": options.get("retries", 0),
+        "socket_options": options.get("socket_options"),
+    }
+
+
+# -- the shared core ----------------------------------------------------------------------------
+
+P = TypeVar("P")  # httpcore.ConnectionPool or httpcore.AsyncConnectionPool
+
+
+class _Route(Generic[P]):
+    """One endpoint's connection pool (per TLS name) and the responses using it."""
+
+    __slots__ = ("address", "host", "in_flight", "key", "pool", "port", "retiring")
+
+    def __init__(self, key: tuple[str, str | None], endpoint: Endpoint, pool: P) -> None:
+        self.key = key
+        self.address = key[0]
+        self.host = endpoint.host.encode("ascii")
+        self.port = endpoint.port
+        self.pool = pool
+        self.in_flight = 0
+        self.retiring = False
+
+
+class _Attempt(Generic[P]):
+    """One try of a request: the pick, the route and the httpcore request."""
+
+    __slots__ = ("core_request", "outcome", "pick", "route", "ttfb")
+
+    def __init__(self, pick: Pick, route: _Route[P], core_request: httpcore.Request) -> None:
+        self.pick = pick
+        self.route = route
+        self.core_request = core_request
+        self.outcome = _SUCCESS
+        self.ttfb: float | None = None
+
+
+class _Call:
+    """A logical request across its attempts."""
+
+    __slots__ = ("body", "extensions", "key", "note", "prefer", "request", "retry", "target",
+                 "token", "tried")
+
+    def __init__(self, request: httpx.Request, key: Any, prefer: str | None,
+                 token: str | None) -> None:
+        self.request = request
+        self.key = key
+        self.prefer = prefer
+        self.token = token
+        self.target = request.url.raw_path
+        self.extensions = request.extensions
+        self.body: _BodyTracker | None = None
+        self.retry: RetryState | None = None
+        self.tried: list[tuple[str, str]] | None = None
+        self.note = ""
+
+
+class _BodyTracker:
+    """Wraps a non-replayable request body to know whether sending began."""
+
+    __slots__ = ("started", "stream")
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.started = False
+
+
+class _SyncBody(_BodyTracker, httpx.SyncByteStream):
+    def __iter__(self) -> Iterator[bytes]:
+        self.started = True
+        yield from self.stream
+
+    def close(self) -> None:
+        close = getattr(self.stream, "close", None)
+        if close is not None:
+            close()
+
+
+class _AsyncBody(_BodyTracker, httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self.started = True
+        async for chunk in self.stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        aclose = getattr(self.stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+def _describe(outcome: Outcome, detail: str) -> str:
+    return f"{outcome.value}: {detail}" if detail else outcome.value
+
+
+class _Router(Generic[P]):
+    """Everything the sync and async transports share: no I/O here."""
+
+    def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
+                 server_name: str | None, hash_key: HashKey | None,
+                 affinity: Affinity | None, is_async: bool) -> None:
+        if not isinstance(lb, LoadBalancer):
+            raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
+        if server_name is not None and (not isinstance(server_name, str) or not server_name):
+            raise ConfigError(f"server_name must be a non-empty string, got {server_name!r}",
+                              field="server_name")
+        if hash_key is not None and not callable(hash_key):
+            raise ConfigError(f"hash_key must be a callable of the request, got {hash_key!r}",
+                              field="hash_key")
+        if affinity is not None and not isinstance(affinity, Affinity):
+            raise ConfigError("affinity must be a CookieAffinity or HeaderAffinity, got "
+                              f"{affinity!r}", field="affinity")
+        self.lb = lb
+        self.policy = lb.retry_policy
+        self.budget = lb.retry_budget
+        self.server_name = server_name
+        self.hash_key = hash_key
+        self.affinity = affinity
+        self.tokens: TokenMap | None = None
+        if affinity is not None:
+            self.tokens = TokenMap(affinity.secret or balancer_secret(lb),
+                                   (ep.address for ep in lb.endpoints()))
+        self._pool_factory = pool_factory
+        self._is_async = is_async
+        self._routes: dict[tuple[str, str | None], _Route[P]] = {}
+        self._lock = threading.Lock()
+        self.to_close: list[P] = []  # pools of removed endpoints, idle, awaiting (a)close
+        self.closed = False
+        lb.add_diff_listener(self._on_diff)
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def _on_diff(self, diff: EndpointSetDiff) -> None:
+        if self.tokens is not None:
+            self.tokens.update((ep.address for ep in diff.added),
+                               (ep.address for ep in diff.removed))
+        if not diff.removed:
+            return
+        gone = {ep.address for ep in diff.removed}
+        with self._lock:
+            for key in [k for k in self._routes if k[0] in gone]:
+                route = self._routes.pop(key)
+                route.retiring = True
+                if route.in_flight == 0:
+                    self.to_close.append(route.pool)
+        if not self._is_async:
+            self.close_retired_sync()
+
+    def close_retired_sync(self) -> None:
+        with self._lock:
+            pools, self.to_close = self.to_close, []
+        for pool in pools:
+            pool.close()  # type: ignore[attr-defined]
+
+    def take_retired(self) -> list[P]:
+        with self._lock:
+            pools, self.to_close = self.to_close, []
+        return pools
+
+    def _route(self, pick: Pick, sni: str | None) -> _Route[P]:
+        key = (pick._state.address, sni)
+        with self._lock:
+            route = self._routes.get(key)
+            if route is None:
+                if self.closed:
+                    raise RuntimeError("the transport is closed")
+                route = self._routes[key] = _Route(key, pick.endpoint, self._pool_factory())
+            route.in_flight += 1
+        return route
+
+    def release(self, route: _Route[P]) -> P | None:
+        """One response on ``route`` ended; its pool when it is now to be closed."""
+        with self._lock:
+            route.in_flight -= 1
+            if route.retiring and route.in_flight == 0:
+                return route.pool
+        return None
+
+    def all_pools(self) -> list[P]:
+        with self._lock:
+            self.closed = True
+            pools = [r.pool for r in self._routes.values()] + self.to_close
+            self._routes.clear()
+            self.to_close = []
+        return pools
+
+    def stats(self) -> tuple[int, int]:
+        routes = list(self._routes.values())
+        return len(routes), sum(r.in_flight for r in routes)
+
+    # -- a request --------------------------------------------------------------------------
+
+    def begin(self, request: httpx.Request) -> _Call:
+        key = self.hash_key(request) if self.hash_key is not None else None
+        prefer = token = None
+        if self.affinity is not None:
+            token = self.affinity.token_of(request)
+            if token is not None and self.tokens is not None:
+                prefer = self.tokens.address(token)
+        if self.budget is not None:
+            self.budget.deposit()
+        return _Call(request, key, prefer, token)
+
+    def attempt(self, call: _Call) -> _Attempt[P]:
+        """Pick an endpoint (avoiding those tried) and build the httpcore request."""
+        lb = self.lb
+        tried = call.tried
+        try:
+            if tried is None:
+                pick = lb.pick(call.key, prefer=call.prefer)
+            else:
+                pick = lb.pick(call.key, exclude={a for a, _ in tried})
+        except NoEndpointAvailable as exc:
+            raise HTTPNoEndpointAvailable(exc, call.request) from exc
+        request = call.request
+        url = request.url
+        scheme = url.raw_scheme
+        extensions = call.extensions
+        sni = None
+        if scheme == b"https":
+            sni = extensions.get("sni_hostname") or self.server_name or url.host
+            if "sni_hostname" not in extensions:
+                extensions = call.extensions = {**extensions, "sni_hostname": sni}
+        try:
+            route = self._route(pick, sni)
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            raise
+        core = httpcore.Request(
+            method=request.method,
+            url=httpcore.URL(scheme=scheme, host=route.host, port=route.port,
+                             target=call.target),
+            headers=request.headers.raw,
+            content=call.body if call.body is not None else request.stream,  # type: ignore[arg-type]
+            extensions=extensions,
+        )
+        return _Attempt(pick, route, core)
+
+    def _may_retry(self, call: _Call, reached: bool) -> bool:
+        policy = self.policy
+        if policy is None:
+            return False
+        opt_in = call.extensions.get("clientlb.retry")
+        if opt_in is False:
+            return False
+        request = call.request
+        if reached and opt_in is not True and request.method not in policy.methods \
+                and "idempotency-key" not in request.headers:
+            return False
+        body = call.body
+        if body is not None and body.started:
+            return False  # a streamed body cannot be sent twice
+        if body is None and not isinstance(request.stream, httpx.ByteStream):
+            # Not replayable: track it, so that a retry knows whether it was sent.
+            call.body = (_AsyncBody if self._is_async else _SyncBody)(request.stream)
+            return not reached
+        return True
+
+    def _retry_delay(self, call: _Call, reached: bool, retry_after: float | None) -> float | None:
+        assert self.policy is not None
+        state = call.retry
+        if state is None:
+            state = call.retry = self.policy.start(self.lb.rng)
+        delay = state.next_delay(retry_after)
+        if delay is None:
+            return None
+        if self.budget is not None and not self.budget.try_withdraw():
+            call.note = "retry budget exhausted"
+            return None
+        return delay if reached else 0.0
+
+    def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
+        """An attempt raised: report it; the delay before a retry, or raise the final error."""
+        cls, outcome, reached = classify_exception(exc)
+        attempt.pick.done(outcome)
+        if cls is None:
+            raise exc  # not an I/O error (a bug, a cancellation): as it is
+        if call.tried is None:
+            call.tried = []
+        call.tried.append((attempt.pick._state.address, _describe(outcome, str(exc))))
+        if cls not in _NOT_RETRIED and self._may_retry(call, reached):
+            delay = self._retry_delay(call, reached, None)
+            if delay is not None:
+                return delay
+        raise self._final_error(call, cls, exc) from exc
+
+    def _final_error(self, call: _Call, cls: type[httpx.TransportError],
+                     exc: BaseException) -> httpx.TransportError:
+        tried = call.tried or []
+        note = f"; {call.note}" if call.note else ""
+        if len(tried) == 1:
+            message = f"{exc} (service {self.lb.name!r}, endpoint {tried[0][0]}{note})"
+        else:
+            steps = "; ".join(f"{a} → {d}" for a, d in tried)
+            message = (f"{exc} (service {self.lb.name!r}: {len(tried)} attempts failed: "
+                       f"{steps}{note})")
+        err = cls(message)
+        err.request = call.request
+        return err
+
+    def responded(self, call: _Call, attempt: _Attempt[P],
+                  response: httpcore.Response) -> float | None:
+        """Headers arrived: the outcome; the delay before a retry, or None to return it."""
+        attempt.ttfb = self.lb.clock() - attempt.pick.started_at
+        status = response.status
+        if status < 500:
+            return None
+        attempt.outcome = outcome = classify_status(status)
+        policy = self.policy
+        if policy is None or status not in policy.statuses:
+            return None
+        if not self._may_retry(call, True):
+            return None
+        retry_after = None
+        for k, v in response.headers:
+            if k.lower() == b"retry-after":
+                retry_after = parse_retry_after(v.decode("latin-1"))
+                break
+        delay = self._retry_delay(call, True, retry_after)
+        if delay is not None:
+            if call.tried is None:
+                call.tried = []
+            call.tried.append((attempt.pick._state.address, f"{outcome.value}: HTTP {status}"))
+        return delay
+
+    def discard(self, attempt: _Attempt[P]) -> P | None:
+        """A response that is retried was drained: report it; a pool to close or None."""
+        attempt.pick.done(attempt.outcome, attempt.ttfb)
+        return self.release(attempt.route)
+
+    def response(self, call: _Call, attempt: _Attempt[P], resp: httpcore.Response,
+                 stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
+        headers = resp.headers
+        affinity = self.affinity
+        if affinity is not None and self.tokens is not None:
+            token = self.tokens.token(attempt.pick._state.address)
+            if token != call.token:
+                headers = list(headers)
+                affinity.set_token(headers, token, call.request.url.raw_scheme == b"https")
+        extensions = resp.extensions
+        extensions["clientlb.endpoint"] = attempt.pick._state.address
+        if call.tried:
+            extensions["clientlb.tried"] = tuple(call.tried)
+        return httpx.Response(status_code=resp.status, headers=headers, stream=stream,
+                              extensions=extensions)
+
+    def body_error(self, attempt: _Attempt[P], exc: BaseException) -> BaseException:
+        """An error while reading a response body: record it, map it to httpx."""
+        cls, outcome, _ = classify_exception(exc)
+        if outcome is not Outcome.CANCELLED or attempt.outcome is _SUCCESS:
+            attempt.outcome = outcome
+        if cls is None:
+            return exc
+        err = cls(str(exc))
+        return err
+
+    def finish(self, attempt: _Attempt[P]) -> P | None:
+        """The response was closed: report the outcome; a pool to close or None."""
+        attempt.pick.done(attempt.outcome, attempt.ttfb)
+        return self.release(attempt.route)
+
+    def describe(self, kind: str) -> str:
+        pools, in_flight = self.stats()
+        retry = "off" if self.policy is None else f"{self.policy.attempts} attempts"
+        return (f"<{kind} {self.lb.name!r} strategy={self.lb.strategy.name} pools={pools} "
+                f"in_flight={in_flight} retry={retry}>")
+
+
+def _resolve_lb(lb: LoadBalancer | str | Iterable[str | Endpoint]) -> tuple[LoadBalancer, bool]:
+    if isinstance(lb, LoadBalancer):
+        return lb, False
+    return LoadBalancer(lb), True
+
+
+# -- sync ---------------------------------------------------------------------------------------
+
+_DRAIN_LIMIT = 65536  # bytes read from a retried error response to keep its connection
+
+
+class _SyncResponseStream(httpx.SyncByteStream):
+    __slots__ = ("_attempt", "_closed", "_router", "_stream")
+
+    def __init__(self, router: _Router[httpcore.ConnectionPool], attempt: _Attempt[Any],
+                 stream: Iterable[bytes]) -> None:
+        self._router = router
+        self._attempt = attempt
+        self._stream = stream
+        self._closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._stream
+        except Exception as exc:
+            err = self._router.body_error(self._attempt, exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._stream, "close", None)
+            if close is not None:
+                close()
+        finally:
+            pool = self._router.finish(self._attempt)
+            if pool is not None:
+                pool.close()
+
+
+def _drain(stream: Any) -> None:
+    read = 0
+    try:
+        for chunk in stream:
+            read += len(chunk)
+            if read > _DRAIN_LIMIT:
+                break
+    except Exception:  # the attempt failed anyway; the retry decides
+        pass
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+class HTTPTransport(httpx.BaseTransport):
+    """An ``httpx.BaseTransport`` that balances every request over ``lb``.
+
+    ::
+
+        client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users")
+
+    Args:
+        lb: a :class:`LoadBalancer` (or a target, for a balancer the transport
+            owns and closes).
+        server_name: the TLS name (SNI and certificate check) for ``https``;
+            default: the request's host, the logical service name.
+        hash_key: a callable of the request returning the pick key
+            (``clientlb.hash_by_header("X-User")``), for ``ring_hash``/``maglev``.
+        affinity: :class:`CookieAffinity` or :class:`HeaderAffinity` for
+            sticky sessions.
+        **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
+            ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
+            ``local_address``, ``retries``, ``socket_options``).
+
+    Raises:
+        ConfigError: an unknown or unsupported option, a bad argument.
+    """
+
+    def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
+                 server_name: str | None = None, hash_key: HashKey | None = None,
+                 affinity: Affinity | None = None, **options: Any) -> None:
+        kwargs = _pool_kwargs(options)
+        self._lb, self._owns_lb = _resolve_lb(lb)
+        self._router: _Router[httpcore.ConnectionPool] = _Router(
+            self._lb, pool_factory=lambda: httpcore.ConnectionPool(**kwargs),
+            server_name=server_name, hash_key=hash_key, affinity=affinity, is_async=False)
+
+    @property
+    def lb(self) -> LoadBalancer:
+        return self._lb
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        router = self._router
+        call = router.begin(request)
+        while True:
+            attempt = router.attempt(call)
+            try:
+                resp = attempt.route.pool.handle_request(attempt.core_request)
+            except BaseException as exc:
+                retired = router.release(attempt.route)
+                if retired is not None:
+                    retired.close()
+                wait = router.failed(call, attempt, exc)
+                if wait:
+                    time.sleep(wait)
+                continue
+            delay = router.responded(call, attempt, resp)
+            if delay is None:
+                assert isinstance(resp.stream, Iterable)
+                return router.response(call, attempt, resp,
+                                       _SyncResponseStream(router, attempt, resp.stream))
+            _drain(resp.stream)
+            retired = router.discard(attempt)
+            if retired is not None:
+                retired.close()
+            if delay:
+                time.sleep(delay)
+
+    def close(self) -> None:
+        for pool in self._router.all_pools():
+            pool.close()
+        self._lb.remove_listener(self._router._on_diff)
+        if self._owns_lb:
+            self._lb.close()
+
+    def __repr__(self) -> str:
+        return self._router.describe("HTTPTransport")
+
+
+# -- async --------------------------------------------------------------------------------------
+
+
+class _AsyncResponseStream(httpx.AsyncByteStream):
+    __slots__ = ("_attempt", "_closed", "_router", "_stream")
+
+    def __init__(self, router: _Router[httpcore.AsyncConnectionPool], attempt: _Attempt[Any],
+                 stream: Any) -> None:
+        self._router = router
+        self._attempt = attempt
+        self._stream = stream
+        self._closed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._stream:
+                yield chunk
+        except Exception as exc:
+            err = self._router.body_error(self._attempt, exc)
+            if err is exc:
+                raise
+            raise err from exc
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            aclose = getattr(self._stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            pool = self._router.finish(self._attempt)
+            if pool is not None:
+                await pool.aclose()
+
+
+async def _adrain(stream: Any) -> None:
+    read = 0
+    try:
+        async for chunk in stream:
+            read += len(chunk)
+            if read > _DRAIN_LIMIT:
+                break
+    except Exception:  # the attempt failed anyway; the retry decides
+        pass
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class AsyncHTTPTransport(httpx.AsyncBaseTransport):
+    """An ``httpx.AsyncBaseTransport`` that balances every request over ``lb``.
+
+    The asyncio (or trio) twin of :class:`HTTPTransport`, with the same
+    arguments::
+
+        async with httpx.AsyncClient(transport=clientlb.AsyncHTTPTransport(lb)) as client:
+            await client.get("http://users/v1/me")
+    """
+
+    def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
+                 server_name: str | None = None, hash_key: HashKey | None = None,
+                 affinity: Affinity | None = None, **options: Any) -> None:
+        kwargs = _pool_kwargs(options)
+        self._lb, self._owns_lb = _resolve_lb(lb)
+        self._router: _Router[httpcore.AsyncConnectionPool] = _Router(
+            self._lb, pool_factory=lambda: httpcore.AsyncConnectionPool(**kwargs),
+            server_name=server_name, hash_key=hash_key, affinity=affinity, is_async=True)
+        self._ready = False
+
+    @property
+    def lb(self) -> LoadBalancer:
+        return self._lb
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        router = self._router
+        if not self._ready:  # a discovered target may still be resolving (asyncio only)
+            if self._lb.mode == "waiting":
+                await self._lb.wait_ready_async()
+            self._ready = self._lb.mode != "waiting"
+        if router.to_close:
+            for pool in router.take_retired():
+                await pool.aclose()
+        call = router.begin(request)
+        while True:
+            attempt = router.attempt(call)
+            try:
+                resp = await attempt.route.pool.handle_async_request(attempt.core_request)
+            except BaseException as exc:
+                retired = router.release(attempt.route)
+                if retired is not None:
+                    await retired.aclose()
+                wait = router.failed(call, attempt, exc)
+                if wait:
+                    await anyio.sleep(wait)
+                continue
+            delay = router.responded(call, attempt, resp)
+            if delay is None:
+                return router.response(call, attempt, resp,
+                                       _AsyncResponseStream(router, attempt, resp.stream))
+            await _adrain(resp.stream)
+            retired = router.discard(attempt)
+            if retired is not None:
+                await retired.aclose()
+            if delay:
+                await anyio.sleep(delay)
+
+    async def aclose(self) -> None:
+        for pool in self._router.all_pools():
+            await pool.aclose()
+        self._lb.remove_listener(self._router._on_diff)
+        if self._owns_lb:
+            await self._lb.aclose()
+
+    def __repr__(self) -> str:
+        return self._router.describe("AsyncHTTPTransport")
