@@ -28,6 +28,7 @@ from ._http import AsyncHTTPTransport, HTTPTransport
 from ._outcome import Outcome
 from ._registry import Registry
 from ._resolver import Resolver
+from ._resolvers import ResolverStats  # importing registers dns/srv/consul/etcd
 from ._retry import RetryBudget, RetryPolicy
 from ._strategies import (
     STRATEGIES,
@@ -81,6 +82,7 @@ __all__ = [
     "Random",
     "Registry",
     "Resolver",
+    "ResolverStats",
     "RetryBudget",
     "RetryPolicy",
     "RingHash",

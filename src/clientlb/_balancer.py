@@ -358,6 +358,12 @@ class LoadBalancer:
             if not self._closed:
                 self._rebuild_locked(self._clock())
 
+    def refresh(self) -> None:
+        """Ask the resolver to re-resolve the target early (e.g. when every endpoint
+        fails). Non-blocking and rate-limited by the resolver; static targets ignore it."""
+        if not self._closed:
+            self._resolver.refresh()
+
     # -- picking --------------------------------------------------------------------------
 
     def pick(self, key: Key | None = None, *, exclude: Collection[str] | None = None,
@@ -480,6 +486,11 @@ class LoadBalancer:
     @property
     def target(self) -> Target:
         return self._target
+
+    @property
+    def resolver(self) -> Resolver:
+        """The resolver behind the target (``statistics()`` on the discovery resolvers)."""
+        return self._resolver
 
     @property
     def strategy(self) -> Strategy:

@@ -1,0 +1,364 @@
+"""The machinery every network resolver shares: one async loop, run anywhere.
+
+Each resolver is written once, as an ``async`` loop (:meth:`LoopResolver.run`).
+The balancer decides where it runs:
+
+* ``start(sink)`` (a balancer built outside an event loop) runs it on a private
+  event loop in a daemon thread named ``clientlb-<scheme>-resolver``;
+* ``astart(sink)`` (a balancer built inside a running loop) runs it as a task
+  on that loop, so dnspython's and httpx's async clients share the
+  application's loop.
+
+Either way discovery I/O never runs on the caller of ``pick()``: the loop
+publishes immutable :class:`~clientlb.EndpointSet` snapshots and ``pick()``
+only reads the picker built from the last one.
+
+Shared rules (DESIGN.md, "Rules every part keeps"):
+
+* :meth:`LoopResolver.publish` is the only way a set reaches the balancer. It
+  de-duplicates by address and skips a set equal to the last one published.
+* :meth:`LoopResolver.fail` reports an error (a :class:`~clientlb.DiscoveryError`
+  without secrets) and never publishes, so the last good set stays.
+* :meth:`LoopResolver.malformed` skips a bad record with one warning per
+  record (then debug lines) and counts it in :meth:`LoopResolver.statistics`.
+* :meth:`LoopResolver.refresh` wakes the loop early, at most once per
+  ``min_refresh_interval`` (default 1 s), so a storm of failing requests
+  cannot turn into a storm of queries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random as _random
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .._endpoint import Endpoint, EndpointSet
+from .._errors import ConfigError, DiscoveryError
+from .._resolver import Resolver, ResolverSink
+from .._target import Target
+from ._backoff import Backoff, BackoffPolicy, check_seconds
+
+__all__ = ["LoopResolver", "ResolverStats"]
+
+logger = logging.getLogger("clientlb.discovery")
+
+Clock = Callable[[], float]
+_MAX_REMEMBERED_MALFORMED = 1024
+
+
+@dataclass(frozen=True)
+class ResolverStats:
+    """Counters of one resolver (``resolver.statistics()``); never holds a secret.
+
+    Attributes:
+        resolutions: successful answers (published or unchanged).
+        updates: sets published (a changed set, or the first one).
+        errors: failed attempts (timeouts, refused connections, bad answers).
+        consecutive_errors: failures since the last success.
+        malformed: records skipped because they were malformed.
+        refreshes: early refreshes requested with ``refresh()``.
+        endpoints: size of the last published set.
+        last_error: text of the last error (secret-free), or None.
+        last_success: the resolver clock's reading at the last success, or None.
+    """
+
+    resolutions: int
+    updates: int
+    errors: int
+    consecutive_errors: int
+    malformed: int
+    refreshes: int
+    endpoints: int
+    last_error: str | None
+    last_success: float | None
+
+
+class LoopResolver(Resolver):
+    """Base class of the resolvers that run an async discovery loop.
+
+    Args (common resolver options, passed through ``resolver_options=``):
+        rng: ``random.Random`` for jitter (default: a fresh one).
+        clock: monotonic clock in seconds for rate limits and statistics
+            (default ``time.monotonic``).
+        backoff_initial, backoff_multiplier, backoff_maximum, backoff_jitter:
+            the error backoff (see ``_backoff.BackoffPolicy``).
+        min_refresh_interval: the shortest time between two resolutions
+            triggered by ``refresh()`` (default 1 s).
+    """
+
+    scheme = "loop"
+
+    def __init__(
+        self,
+        target: Target,
+        *,
+        rng: _random.Random | None = None,
+        clock: Clock | None = None,
+        backoff_initial: float = 1.0,
+        backoff_multiplier: float = 1.6,
+        backoff_maximum: float = 30.0,
+        backoff_jitter: float = 0.2,
+        min_refresh_interval: float = 1.0,
+    ) -> None:
+        super().__init__(target)
+        if rng is not None and not isinstance(rng, _random.Random):
+            raise ConfigError(f"must be a random.Random, got {rng!r}", field="rng")
+        if clock is not None and not callable(clock):
+            raise ConfigError(f"must be a callable returning seconds, got {clock!r}",
+                              field="clock")
+        self._rng = rng or _random.Random()
+        self._clock: Clock = clock or time.monotonic
+        self._backoff = Backoff(
+            BackoffPolicy(backoff_initial, backoff_multiplier, backoff_maximum, backoff_jitter),
+            self._rng,
+        )
+        self._min_refresh_interval = check_seconds("min_refresh_interval", min_refresh_interval)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._started = False
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._refresh_pending = False
+        self._last_attempt: float | None = None
+        self._last: EndpointSet | None = None
+        self._version = 0
+        self._malformed_seen: set[str] = set()
+        self._n_resolutions = 0
+        self._n_updates = 0
+        self._n_errors = 0
+        self._n_consecutive_errors = 0
+        self._n_malformed = 0
+        self._n_refreshes = 0
+        self._last_error: str | None = None
+        self._last_success: float | None = None
+
+    # -- the loop each resolver implements --------------------------------------------------
+
+    @abstractmethod
+    async def run(self, sink: ResolverSink) -> None:
+        """Resolve until cancelled. Must handle its own errors with :meth:`fail`."""
+
+    # -- where it runs ----------------------------------------------------------------------
+
+    def start(self, sink: ResolverSink) -> None:
+        with self._lock:
+            if self._closed or self._started:
+                return
+            self._started = True
+            thread = threading.Thread(target=self._thread_main, args=(sink,), daemon=True,
+                                      name=f"clientlb-{self.scheme}-resolver")
+            self._thread = thread
+        thread.start()
+
+    async def astart(self, sink: ResolverSink) -> None:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._closed or self._started:
+                return
+            self._started = True
+            self._loop = loop
+            self._task = loop.create_task(self._guarded(sink),
+                                          name=f"clientlb-{self.scheme}-resolver")
+
+    def _thread_main(self, sink: ResolverSink) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            with self._lock:
+                if self._closed:
+                    return
+                self._loop = loop
+                task = self._task = loop.create_task(self._guarded(sink))
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _guarded(self, sink: ResolverSink) -> None:
+        self._wake = asyncio.Event()
+        if self._refresh_pending:
+            self._wake.set()
+        while True:
+            try:
+                await self.run(sink)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug must not stop discovery for good
+                logger.exception("%s: resolver loop crashed; restarting", self)
+                self.fail(sink, DiscoveryError(f"resolver crashed: {type(exc).__name__}",
+                                               target=str(self.target)))
+                await self.sleep(self.next_backoff())
+
+    def close(self) -> None:
+        thread = self._stop()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    async def aclose(self) -> None:
+        thread = self._stop()
+        if thread is not None:
+            if thread is not threading.current_thread():
+                await asyncio.to_thread(thread.join, 5)
+            return
+        task = self._task
+        if task is not None and task.get_loop() is asyncio.get_running_loop() \
+                and task is not asyncio.current_task():
+            await asyncio.gather(task, return_exceptions=True)
+
+    def _stop(self) -> threading.Thread | None:
+        with self._lock:
+            if self._closed:
+                return None
+            self._closed = True
+            loop, task, thread = self._loop, self._task, self._thread
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
+        return thread
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- waiting and refresh ----------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-resolve soon (rate-limited by ``min_refresh_interval``); thread-safe."""
+        with self._lock:
+            if self._closed:
+                return
+            self._refresh_pending = True
+            self._n_refreshes += 1
+            loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(wake.set)
+
+    async def sleep(self, delay: float) -> bool:
+        """Wait ``delay`` seconds or until :meth:`refresh`; True when woken by a refresh.
+
+        A refresh is honoured once ``min_refresh_interval`` has passed since
+        the last attempt (see :meth:`mark_attempt`).
+        """
+        wake = self._wake
+        assert wake is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, delay)
+        while True:
+            remaining = deadline - loop.time()
+            if self._refresh_pending:
+                wake.clear()
+                since = (self._clock() - self._last_attempt) if self._last_attempt is not None \
+                    else self._min_refresh_interval
+                allowed_in = self._min_refresh_interval - since
+                if allowed_in <= 0:
+                    self._refresh_pending = False
+                    return True
+                if allowed_in < remaining:
+                    await asyncio.sleep(allowed_in)
+                    continue
+                if remaining > 0:
+                    await asyncio.sleep(remaining)
+                return False
+            if remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                return False
+
+    def mark_attempt(self) -> None:
+        """Record that a resolution starts now (for the refresh rate limit)."""
+        self._last_attempt = self._clock()
+        self._refresh_pending = False
+        if self._wake is not None:
+            self._wake.clear()
+
+    @property
+    def refresh_pending(self) -> bool:
+        return self._refresh_pending
+
+    def next_backoff(self) -> float:
+        return self._backoff.next_delay()
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def publish(self, sink: ResolverSink, endpoints: Iterable[Endpoint]) -> bool:
+        """Publish a set (de-duplicated by address) unless it equals the last one.
+
+        Also counts a success and resets the backoff. True when published.
+        """
+        self._n_resolutions += 1
+        self._n_consecutive_errors = 0
+        self._last_success = self._clock()
+        self._backoff.reset()
+        new = EndpointSet.from_iterable(endpoints, version=self._version + 1, dedupe=True)
+        if self._last is not None and new == self._last:
+            return False
+        if self._closed:
+            return False
+        self._version += 1
+        self._last = new
+        self._n_updates += 1
+        logger.debug("%s: publishing %d endpoints (v%d)", self, len(new), self._version)
+        sink.publish(new)
+        return True
+
+    def fail(self, sink: ResolverSink, exc: DiscoveryError) -> None:
+        """Report a failure; the balancer keeps the last good set."""
+        self._n_errors += 1
+        self._n_consecutive_errors += 1
+        self._last_error = str(exc)
+        if self._closed:
+            return
+        level = logging.WARNING if self._n_consecutive_errors == 1 else logging.DEBUG
+        logger.log(level, "%s: %s (keeping %s)", self, exc,
+                   "the last good set" if self._last is not None else "no set yet")
+        sink.error(exc)
+
+    def malformed(self, record: str, reason: str) -> None:
+        """Skip a malformed record: counted, logged once per record (then at debug level)."""
+        self._n_malformed += 1
+        key = f"{record}: {reason}"
+        if key in self._malformed_seen:
+            logger.debug("%s: skipping malformed record %s", self, key)
+            return
+        if len(self._malformed_seen) < _MAX_REMEMBERED_MALFORMED:
+            self._malformed_seen.add(key)
+        logger.warning("%s: skipping malformed record %s", self, key)
+
+    @property
+    def last_set(self) -> EndpointSet | None:
+        """The last set this resolver published, or None before the first."""
+        return self._last
+
+    def statistics(self) -> ResolverStats:
+        """Counters of this resolver (what telemetry exports)."""
+        return ResolverStats(
+            resolutions=self._n_resolutions, updates=self._n_updates, errors=self._n_errors,
+            consecutive_errors=self._n_consecutive_errors, malformed=self._n_malformed,
+            refreshes=self._n_refreshes,
+            endpoints=len(self._last) if self._last is not None else 0,
+            last_error=self._last_error, last_success=self._last_success,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Extra ``repr`` details (no secrets); subclasses add theirs."""
+        return {}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._started else "new")
+        n = len(self._last) if self._last is not None else "-"
+        extra = "".join(f" {k}={v}" for k, v in self.describe().items())
+        return f"<{type(self).__name__} {self.target} {state} endpoints={n}{extra}>"
