@@ -225,6 +225,37 @@ def test_attempts_bound_the_endpoints_tried() -> None:
     assert "after 2 attempts" in str(info.value)
 
 
+def test_retry_none_means_a_single_attempt(servers: list[EchoServer]) -> None:
+    """A balancer built with retry=None does not fail over (explicit attempts= still can)."""
+    lb = clientlb.LoadBalancer([dead_address(), dead_address()], retry=None)
+    with pytest.raises(clientlb.ConnectError, match="after 1 attempt:") as info:
+        clientlb.connect(lb, timeout=1)
+    assert len(info.value.tried) == 1
+    lb = clientlb.LoadBalancer([dead_address(), servers[0].address], retry=None)
+    for _ in range(10):
+        with clientlb.connect(lb, timeout=1, attempts=2) as sock:
+            assert greeting(sock) == "s0"
+
+
+def test_failovers_are_charged_to_the_retry_budget(servers: list[EchoServer]) -> None:
+    """With the balancer's retry budget spent, a refused connect is not retried."""
+    spent = clientlb.RetryBudget(ratio=0, min_retries_per_second=0)
+    lb = clientlb.LoadBalancer([dead_address(), dead_address()],
+                               retry=clientlb.RetryPolicy(attempts=3, budget=spent))
+    with pytest.raises(clientlb.ConnectError, match="the retry budget allows no more") as info:
+        clientlb.connect(lb, timeout=1)
+    assert len(info.value.tried) == 1
+    dead = dead_address()
+    generous = clientlb.LoadBalancer([dead, servers[0].address])  # the default budget
+    rec = Recorder(generous)
+    for _ in range(10):
+        with clientlb.connect(generous, timeout=1) as sock:
+            assert greeting(sock) == "s0"
+    failovers = len(rec.outcomes(dead))
+    assert failovers > 0
+    assert f"retries={failovers}" in repr(generous.retry_budget)
+
+
 def test_handshake_timeout_is_a_connect_failure_and_fails_over(
         ca: trustme.CA, tls_servers: list[EchoServer], client_ctx: ssl.SSLContext) -> None:
     """A server that accepts but never completes TLS times out and the next endpoint serves."""

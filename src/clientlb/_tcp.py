@@ -20,13 +20,19 @@ as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
 detection vocabulary (see :mod:`clientlb._outcome`; a connect timeout is a
 connect failure, not ``TIMEOUT``, which means "accepted and did not answer")
 — and the next attempt picks again with ``exclude=`` the endpoints already
-tried. Attempts are bounded (``attempts``, default 3: with one endpoint down
-the second attempt avoids it; three covers two bad endpoints), never go back
-to an endpoint that already failed this connect, and share a total time
-(``deadline``). When every attempt failed, :class:`ConnectError`
-names each endpoint tried and why; it is a :class:`ConnectionError` (so an
-``except OSError`` or ``except ConnectionError`` written for the stdlib keeps
-working) and a :class:`~clientlb.ClientLBError`.
+tried. Attempts are bounded (``attempts``, by default the balancer's
+``RetryPolicy.attempts``, 3: with one endpoint down the second attempt avoids
+it; three covers two bad endpoints; ``retry=None`` means one attempt), never
+go back to an endpoint that already failed this connect, and share a total
+time (``deadline``). Each failover is also a retry withdrawn from the
+balancer's retry budget (``lb.retry_budget``, 20% of connects + 10/s), as
+Finagle's requeues of connect failures are: with a whole pool unreachable,
+connects fail fast instead of multiplying SYNs; outlier detection is what
+takes a dead endpoint out of the rotation before the budget matters. When
+every attempt failed, :class:`ConnectError` names each endpoint tried and
+why; it is a :class:`ConnectionError` (so an ``except OSError`` or ``except
+ConnectionError`` written for the stdlib keeps working) and a
+:class:`~clientlb.ClientLBError`.
 
 **TLS.** The connection goes to the endpoint's address while the certificate
 is verified against ``server_hostname``, which is also the SNI. Its default is
@@ -52,9 +58,11 @@ multiplies its latency estimate by them, until the connection is closed:
 * asyncio: the streams are built the way :func:`asyncio.open_connection`
   builds them, on a :class:`asyncio.StreamReaderProtocol` subclass whose
   ``connection_lost`` completes the pick. That is called however the
-  connection ends — ``writer.close()``, ``writer.transport.abort()``, the peer
-  closing or resetting it — which is more faithful than wrapping
-  ``StreamWriter.close`` alone. The writer is a :class:`BalancedStreamWriter`.
+  connection ends — ``writer.close()``, ``writer.transport.abort()``, a reset
+  by the peer — which is more faithful than wrapping ``StreamWriter.close``
+  alone. (A peer that only half-closes, sending EOF, leaves the connection
+  open for writing, as asyncio does, until the writer is closed.) The writer
+  is a :class:`BalancedStreamWriter`.
 
 **Latency.** A connection's lifetime says nothing about the backend (a pooled
 connection lives for hours), so the latency recorded is the *connect time*:
@@ -96,7 +104,6 @@ __all__ = [
 ServerHostname = str | Callable[[Endpoint], str] | None
 
 DEFAULT_TIMEOUT = 5.0
-DEFAULT_ATTEMPTS = 3
 
 
 class _Lease:
@@ -250,11 +257,12 @@ class _BalancedProtocol(asyncio.StreamReaderProtocol):
 # -- shared helpers ---------------------------------------------------------------------
 
 
-def _check_options(timeout: float, attempts: int, deadline: float | None) -> None:
+def _check_options(timeout: float, attempts: int | None, deadline: float | None) -> None:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}",
                           field="timeout")
-    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+    if attempts is not None and (isinstance(attempts, bool) or not isinstance(attempts, int)
+                                 or attempts < 1):
         raise ConfigError(f"attempts must be an integer >= 1, got {attempts!r}",
                           field="attempts")
     if deadline is not None and (isinstance(deadline, bool)
@@ -298,26 +306,41 @@ def _describe(exc: BaseException, timeout: float) -> str:
 class _Attempts:
     """Bookkeeping of one balanced connect: what was tried, time left, the final error."""
 
-    __slots__ = ("attempts", "deadline_at", "errors", "exhausted", "lb", "timeout", "tried")
+    __slots__ = ("attempts", "budget_spent", "deadline_at", "errors", "exhausted", "lb",
+                 "retry_budget", "timeout", "tried")
 
-    def __init__(self, lb: LoadBalancer, timeout: float, attempts: int,
+    def __init__(self, lb: LoadBalancer, timeout: float, attempts: int | None,
                  deadline: float | None) -> None:
         self.lb = lb
         self.timeout = float(timeout)
+        if attempts is None:
+            policy = lb.retry_policy
+            attempts = policy.attempts if policy is not None else 1
         self.attempts = attempts
         self.deadline_at = None if deadline is None else time.monotonic() + deadline
         self.tried: set[str] = set()
         self.errors: list[tuple[Endpoint, BaseException, str]] = []
         self.exhausted = False
+        self.budget_spent = False
+        self.retry_budget = lb.retry_budget
+        if self.retry_budget is not None:
+            self.retry_budget.deposit()
 
     def budget(self) -> float | None:
-        """Seconds this attempt may take, or None when the deadline has passed."""
+        """Seconds this attempt may take, or None when it may not be made."""
         if len(self.errors) >= self.attempts:
             return None
         if self.deadline_at is None:
-            return self.timeout
-        left = self.deadline_at - time.monotonic()
-        return min(self.timeout, left) if left > 0 else None
+            left = self.timeout
+        else:
+            left = min(self.timeout, self.deadline_at - time.monotonic())
+            if left <= 0:
+                return None
+        if self.errors and self.retry_budget is not None \
+                and not self.retry_budget.try_withdraw():
+            self.budget_spent = True
+            return None
+        return left
 
     def pick(self, key: Key | None) -> Pick:
         tried = self.tried
@@ -349,6 +372,8 @@ class _Attempts:
         tries = f"{n} attempt{'s' if n != 1 else ''}"
         if self.exhausted:
             why = f"on any endpoint ({tries}, every endpoint tried)"
+        elif self.budget_spent:
+            why = f"({tries}; the retry budget allows no more)"
         elif n >= self.attempts:
             why = f"after {tries}"
         else:
@@ -377,7 +402,7 @@ def connect(
     ssl_context: _ssl.SSLContext | None = None,
     server_hostname: ServerHostname = None,
     *,
-    attempts: int = DEFAULT_ATTEMPTS,
+    attempts: int | None = None,
     deadline: float | None = None,
     key: Key | None = None,
     source_address: tuple[str, int] | None = None,
@@ -395,9 +420,10 @@ def connect(
         server_hostname: the TLS name (SNI and certificate verification):
             a string, a callable of the endpoint, or None for the balancer's
             logical name ``lb.name``.
-        attempts: endpoints tried at most (default 3), each a different one:
-            when every endpoint that may take traffic has failed, the
-            connect fails without going round again.
+        attempts: endpoints tried at most, each a different one (when every
+            endpoint that may take traffic has failed, the connect fails
+            without going round again). Default: the balancer's
+            ``RetryPolicy.attempts`` (3), or 1 with ``retry=None``.
         deadline: seconds for all attempts together (default None: bounded
             by ``attempts × timeout``).
         key: the pick key for ``ring_hash``/``maglev`` (shard by key).
@@ -481,7 +507,7 @@ async def open_connection(
     server_hostname: ServerHostname = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
-    attempts: int = DEFAULT_ATTEMPTS,
+    attempts: int | None = None,
     deadline: float | None = None,
     key: Key | None = None,
     limit: int = 2**16,
