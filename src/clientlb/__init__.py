@@ -46,7 +46,9 @@ from ._tcp import (
     BalancedSocket,
     BalancedSSLSocket,
     BalancedStreamWriter,
+    aconnect_with,
     connect,
+    connect_with,
     open_connection,
 )
 from ._telemetry import Telemetry, instrument
@@ -91,7 +93,9 @@ __all__ = [
     "Target",
     "Telemetry",
     "__version__",
+    "aconnect_with",
     "connect",
+    "connect_with",
     "hash_by_client_ip",
     "hash_by_cookie",
     "hash_by_header",

@@ -81,11 +81,12 @@ keeps ``timeout`` as its timeout for later reads and writes; call
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 import ssl as _ssl
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 from ._balancer import LoadBalancer, Pick
 from ._endpoint import Endpoint
@@ -97,11 +98,15 @@ __all__ = [
     "BalancedSSLSocket",
     "BalancedSocket",
     "BalancedStreamWriter",
+    "aconnect_with",
     "connect",
+    "connect_with",
     "open_connection",
 ]
 
 ServerHostname = str | Callable[[Endpoint], str] | None
+T = TypeVar("T")
+ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -293,7 +298,7 @@ def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname) -> Callable[[En
 
 def _describe(exc: BaseException, timeout: float) -> str:
     if isinstance(exc, (TimeoutError, socket.timeout, asyncio.TimeoutError)):
-        return f"timed out after {timeout:g}s"
+        return f"timed out after {timeout:g}s" if timeout != math.inf else "timed out"
     if isinstance(exc, _ssl.SSLCertVerificationError):
         return f"TLS certificate rejected: {exc.verify_message or exc}"
     if isinstance(exc, ConnectionRefusedError):
@@ -566,3 +571,99 @@ async def open_connection(
         assert isinstance(transport, asyncio.WriteTransport)
         writer = BalancedStreamWriter(transport, protocol, reader, loop)
         return reader, writer
+
+
+# -- any driver ------------------------------------------------------------------------
+
+
+def _check_errors(connect_errors: ErrorTypes) -> tuple[type[BaseException], ...]:
+    errors = connect_errors if isinstance(connect_errors, tuple) else (connect_errors,)
+    if not errors or not all(isinstance(e, type) and issubclass(e, BaseException)
+                             for e in errors):
+        raise ConfigError(f"connect_errors must be an exception class or a tuple of them, "
+                          f"got {connect_errors!r}", field="connect_errors")
+    return errors
+
+
+def connect_with(
+    lb: LoadBalancer,
+    factory: Callable[[Endpoint], T],
+    *,
+    connect_errors: ErrorTypes = OSError,
+    attempts: int | None = None,
+    deadline: float | None = None,
+    key: Key | None = None,
+) -> tuple[T, Pick]:
+    """Balance any driver's connect: ``factory(endpoint)`` with failover.
+
+    The generic pattern of docs/tcp.md as a function, for drivers that open
+    their own sockets (psycopg, redis-py, pymongo, ...)::
+
+        conn, pick = clientlb.connect_with(
+            lb, lambda ep: psycopg.connect(host=ep.host, port=ep.port),
+            connect_errors=psycopg.OperationalError)
+        with pick, conn:                      # success, or failure if it raises
+            conn.execute("SELECT 1")
+
+    An exception of a ``connect_errors`` class raised by ``factory`` is a
+    connect failure: it is reported as ``Outcome.CONNECT_FAILURE`` and the
+    next endpoint is tried, under the same rules as :func:`connect`
+    (``attempts``, ``deadline`` checked between attempts, the retry budget,
+    never the same endpoint twice). Any other exception is reported as a
+    failure and propagates at once. The factory applies its own timeout
+    (``connect_timeout=``, ``socket_connect_timeout=``...).
+
+    Returns:
+        The factory's result and its :class:`~clientlb.Pick`, still in
+        flight: finish it with ``with pick:`` or ``pick.done(...)`` when the
+        connection is closed or the work on it is done.
+
+    Raises:
+        ConnectError: every attempt failed; ``__cause__`` is the driver's error.
+        NoEndpointAvailable: nothing to pick (also a ``ConnectionError``).
+    """
+    errors = _check_errors(connect_errors)
+    _check_options(1.0, attempts, deadline)
+    state = _Attempts(lb, math.inf, attempts, deadline)
+    while True:
+        if state.budget() is None:
+            state.raise_error()
+        pick = state.pick(key)
+        try:
+            conn = factory(pick.endpoint)
+        except errors as exc:
+            state.failed(pick, exc, math.inf)
+            continue
+        except BaseException as exc:
+            pick.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn, pick
+
+
+async def aconnect_with(
+    lb: LoadBalancer,
+    factory: Callable[[Endpoint], Awaitable[T]],
+    *,
+    connect_errors: ErrorTypes = OSError,
+    attempts: int | None = None,
+    deadline: float | None = None,
+    key: Key | None = None,
+) -> tuple[T, Pick]:
+    """The asyncio twin of :func:`connect_with`: ``await factory(endpoint)`` with failover."""
+    errors = _check_errors(connect_errors)
+    _check_options(1.0, attempts, deadline)
+    await lb.wait_ready_async()
+    state = _Attempts(lb, math.inf, attempts, deadline)
+    while True:
+        if state.budget() is None:
+            state.raise_error()
+        pick = state.pick(key)
+        try:
+            conn = await factory(pick.endpoint)
+        except errors as exc:
+            state.failed(pick, exc, math.inf)
+            continue
+        except BaseException as exc:
+            pick.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return conn, pick
