@@ -132,6 +132,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         self._config = config
         self._failure_codes = config.failure_codes
         self._subs: dict[str, _SubChannel] = {}
+        self._draining: list[_SubChannel] = []
         self._lock = threading.Lock()
         self._closed = False
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
@@ -174,15 +175,23 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         with self._lock:
             gone = [self._subs.pop(ep.address) for ep in diff.removed
                     if ep.address in self._subs]
+            self._draining = [s for s in self._draining if not s.closed] + gone
         for sub in gone:
             sub.drain()
         if gone:
             self._update_state()
 
     def sub_channels(self) -> dict[str, str]:
-        """``{address: "open" | "draining"}`` of the live sub-channels (for tests and repr)."""
+        """``{address: "open" | "draining"}`` of the sub-channels not closed yet.
+
+        A removed endpoint's sub-channel shows as ``"draining"`` while calls it
+        carries are in flight, and disappears once it is closed.
+        """
         with self._lock:
-            return {a: ("draining" if s.draining else "open") for a, s in self._subs.items()}
+            self._draining = [s for s in self._draining if not s.closed]
+            live = {s.address: "draining" for s in self._draining}
+            live.update((a, "open") for a in self._subs)
+            return live
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -384,8 +393,9 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             if self._closed:
                 return
             self._closed = True
-            subs = list(self._subs.values())
+            subs = [*self._subs.values(), *self._draining]
             self._subs.clear()
+            self._draining.clear()
         self._lb.remove_listener(self._on_diff)
         for sub in subs:
             sub.close_now()

@@ -125,6 +125,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._config = config
         self._failure_codes = config.failure_codes
         self._subs: dict[str, _SubChannel] = {}
+        self._draining: list[_SubChannel] = []
         self._closed = False
         self._rng = lb.rng
         try:
@@ -169,14 +170,19 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             loop.call_soon_threadsafe(self._apply_removals, diff.removed)
 
     def _apply_removals(self, removed: Sequence[Endpoint]) -> None:
+        self._draining = [s for s in self._draining if not s.closed]
         for ep in removed:
             sub = self._subs.pop(ep.address, None)
             if sub is not None:
+                self._draining.append(sub)
                 sub.drain()
 
     def sub_channels(self) -> dict[str, str]:
-        """``{address: "open" | "draining"}`` of the live sub-channels."""
-        return {a: ("draining" if s.draining else "open") for a, s in self._subs.items()}
+        """``{address: "open" | "draining"}`` of the sub-channels not closed yet."""
+        self._draining = [s for s in self._draining if not s.closed]
+        live = {s.address: "draining" for s in self._draining}
+        live.update((a, "open") for a in self._subs)
+        return live
 
     def _pick(self, exclude: set[str] | None) -> Pick:
         try:
@@ -288,8 +294,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             return
         self._closed = True
         self._lb.remove_listener(self._on_diff)
-        subs = list(self._subs.values())
+        subs = [*self._subs.values(), *self._draining]
         self._subs.clear()
+        self._draining.clear()
         closing = [s.channel.close(grace) for s in subs if not s.closed]
         for s in subs:
             s.closed = True

@@ -1,0 +1,98 @@
+"""Real grpcio servers on 127.0.0.1 for the gRPC tests (generic handlers, raw bytes).
+
+``GrpcBackend(name)`` serves ``/demo.Echo/{Unary,UStream,SUnary,SStream}``
+and ``grpc.health.v1.Health``. Every response names the backend (so a test
+sees where a call went) and the trailing metadata carries ``backend=<name>``.
+Controls: ``status`` (a ``grpc.StatusCode`` every call is aborted with),
+``delay`` (seconds before answering), ``hold`` (an Event a stream waits for
+before it ends), ``calls`` (method names received) and ``metadata`` (the
+invocation metadata of the last call).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2
+
+UNARY = "/demo.Echo/Unary"
+USTREAM = "/demo.Echo/UStream"
+SUNARY = "/demo.Echo/SUnary"
+SSTREAM = "/demo.Echo/SStream"
+
+
+class GrpcBackend:
+    def __init__(self, name: str, *, credentials: grpc.ServerCredentials | None = None,
+                 workers: int = 8) -> None:
+        self.name = name
+        self.status: grpc.StatusCode | None = None
+        self.delay = 0.0
+        self.hold: threading.Event | None = None
+        self.calls: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        handler = grpc.method_handlers_generic_handler("demo.Echo", {
+            "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
+            "UStream": grpc.unary_stream_rpc_method_handler(self._ustream),
+            "SUnary": grpc.stream_unary_rpc_method_handler(self._sunary),
+            "SStream": grpc.stream_stream_rpc_method_handler(self._sstream),
+        })
+        self.server = grpc.server(futures.ThreadPoolExecutor(workers))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.health = health.HealthServicer()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        from grpc_health.v1 import health_pb2_grpc
+
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        if credentials is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+        self.address = f"127.0.0.1:{self.port}"
+        self.server.start()
+
+    def _enter(self, method: str, context: grpc.ServicerContext) -> None:
+        with self._lock:
+            self.calls.append(method)
+        self.metadata = dict(context.invocation_metadata())
+        context.set_trailing_metadata((("backend", self.name),))
+        if self.delay:
+            time.sleep(self.delay)
+        if self.status is not None:
+            context.abort(self.status, f"{self.name} says {self.status.name}")
+
+    def count(self, method: str = "Unary") -> int:
+        with self._lock:
+            return self.calls.count(method)
+
+    def _unary(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._enter("Unary", context)
+        return self.name.encode()
+
+    def _ustream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        self._enter("UStream", context)
+        yield f"{self.name}:0".encode()
+        if self.hold is not None:
+            self.hold.wait(10)
+        for i in range(1, 3):
+            yield f"{self.name}:{i}".encode()
+
+    def _sunary(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        self._enter("SUnary", context)
+        return f"{self.name}:{sum(1 for _ in requests)}".encode()
+
+    def _sstream(self, requests: Iterator[bytes], context: grpc.ServicerContext
+                 ) -> Iterator[bytes]:
+        self._enter("SStream", context)
+        for r in requests:
+            yield r + b"@" + self.name.encode()
+
+    def stop(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        self.server.stop(None).wait(5)
