@@ -45,6 +45,8 @@ template:
 zone:
   - domain: {zone}
     acl: local_update
+  - domain: alt
+    acl: local_update
 """
 
 # SOA MINIMUM 1: negative answers (NXDOMAIN, no data) live one second (RFC 2308).
@@ -68,6 +70,8 @@ class KnotServer:
         self.conf = self.dir / "knot.conf"
         self.conf.write_text(_CONF.format(d=self.dir, port=self.port, zone=ZONE))
         (self.dir / f"{ZONE}.zone").write_text(_ZONE.format(zone=ZONE, records=records))
+        # a second zone: its names never come in the additional section of test.'s answers
+        (self.dir / "alt.zone").write_text(_ZONE.format(zone="alt", records="web A 127.0.0.1"))
         self.log = self.dir / "knotd.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()

@@ -98,6 +98,7 @@ class DNSQuerier:
         self.source = (f"dns server {server[0]}:{server[1]}" if server
                        else "system DNS resolver")
         self._resolver: dns.asyncresolver.Resolver | None = None
+        self.queries = 0  # questions asked (the SRV additional section saves some)
 
     async def _get_resolver(self) -> dns.asyncresolver.Resolver:
         if self._resolver is not None:
@@ -136,6 +137,7 @@ class DNSQuerier:
             DiscoveryError: timeout, SERVFAIL/REFUSED, network error.
         """
         res = await self._get_resolver()
+        self.queries += 1
         qname: str | dns.name.Name = name
         search = self.server is None
         if not search:

@@ -38,7 +38,8 @@ in a log line, ``repr``, exception or statistic.
 Options: ``username``, ``password``, ``tls`` (https, default False),
 ``ssl_context``, ``timeout`` (seconds per request, default 5),
 ``resync_interval`` (default 300 s), ``env`` (instead of ``os.environ``),
-plus those of ``_base``.
+``transport`` (an ``httpx.AsyncBaseTransport``, e.g. for a proxy), plus those
+of ``_base``.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class EtcdResolver(LoopResolver):
                  password: str | None = None, tls: bool = False,
                  ssl_context: ssl.SSLContext | None = None, timeout: float = 5.0,
                  resync_interval: float = 300.0, env: Mapping[str, str] | None = None,
-                 **options: Any) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         super().__init__(target, **options)
         env = os.environ if env is None else env
         host, port = target.server or ("127.0.0.1", 2379)
@@ -150,6 +151,7 @@ class EtcdResolver(LoopResolver):
         self.timeout = check_seconds("timeout", timeout, allow_zero=False)
         self.resync_interval = check_seconds("resync_interval", resync_interval,
                                              allow_zero=False)
+        self._transport = transport
         self.revision = 0
         self.relists = 0
         self._kvs: dict[str, Endpoint] = {}
@@ -202,7 +204,7 @@ class EtcdResolver(LoopResolver):
     async def run(self, sink: ResolverSink) -> None:
         timeout = httpx.Timeout(self.timeout)
         async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
-                                     verify=self._verify,
+                                     verify=self._verify, transport=self._transport,
                                      headers={"User-Agent": "clientlb"}) as client:
             while True:
                 self.mark_attempt()
