@@ -104,15 +104,27 @@ def test_discovery_updates_and_errors_are_counted(lb: LoadBalancer,
     assert [(p.attributes["error.type"], p.value) for p in errors] == [("DiscoveryError", 1)]
 
 
-def test_retries_and_budget_exhaustion_are_counted(lb: LoadBalancer,
-                                                   reader: InMemoryMetricReader) -> None:
-    record_retry(lb, attempt=2, reason="connect_failure", endpoint="127.0.0.1:8001")
-    record_retry(lb, attempt=3, reason="connect_failure")
-    record_budget_exhausted(lb)
-    retries = points(reader, "clientlb.retries")
-    assert [(p.attributes["clientlb.retry.reason"], p.value) for p in retries] == [
-        ("connect_failure", 2)]
-    assert [p.value for p in points(reader, "clientlb.retry.budget_exhausted")] == [1]
+@pytest.mark.skipif(not hasattr(clientlb, "RetryPolicy"), reason="needs the retry layer")
+def test_retries_and_budget_exhaustion_are_read_from_the_budget(
+        lb: LoadBalancer, reader: InMemoryMetricReader) -> None:
+    budget = lb.retry_budget
+    assert budget is not None
+    allowed = 0
+    while budget.try_withdraw():
+        allowed += 1
+    assert not budget.try_withdraw()
+    assert [p.value for p in points(reader, "clientlb.retries")] == [allowed]
+    assert [p.value for p in points(reader, "clientlb.retry.budget_exhausted")] == [2]
+
+
+def test_budget_exhaustion_is_noted_on_the_span(lb: LoadBalancer) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("call"):
+        record_budget_exhausted(lb)
+    (span,) = exporter.get_finished_spans()
+    assert [e.name for e in span.events] == ["clientlb.retry.budget_exhausted"]
 
 
 def test_each_attempt_adds_an_event_to_the_callers_span(lb: LoadBalancer) -> None:

@@ -16,8 +16,8 @@ instrument                          kind       attributes
                                                (healthy, ejected, unhealthy, draining)
 ``clientlb.panic``                  gauge      service; 1 while the balancer is in panic mode
 ``clientlb.ejections``              counter    service, endpoint (observed from ``snapshot()``)
-``clientlb.retries``                counter    service, ``clientlb.retry.reason``
-``clientlb.retry.budget_exhausted`` counter    service
+``clientlb.retries``                counter    service (retries the budget allowed)
+``clientlb.retry.budget_exhausted`` counter    service (retries the budget refused)
 ``clientlb.discovery.updates``      counter    service
 ``clientlb.discovery.errors``       counter    service, ``error.type``
 ==================================  =========  ===============================================
@@ -31,10 +31,15 @@ exception class. clientlb's own names live under ``clientlb.``:
 Nothing secret is ever an attribute: targets are not recorded at all, only
 the service name and endpoint addresses.
 
+The retry counters are read from the balancer's retry budget
+(``lb.retry_budget.statistics()``) at collection time, so the HTTP and gRPC
+layers need no extra call to be counted.
+
 Span events: when the caller's current span is recording, every attempt
 adds a ``clientlb.attempt`` event (service, endpoint, attempt number within
-that span, outcome, duration); retries add ``clientlb.retry`` (attempt,
-reason) through :func:`record_retry`, which the retry layer calls.
+that span, outcome, duration); a retry layer that calls :func:`record_retry`
+adds ``clientlb.retry`` (attempt, reason, failed endpoint), and
+:func:`record_budget_exhausted` adds ``clientlb.retry.budget_exhausted``.
 
 Cost: the outcome listener does two dictionary look-ups for attribute sets
 pre-built per endpoint and outcome, one counter ``add`` and one histogram
@@ -169,12 +174,12 @@ class Telemetry:
             "clientlb.request.duration", unit="s",
             description="Duration of calls through a balancer, from pick to outcome.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
-        self._retries = meter.create_counter(
-            "clientlb.retries", unit="{retry}",
-            description="Retried attempts, by service and reason.")
-        self._budget_exhausted = meter.create_counter(
-            "clientlb.retry.budget_exhausted", unit="{retry}",
-            description="Retries refused because the retry budget was spent.")
+        meter.create_observable_counter(
+            "clientlb.retries", callbacks=[self._observe_retries], unit="{retry}",
+            description="Retries allowed by each balancer's retry budget.")
+        meter.create_observable_counter(
+            "clientlb.retry.budget_exhausted", callbacks=[self._observe_refused],
+            unit="{retry}", description="Retries refused because the retry budget was spent.")
         self._discovery_updates = meter.create_counter(
             "clientlb.discovery.updates", unit="{update}",
             description="Endpoint-set changes published by discovery.")
@@ -238,7 +243,6 @@ class Telemetry:
         span.add_event("clientlb.attempt", event)
 
     def _retry(self, bound: _Bound, attempt: int, reason: str, address: str | None) -> None:
-        self._retries.add(1, {SERVICE: bound.service, RETRY_REASON: reason})
         if self._span_events:
             span = trace.get_current_span()
             if span.is_recording():
@@ -257,6 +261,18 @@ class Telemetry:
                 counts[row.state] = counts.get(row.state, 0) + 1
             for state, n in counts.items():
                 yield Observation(n, {SERVICE: bound.service, STATE: state})
+
+    def _observe_retries(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._budget_counter("retries")
+
+    def _observe_refused(self, options: CallbackOptions) -> Iterable[Observation]:
+        return self._budget_counter("refused")
+
+    def _budget_counter(self, key: str) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            budget = getattr(lb, "retry_budget", None)  # present with the retry layer
+            if budget is not None:
+                yield Observation(int(budget.statistics()[key]), bound.service_attrs)
 
     def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
@@ -299,7 +315,7 @@ def instrument(lb: LoadBalancer, *, meter_provider: MeterProvider | None = None)
 
 def record_retry(lb: LoadBalancer, *, attempt: int, reason: str,
                  endpoint: str | None = None) -> None:
-    """Count a retry of ``lb`` (called by the retry layer; cheap when not instrumented).
+    """Note a retry of ``lb`` on the current span (called by the retry layer; cheap).
 
     ``attempt`` is the number of the attempt about to start (2 for the first
     retry), ``reason`` a short word (``connect_failure``, ``status_503``...),
@@ -310,6 +326,9 @@ def record_retry(lb: LoadBalancer, *, attempt: int, reason: str,
 
 
 def record_budget_exhausted(lb: LoadBalancer) -> None:
-    """Count a retry refused because ``lb``'s retry budget was spent."""
+    """Note on the current span that ``lb``'s retry budget refused a retry."""
     for bound in _REGISTRY.get(lb, ()):
-        bound.telemetry._budget_exhausted.add(1, bound.service_attrs)
+        if bound.telemetry._span_events:
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.add_event("clientlb.retry.budget_exhausted", bound.service_attrs)

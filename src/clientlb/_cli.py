@@ -1,0 +1,264 @@
+"""The ``clientlb`` command: look at a target, probe it, or watch the strategies race.
+
+::
+
+    clientlb resolve dns:///users.internal:8080 --watch
+    clientlb check static://10.0.0.1:80,10.0.0.2:80 --http /healthz
+    clientlb demo --duration 20 --plot strategies.png
+
+Exit status (as ``curl`` and ``dig`` users expect from a diagnostic tool):
+0 when the command did what was asked (for ``check``: at least one endpoint
+passed), 1 when the answer is "nothing there" (no endpoint, nothing healthy),
+2 for a bad command line or target, 130 on Ctrl-C. Errors are one line on
+stderr, never a traceback. Needs the ``cli`` extra (``rich``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, cast
+
+from ._balancer import LoadBalancer
+from ._endpoint import Endpoint
+from ._errors import ClientLBError, ConfigError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+
+__all__ = ["main"]
+
+EXIT_OK, EXIT_NOTHING, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class CLIError(Exception):
+    """A clean, one-line failure with its exit status."""
+
+    def __init__(self, message: str, status: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise CLIError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clientlb", description="Client-side load balancing: inspect "
+                     "targets, probe endpoints, compare strategies.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"clientlb {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("resolve", help="list the endpoints of a target")
+    p.add_argument("target", help="static://, dns://, srv://, consul:// or etcd:// target")
+    p.add_argument("--watch", action="store_true", help="keep the table live until Ctrl-C")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S",
+                   help="wait this long for discovery's first answer (default 5)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="with --watch: stop after S seconds")
+
+    p = sub.add_parser("check", help="probe every endpoint of a target once")
+    p.add_argument("target")
+    kind = p.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--http", metavar="PATH", help="HTTP GET PATH (e.g. /healthz)")
+    kind.add_argument("--tcp", action="store_true", help="TCP connect (and TLS with --tls)")
+    kind.add_argument("--grpc", nargs="?", const="", metavar="SERVICE",
+                      help="grpc.health.v1 Check (SERVICE defaults to the whole server)")
+    p.add_argument("--tls", action="store_true", help="use TLS, verified against --host")
+    p.add_argument("--host", help="logical name: HTTP Host and TLS name (default: the "
+                   "target's service name)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                   help="per probe, and for discovery's first answer (default 2)")
+
+    p = sub.add_parser("demo", help="race the strategies over local slow and flaky backends")
+    p.add_argument("--duration", type=float, default=25.0, metavar="S",
+                   help="total seconds of traffic, shared by the strategies (default 25)")
+    p.add_argument("--strategies", default="round_robin,random,least_request,peak_ewma",
+                   help="comma-separated strategy names")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--plot", metavar="FILE.png", help="write a latency chart (matplotlib)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clientlb`` console script; returns the exit status."""
+    try:
+        from rich.console import Console
+    except ImportError:
+        print("clientlb: the command line needs rich: pip install 'clientlb[cli]'",
+              file=sys.stderr)
+        return EXIT_USAGE
+    out = Console(highlight=False)
+    if not out.is_terminal:  # piped or captured: wide enough for the demo's table
+        out.width = max(out.width, 120)
+    err = Console(stderr=True, highlight=False)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "resolve":
+            return resolve(args, out)
+        if args.command == "check":
+            return check(args, out)
+        from ._demo import run_demo
+
+        return run_demo(args, out)
+    except CLIError as exc:
+        err.print(f"[bold red]error:[/] {exc}")
+        return exc.status
+    except ClientLBError as exc:  # ConfigError, NoEndpointAvailable, DiscoveryError
+        err.print(f"[bold red]error:[/] {exc}")
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_NOTHING
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return EXIT_INTERRUPTED
+
+
+# -- resolve ------------------------------------------------------------------------------
+
+def _open(target: str, timeout: float) -> LoadBalancer:
+    if timeout < 0:
+        raise CLIError(f"--timeout must be >= 0 seconds, got {timeout:g}")
+    lb = LoadBalancer(target, strategy="round_robin", first_resolution_timeout=timeout)
+    if not lb.wait_ready(timeout):
+        cause = lb._discovery_error
+        lb.close()
+        detail = f": {cause}" if cause else ""
+        raise CLIError(f"no answer from discovery for {lb.target} within {timeout:g}s{detail}",
+                       EXIT_NOTHING)
+    return lb
+
+
+def endpoints_table(lb: LoadBalancer) -> Table:
+    from rich.table import Table
+
+    snap = lb.snapshot().by_address()
+    table = Table(title=f"{lb.target}  ({len(lb.endpoints())} endpoints)", title_justify="left")
+    for column in ("address", "weight", "priority", "zone", "state", "metadata"):
+        table.add_column(column, justify="right" if column in ("weight", "priority") else "left")
+    for ep in lb.endpoints():
+        row = snap.get(ep.address)
+        table.add_row(ep.address, f"{ep.weight:g}", str(ep.priority), ep.zone or "",
+                      row.state if row else "", _metadata(ep))
+    return table
+
+
+def _metadata(ep: Endpoint) -> str:
+    return ", ".join(f"{k}={v}" for k, v in ep.metadata.items())
+
+
+def resolve(args: argparse.Namespace, out: Console) -> int:
+    lb = _open(args.target, args.timeout)
+    try:
+        if not args.watch:
+            out.print(endpoints_table(lb))
+            return EXIT_OK if lb.endpoints() else EXIT_NOTHING
+        from rich.live import Live
+
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        with Live(endpoints_table(lb), console=out, refresh_per_second=4) as live:
+            version = -1
+            while deadline is None or time.monotonic() < deadline:
+                current = lb.snapshot()
+                if current.version != version:
+                    version = current.version
+                    live.update(endpoints_table(lb))
+                time.sleep(0.25)
+        return EXIT_OK
+    finally:
+        lb.close()
+
+
+# -- check --------------------------------------------------------------------------------
+
+def check(args: argparse.Namespace, out: Console) -> int:
+    from rich.table import Table
+
+    from ._health.checks import HealthChecker
+    from ._health.config import HealthCheck
+
+    if args.timeout <= 0:
+        raise CLIError(f"--timeout must be > 0 seconds, got {args.timeout:g}")
+    lb = _open(args.target, args.timeout)
+    try:
+        endpoints = lb.endpoints()
+        if not endpoints:
+            raise CLIError(f"{lb.target} resolved to no endpoint", EXIT_NOTHING)
+        if args.http is not None:
+            config = HealthCheck(kind="http", path=args.http, tls=args.tls, host=args.host,
+                                 timeout=args.timeout)
+            what = f"HTTP GET {args.http}"
+        elif args.tcp:
+            config = HealthCheck(kind="tcp", tls=args.tls, host=args.host, timeout=args.timeout)
+            what = "TCP connect" + (" + TLS" if args.tls else "")
+        else:
+            config = HealthCheck(kind="grpc", grpc_service=args.grpc, tls=args.tls,
+                                 host=args.host, timeout=args.timeout)
+            what = f"grpc.health.v1 Check({args.grpc!r})"
+        # The logical name is the HTTP Host and TLS name; a static list has none,
+        # so each endpoint is asked under its own address, as curl would.
+        static = lb.target.scheme == "static" and not args.host
+        checkers = [HealthChecker(cast(Any, None), config, ep.address if static else lb.name)
+                    for ep in endpoints]
+        results = asyncio.run(_probe_all(checkers, config, endpoints))
+        for checker in checkers:
+            checker.close()
+    finally:
+        lb.close()
+    table = Table(title=f"{what} on {lb.target}", title_justify="left")
+    for column in ("address", "result", "detail", "time"):
+        table.add_column(column, justify="right" if column == "time" else "left")
+    passed = 0
+    for ep, (ok, detail, elapsed) in zip(endpoints, results, strict=True):
+        passed += ok
+        table.add_row(ep.address, "[green]pass[/]" if ok else "[red]FAIL[/]", detail,
+                      f"{elapsed * 1000:.1f} ms")
+    out.print(table)
+    out.print(f"{passed}/{len(endpoints)} endpoints passed")
+    return EXIT_OK if passed else EXIT_NOTHING
+
+
+async def _probe_all(checkers: list[Any], config: Any, endpoints: Sequence[Endpoint]
+                     ) -> list[tuple[bool, str, float]]:
+    import ssl
+
+    import httpx
+
+    first = checkers[0]
+    verify: ssl.SSLContext | bool = first._ssl if first._ssl is not None else True
+    async with httpx.AsyncClient(verify=verify, timeout=config.timeout, trust_env=False,
+                                 follow_redirects=False) as client:
+        async def one(checker: Any, ep: Endpoint) -> tuple[bool, str, float]:
+            start = time.perf_counter()
+            try:
+                ok, detail = await asyncio.wait_for(checker.probe(client, ep), config.timeout)
+            except asyncio.TimeoutError:
+                ok, detail = False, f"timed out after {config.timeout:g}s"
+            except Exception as exc:
+                ok, detail = False, _describe(exc)
+            return bool(ok), str(detail), time.perf_counter() - start
+
+        return list(await asyncio.gather(*(one(c, ep) for c, ep in zip(checkers, endpoints,
+                                                                         strict=True))))
+
+
+def _describe(exc: BaseException) -> str:
+    """The root cause in a few words (httpx wraps the OSError two or three times)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, TimeoutError):
+            return "timed out"
+        seen = seen.__cause__ or seen.__context__
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The clientlb command line: resolve, check and demo, with clean errors and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import pytest
+
+from clientlb._cli import main
+
+from ._helpers import HTTPBackend, free_port
+
+CLIENTLB = str(Path(sys.executable).parent / "clientlb")
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The installed console script, as a user runs it."""
+    return subprocess.run([CLIENTLB, *args], capture_output=True, text=True, timeout=timeout,
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "120"})
+
+
+@pytest.fixture
+def backends() -> Iterator[list[HTTPBackend]]:
+    ok, broken = HTTPBackend("ok"), HTTPBackend("broken", status=500)
+    broken.health_status = 500
+    yield [ok, broken]
+    ok.close()
+    broken.close()
+
+
+def test_resolve_prints_every_endpoint_with_its_attributes(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resolve", "static://127.0.0.1:8001,[::1]:8002"]) == 0
+    out = capsys.readouterr().out
+    assert "127.0.0.1:8001" in out and "[::1]:8002" in out
+    assert "healthy" in out and "(2 endpoints)" in out
+
+
+def test_resolve_watch_stops_after_its_duration(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["resolve", "127.0.0.1:8001", "--watch", "--duration", "0.3"]) == 0
+    assert "127.0.0.1:8001" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["resolve", "static://127.0.0.1:0"], "port must be 1..65535, got 0"),
+    (["resolve", "gopher://x"], "gopher"),
+    (["check", "127.0.0.1:1"], "one of the arguments --http --tcp --grpc is required"),
+    (["check", "127.0.0.1:1", "--http", "healthz"], "must be a path starting with '/'"),
+    (["demo", "--strategies", "fastest"], "--strategies: unknown strategy 'fastest'"),
+    (["demo", "--duration", "0"], "--duration must be > 0 seconds"),
+])
+def test_bad_input_is_one_clean_line_and_exit_status_2(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_the_console_script_reports_a_bad_target_without_a_traceback() -> None:
+    result = run("resolve", "static://127.0.0.1:0")
+    assert result.returncode == 2, result
+    assert result.stderr.startswith("error: ")
+    assert "port must be 1..65535, got 0" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_a_dns_server_that_never_answers_is_exit_status_1() -> None:
+    port = free_port()  # nothing listens there: every query times out
+    result = run("resolve", f"dns://127.0.0.1:{port}/users.test:80", "--timeout", "0.5")
+    assert result.returncode == 1, result
+    assert "no answer from discovery" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_http_reports_each_endpoint_and_passes_when_one_is_healthy(
+        backends: list[HTTPBackend], capsys: pytest.CaptureFixture[str]) -> None:
+    ok, broken = backends
+    dead = f"127.0.0.1:{free_port()}"
+    assert main(["check", f"{ok.address},{broken.address},{dead}", "--http", "/healthz"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[1]: line for line in out.splitlines() if "127.0.0.1:" in line
+             and len(line.split()) > 2}
+    assert "pass" in lines[ok.address] and "HTTP 200" in lines[ok.address]
+    assert "FAIL" in lines[broken.address] and "HTTP 500" in lines[broken.address]
+    assert "FAIL" in lines[dead] and "refused" in lines[dead].lower()
+    assert "1/3 endpoints passed" in out
+    assert ok.requests[-1] == ("GET", "/healthz", ok.address)
+
+
+def test_check_fails_with_status_1_when_nothing_is_healthy(backends: list[HTTPBackend]) -> None:
+    result = run("check", f"{backends[1].address},127.0.0.1:{free_port()}", "--http", "/healthz")
+    assert result.returncode == 1
+    assert "0/2 endpoints passed" in result.stdout
+
+
+def test_check_tcp_connects_to_each_endpoint(backends: list[HTTPBackend],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    assert main(["check", f"{backends[0].address},{dead}", "--tcp"]) == 0
+    assert "1/2 endpoints passed" in capsys.readouterr().out
+
+
+def test_check_grpc_asks_the_standard_health_service(capsys: pytest.CaptureFixture[str]) -> None:
+    grpc = pytest.importorskip("grpc")
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("users", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert main(["check", f"127.0.0.1:{port}", "--grpc"]) == 0
+        assert "gRPC SERVING" in capsys.readouterr().out
+        assert main(["check", f"127.0.0.1:{port}", "--grpc", "users"]) == 1
+        assert "gRPC NOT_SERVING" in capsys.readouterr().out
+    finally:
+        server.stop(None)
+
+
+def test_demo_compares_strategies_and_writes_a_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "demo.png"
+    result = run("demo", "--duration", "3", "--strategies", "round_robin,peak_ewma",
+                 "--plot", str(chart))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "comparison" in out and "lowest p99:" in out
+    rows = [line for line in out.splitlines() if "round_robin" in line or "peak_ewma" in line]
+    assert len(rows) >= 2
+    for header in ("fast-1", "slow", "flaky", "p50 ms", "p99 ms", "errors", "ejections"):
+        assert header in out
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
