@@ -96,3 +96,45 @@ class GrpcBackend:
         if self.hold is not None:
             self.hold.set()
         self.server.stop(None).wait(5)
+
+
+class ProcessBackend:
+    """A GrpcBackend in a child process, so that a test can kill it for real (SIGKILL)."""
+
+    def __init__(self, name: str) -> None:
+        import os
+        import subprocess
+        import sys
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.name = name
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests._grpc_servers", name],
+                                     cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().strip()
+        if not line.isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"backend {name} did not start: {line!r}")
+        self.port = int(line)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    backend = GrpcBackend(sys.argv[1])
+    print(backend.port, flush=True)
+    sys.stdin.read()  # until the parent closes stdin or kills us
+    backend.stop()

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import clientlb
 import clientlb.grpc
 
-from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend
 from ._helpers import free_port, wait_until
 
 
@@ -160,38 +160,46 @@ def test_connect_failures_are_retried_transparently_on_another_endpoint(
     assert dead_outcomes == {clientlb.Outcome.CONNECT_FAILURE}
 
 
-def test_server_killed_mid_run_fails_no_unary_call(backends: list[GrpcBackend]) -> None:
-    """Sequential calls while a server is stopped abruptly: zero failed calls.
+def test_server_killed_mid_run_fails_no_unary_call() -> None:
+    """Sequential calls while a server process is killed (SIGKILL): zero failed calls.
 
     Connect failures are retried transparently; a call cut while the server
     died (UNAVAILABLE after it was sent) is retried because the caller said
     UNAVAILABLE is retryable for this idempotent method.
     """
+    procs = [ProcessBackend(f"p{i}") for i in range(3)]
     errors: list[BaseException] = []
     done = threading.Event()
     count = [0]
-    with clientlb.grpc.insecure_channel(
-            [b.address for b in backends], strategy="round_robin",
-            retryable_codes={grpc.StatusCode.UNAVAILABLE}) as channel:
-        call = channel.unary_unary(UNARY)
+    try:
+        with clientlb.grpc.insecure_channel(
+                [p.address for p in procs], strategy="round_robin",
+                retryable_codes={grpc.StatusCode.UNAVAILABLE}) as channel:
+            call = channel.unary_unary(UNARY)
 
-        def client() -> None:
-            while not done.is_set():
-                try:
-                    call(b"x", timeout=5)
-                except grpc.RpcError as exc:
-                    errors.append(exc)
-                count[0] += 1
+            def client() -> None:
+                while not done.is_set():
+                    try:
+                        call(b"x", timeout=5)
+                    except grpc.RpcError as exc:
+                        errors.append(exc)
+                    count[0] += 1
 
-        thread = threading.Thread(target=client)
-        thread.start()
-        wait_until(lambda: count[0] >= 30, message="30 calls")
-        backends[0].stop()
-        before = count[0]
-        wait_until(lambda: count[0] >= before + 60, message="60 more calls")
+            thread = threading.Thread(target=client)
+            thread.start()
+            wait_until(lambda: count[0] >= 30, message="30 calls")
+            procs[0].kill()
+            before = count[0]
+            wait_until(lambda: count[0] >= before + 60, message="60 more calls")
+            done.set()
+            thread.join(10)
+            rows = channel.lb.snapshot().by_address()
+    finally:
         done.set()
-        thread.join(10)
+        for p in procs:
+            p.stop()
     assert errors == []
+    assert rows[procs[0].address].failures >= 1
 
 
 def test_server_answering_unavailable_is_counted_failing_and_ejected(

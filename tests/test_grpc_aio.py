@@ -1,0 +1,280 @@
+"""clientlb.grpc.aio: balanced grpc.aio channels against real grpcio servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import clientlb
+import clientlb.grpc
+import clientlb.grpc.aio
+
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend
+from ._helpers import free_port
+
+
+@pytest.fixture
+def backends() -> Iterator[list[GrpcBackend]]:
+    servers = [GrpcBackend(f"b{i}") for i in range(3)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
+    seen: list[tuple[str, clientlb.Outcome]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome)))
+    return seen
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    """Let the loop run until ``predicate()`` holds (or fail after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random", "least_request", "peak_ewma"])
+def test_calls_spread_over_every_endpoint_per_strategy(backends: list[GrpcBackend],
+                                                       strategy: str) -> None:
+    """Each awaited call picks an endpoint: all backends serve, evenly for round_robin."""
+    async def main() -> Counter[bytes]:
+        async with clientlb.grpc.aio.insecure_channel([b.address for b in backends],
+                                                      strategy=strategy) as channel:
+            assert isinstance(channel, grpc.aio.Channel)
+            call = channel.unary_unary(UNARY)
+            return Counter([await call(b"x", timeout=5) for _ in range(60)])
+
+    answers = asyncio.run(main())
+    assert set(answers) == {b"b0", b"b1", b"b2"}
+    if strategy == "round_robin":
+        assert set(answers.values()) == {20}
+
+
+def test_all_four_call_shapes_and_call_objects(backends: list[GrpcBackend]) -> None:
+    """Four shapes, metadata, compression, code()/trailing_metadata() on the call object."""
+    async def main() -> None:
+        async with clientlb.grpc.aio.insecure_channel([b.address for b in backends],
+                                                      strategy="round_robin") as channel:
+            unary = channel.unary_unary(UNARY)
+            call = unary(b"x", timeout=5, metadata=(("k", "v"),),
+                         compression=grpc.Compression.Gzip, wait_for_ready=True)
+            response = await call
+            assert await call.code() is grpc.StatusCode.OK
+            assert dict(await call.trailing_metadata())["backend"] == response.decode()
+            assert call.done() and not call.cancelled()
+            assert any(b.metadata.get("k") == "v" for b in backends)
+            parts = [p async for p in channel.unary_stream(USTREAM)(b"x", timeout=5)]
+            assert len(parts) == 3
+            assert (await channel.stream_unary(SUNARY)(iter([b"a", b"b"]), timeout=5)
+                    ).endswith(b":2")
+            echoed = [e async for e in channel.stream_stream(SSTREAM)(iter([b"p"]), timeout=5)]
+            assert echoed[0].startswith(b"p@")
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            await until(lambda: all(r.in_flight == 0 for r in channel.lb.snapshot().endpoints))
+
+    asyncio.run(main())
+
+
+def test_connect_failures_are_retried_transparently_and_killed_server_fails_no_call() -> None:
+    """A dead port and a server process killed mid-run: zero failed calls at concurrency 8.
+
+    Connect failures are retried transparently; calls cut by the kill
+    (UNAVAILABLE after they were sent) are retried because the caller declared
+    UNAVAILABLE retryable for this idempotent method.
+    """
+    dead = f"127.0.0.1:{free_port()}"
+    procs = [ProcessBackend(f"p{i}") for i in range(3)]
+
+    async def main() -> tuple[list[BaseException], list[tuple[str, clientlb.Outcome]]]:
+        errors: list[BaseException] = []
+        async with clientlb.grpc.aio.insecure_channel(
+                [dead, *(p.address for p in procs)], strategy="round_robin",
+                retryable_codes={grpc.StatusCode.UNAVAILABLE}) as channel:
+            seen = outcomes_of(channel.lb)
+            call = channel.unary_unary(UNARY)
+
+            async def worker(n: int) -> None:
+                for _ in range(n):
+                    try:
+                        await call(b"x", timeout=5)
+                    except grpc.aio.AioRpcError as exc:
+                        errors.append(exc)
+
+            await asyncio.gather(*(worker(10) for _ in range(8)))
+            killer = asyncio.get_running_loop().run_in_executor(None, procs[0].kill)
+            await asyncio.gather(*(worker(10) for _ in range(8)))
+            await killer
+            await asyncio.gather(*(worker(5) for _ in range(8)))
+        return errors, seen
+
+    try:
+        errors, seen = asyncio.run(main())
+    finally:
+        for p in procs:
+            p.stop()
+    assert errors == []
+    assert {o for a, o in seen if a == dead} == {clientlb.Outcome.CONNECT_FAILURE}
+    assert {o for a, o in seen if a == procs[0].address} & {
+        clientlb.Outcome.CONNECT_FAILURE, clientlb.Outcome.GATEWAY_FAILURE}
+
+
+def test_server_answering_unavailable_is_counted_failing_and_ejected(
+        backends: list[GrpcBackend]) -> None:
+    """UNAVAILABLE answers are gateway failures; outlier detection ejects the endpoint."""
+    bad = backends[0]
+    bad.status = grpc.StatusCode.UNAVAILABLE
+    options: dict[str, Any] = {"strategy": "round_robin"}
+    detection = getattr(clientlb, "OutlierDetection", None)
+    if detection is not None:
+        options["outlier_detection"] = detection(consecutive_failures=3)
+
+    async def main() -> None:
+        async with clientlb.grpc.aio.insecure_channel([b.address for b in backends],
+                                                      **options) as channel:
+            seen = outcomes_of(channel.lb)
+            failures = 0
+            for _ in range(30):
+                try:
+                    await channel.unary_unary(UNARY)(b"x", timeout=5)
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() is grpc.StatusCode.UNAVAILABLE
+                    failures += 1
+            bad_outcomes = {o for a, o in seen if a == bad.address}
+            assert bad_outcomes == {clientlb.Outcome.GATEWAY_FAILURE}
+            if detection is not None:
+                assert channel.lb.snapshot().by_address()[bad.address].state == "ejected"
+                assert failures == bad.count() <= 3
+
+    asyncio.run(main())
+
+
+def test_removed_endpoint_sub_channel_is_drained_then_closed(
+        backends: list[GrpcBackend]) -> None:
+    """A leaving endpoint finishes its open stream, takes no new call, then its channel closes."""
+    for b in backends:
+        b.hold = threading.Event()
+
+    async def main() -> None:
+        lb = clientlb.LoadBalancer([b.address for b in backends], strategy="round_robin")
+        async with clientlb.grpc.aio.insecure_channel(lb) as channel:
+            stream = channel.unary_stream(USTREAM)(b"x", timeout=10)
+            first = await stream.read()
+            owner = next(b for b in backends if first.startswith(b.name.encode()))
+            lb.remove(owner.address)
+            assert channel.sub_channels()[owner.address] == "draining"
+            answers = {await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(6)}
+            assert owner.name.encode() not in answers
+            owner.hold.set()  # type: ignore[union-attr]
+            rest = []
+            while (part := await stream.read()) is not grpc.aio.EOF:
+                rest.append(part)
+            assert [p.split(b":")[0] for p in rest] == [owner.name.encode()] * 2
+            await until(lambda: owner.address not in channel.sub_channels())
+        await lb.aclose()
+
+    asyncio.run(main())
+
+
+class _Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.methods.append(details.method)
+        metadata = grpc.aio.Metadata(*(details.metadata or ()), ("x-intercepted", "yes"))
+        new = grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
+                                         details.credentials, details.wait_for_ready)
+        return await continuation(new, request)
+
+
+def test_aio_interceptors_run_on_every_attempt(backends: list[GrpcBackend]) -> None:
+    """interceptors= wrap each attempt on its sub-channel; calls stay balanced."""
+    recorder = _Recorder()
+
+    async def main() -> set[bytes]:
+        async with clientlb.grpc.aio.insecure_channel(
+                [b.address for b in backends], strategy="round_robin",
+                interceptors=[recorder]) as channel:
+            return {await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(6)}
+
+    assert asyncio.run(main()) == {b"b0", b"b1", b"b2"}
+    assert recorder.methods == [UNARY.encode()] * 6  # grpc.aio passes the method as bytes
+    assert all(b.metadata.get("x-intercepted") == "yes" for b in backends)
+
+
+def test_tls_verifies_the_logical_name_while_connecting_to_ips() -> None:
+    """trustme certificate for users.internal accepted on 127.0.0.1; a wrong name refused."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("users.internal")
+    creds = grpc.ssl_server_credentials(
+        [(cert.private_key_pem.bytes(), cert.cert_chain_pems[0].bytes())])
+    servers = [GrpcBackend(f"t{i}", credentials=creds) for i in range(2)]
+    client_creds = grpc.ssl_channel_credentials(ca.cert_pem.bytes())
+    addresses = [s.address for s in servers]
+
+    async def main() -> None:
+        async with clientlb.grpc.aio.secure_channel(
+                addresses, client_creds, server_name="users.internal",
+                strategy="round_robin") as channel:
+            answers = {await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(4)}
+            assert answers == {b"t0", b"t1"}
+        async with clientlb.grpc.aio.secure_channel(
+                addresses, client_creds, server_name="other.internal",
+                transparent_retries=0) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await channel.unary_unary(UNARY)(b"x", timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+
+    try:
+        asyncio.run(main())
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_hedging_answers_from_the_fast_endpoint(backends: list[GrpcBackend]) -> None:
+    """A slow first attempt is overtaken by a hedge; the loser is cancelled."""
+    backends[0].delay = 1.0
+    hedging = clientlb.grpc.Hedging(max_attempts=2, delay=0.05)
+
+    async def main() -> list[bytes]:
+        async with clientlb.grpc.aio.insecure_channel(
+                [backends[0].address, backends[1].address], strategy="round_robin",
+                hedging=hedging) as channel:
+            return [await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(4)]
+
+    assert set(asyncio.run(main())) == {b"b1"}
+
+
+def test_channel_ready_get_state_and_no_endpoint_error(backends: list[GrpcBackend]) -> None:
+    """channel_ready connects every endpoint; a closed balancer gives UNAVAILABLE."""
+    async def main() -> None:
+        async with clientlb.grpc.aio.insecure_channel([b.address for b in backends]) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 5)
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+            assert set(channel.sub_channels()) == {b.address for b in backends}
+        lb = clientlb.LoadBalancer([backends[0].address])
+        channel = clientlb.grpc.aio.insecure_channel(lb)
+        await lb.aclose()
+        call = channel.unary_unary(UNARY)(b"x")
+        with pytest.raises(clientlb.NoEndpointAvailable):
+            await call
+        assert await call.code() is grpc.StatusCode.UNAVAILABLE
+        await channel.close()
+
+    asyncio.run(main())
