@@ -1,0 +1,129 @@
+"""A controllable HTTP/1.1 backend for the httpx transport tests (TLS, streaming, hangs).
+
+Real sockets on 127.0.0.1 only. Compared with ``_helpers.HTTPBackend`` it
+adds TLS, a chunked ``/stream`` endpoint gated by an event, ``Retry-After``,
+per-request hangs and connection resets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import ssl
+import threading
+from typing import Any
+
+
+class Backend:
+    """``status`` for every request (``/stream`` streams two chunks, the second after
+    ``gate`` is set); ``hang`` blocks answers until set; ``reset`` closes the connection
+    without answering; ``requests`` records ``(method, path, Host, body)``."""
+
+    def __init__(self, name: str, *, status: int = 200, ssl_context: ssl.SSLContext | None = None
+                 ) -> None:
+        self.name = name
+        self.status = status
+        self.retry_after: str | None = None
+        self.hang: threading.Event | None = None
+        self.reset = False
+        self.gate = threading.Event()
+        self.requests: list[tuple[str, str, str | None, bytes]] = []
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        backend = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def setup(self) -> None:
+                super().setup()
+                with backend._lock:
+                    backend._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with backend._lock:
+                    backend._connections.discard(self.connection)
+                super().finish()
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    data = b""
+                    while True:
+                        size = int(self.rfile.readline().strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return data
+                        data += self.rfile.read(size)
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _serve(self) -> None:
+                body = self._body()
+                with backend._lock:
+                    backend.requests.append(
+                        (self.command, self.path, self.headers.get("Host"), body))
+                if backend.reset:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                               b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    return
+                if backend.hang is not None:
+                    backend.hang.wait(20)
+                if self.path == "/stream":
+                    self.send_response(200)
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    self.wfile.write(b"5\r\nfirst\r\n")
+                    self.wfile.flush()
+                    backend.gate.wait(20)
+                    self.wfile.write(b"6\r\nsecond\r\n0\r\n\r\n")
+                    return
+                payload = f"{backend.name}\n".encode()
+                self.send_response(backend.status)
+                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("X-Backend", backend.name)
+                if backend.retry_after is not None:
+                    self.send_header("Retry-After", backend.retry_after)
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = _serve
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if ssl_context is not None:
+            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
+        self.port = int(self.server.server_address[1])
+        self.address = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+
+    def served(self) -> int:
+        return len(self.requests)
+
+    def close(self) -> None:
+        self.gate.set()
+        if self.hang is not None:
+            self.hang.set()
+        self.server.shutdown()
+        self.server.server_close()
+        with self._lock:  # a dead backend also drops its keep-alive connections
+            for conn in self._connections:
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+
+
+def dead_address() -> str:
+    """A loopback port where nothing listens (connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"127.0.0.1:{port}"

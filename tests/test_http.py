@@ -1,0 +1,581 @@
+"""httpx transports against real HTTP servers on 127.0.0.1 (sync and asyncio)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import tenacity
+import trustme
+
+import clientlb
+from clientlb import Outcome, RetryBudget, RetryPolicy
+
+from ._helpers import FakeClock, wait_until
+from ._http_backend import Backend, dead_address
+
+FAST = RetryPolicy(backoff=tenacity.wait_none())  # no back-off sleeps in tests
+
+
+@pytest.fixture
+def backends() -> Iterator[list[Backend]]:
+    started = [Backend(f"b{i}") for i in range(3)]
+    yield started
+    for b in started:
+        b.close()
+
+
+def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
+    options.setdefault("strategy", "round_robin")
+    options.setdefault("retry", FAST)
+    options.setdefault("outlier_detection", None)  # these tests watch retries, not ejection
+    return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+
+
+def record_outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome]]:
+    seen: list[tuple[str, Outcome]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome)))
+    return seen
+
+
+# -- routing ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "random", "least_request", "peak_ewma",
+                                      "ring_hash", "maglev"])
+def test_requests_spread_over_every_endpoint_for_each_strategy(
+        backends: list[Backend], strategy: str) -> None:
+    """Every strategy sends traffic to all three backends through httpx."""
+    lb = make_lb([b.address for b in backends], strategy=strategy)
+    transport = clientlb.HTTPTransport(lb, hash_key=clientlb.hash_by_header("X-User"))
+    with httpx.Client(transport=transport) as client:
+        for i in range(90):
+            assert client.get("http://users/", headers={"X-User": f"u{i}"}).status_code == 200
+    counts = [b.served() for b in backends]
+    assert sum(counts) == 90
+    # peak_ewma favours the fastest backend by design; the others share evenly.
+    assert min(counts) >= (1 if strategy == "peak_ewma" else 10), counts
+
+
+def test_host_header_keeps_the_logical_name_while_connecting_to_endpoints(
+        backends: list[Backend]) -> None:
+    """The Host header is the service name; the response says which endpoint served it."""
+    lb = make_lb([b.address for b in backends])
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        served = {client.get("http://users/a?b=1").extensions["clientlb.endpoint"]
+                  for _ in range(3)}
+    assert served == {b.address for b in backends}
+    assert {r[:3] for b in backends for r in b.requests} == {("GET", "/a?b=1", "users")}
+
+
+def test_transport_options_are_checked_and_passed_through(backends: list[Backend]) -> None:
+    """Unknown options and proxies are refused at construction; limits apply per endpoint."""
+    lb = make_lb([backends[0].address])
+    with pytest.raises(clientlb.ConfigError, match="unknown httpx transport option 'verfiy'"):
+        clientlb.HTTPTransport(lb, verfiy=False)
+    with pytest.raises(clientlb.ConfigError, match="'proxy' is not supported"):
+        clientlb.HTTPTransport(lb, proxy="http://127.0.0.1:3128")
+    with pytest.raises(clientlb.ConfigError, match="hash_key must be a callable"):
+        clientlb.HTTPTransport(lb, hash_key="X-User")  # type: ignore[arg-type]
+    transport = clientlb.HTTPTransport(lb, limits=httpx.Limits(max_connections=1), http1=True)
+    with httpx.Client(transport=transport) as client:
+        assert client.get("http://users/").status_code == 200
+        pool = next(iter(transport._router._routes.values())).pool
+        assert pool._max_connections == 1
+
+
+def test_pool_of_a_removed_endpoint_is_closed_once_its_last_response_closes(
+        backends: list[Backend]) -> None:
+    """Removing an endpoint keeps its open stream alive, then closes the pool."""
+    a, b, _ = backends
+    lb = make_lb([a.address, b.address])
+    transport = clientlb.HTTPTransport(lb)
+    with httpx.Client(transport=transport) as client:
+        with client.stream("GET", "http://users/stream") as response:
+            first = response.extensions["clientlb.endpoint"]
+            route = next(r for r in transport._router._routes.values() if r.address == first)
+            lb.remove(first)
+            assert route.retiring and route.pool.connections  # still streaming
+            a.gate.set()
+            b.gate.set()
+            assert response.read() == b"firstsecond"
+        assert route.pool.connections == []  # closed with the response
+        assert all(r.address != first for r in transport._router._routes.values())
+        assert client.get("http://users/").extensions["clientlb.endpoint"] != first
+    assert "pools=0" in repr(transport)
+
+
+def test_repr_shows_service_pools_and_in_flight(backends: list[Backend]) -> None:
+    lb = make_lb([b.address for b in backends])
+    transport = clientlb.HTTPTransport(lb)
+    with httpx.Client(transport=transport) as client:
+        client.get("http://users/")
+        assert repr(transport) == ("<HTTPTransport 'users' strategy=round_robin pools=1 "
+                                   "in_flight=0 retry=3 attempts>")
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+def tls_backends(ca: trustme.CA, name: str, count: int = 2) -> list[Backend]:
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(server_ctx)
+    return [Backend(f"t{i}", ssl_context=server_ctx) for i in range(count)]
+
+
+def test_tls_verifies_the_logical_name_while_connecting_to_loopback(ca: trustme.CA) -> None:
+    """A certificate for users.internal is accepted from 127.0.0.1; SNI and Host say so."""
+    servers = tls_backends(ca, "users.internal")
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        lb = make_lb([s.address for s in servers])
+        with httpx.Client(transport=clientlb.HTTPTransport(lb, verify=client_ctx)) as client:
+            texts = {client.get("https://users.internal/").text for _ in range(4)}
+        assert texts == {"t0\n", "t1\n"}
+        assert {r[2] for s in servers for r in s.requests} == {"users.internal"}
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_tls_server_name_overrides_the_request_host(ca: trustme.CA) -> None:
+    servers = tls_backends(ca, "users.internal", count=1)
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        lb = make_lb([servers[0].address])
+        transport = clientlb.HTTPTransport(lb, verify=client_ctx, server_name="users.internal")
+        with httpx.Client(transport=transport) as client:
+            assert client.get("https://users/").text == "t0\n"
+    finally:
+        servers[0].close()
+
+
+def test_tls_certificate_for_another_name_is_refused(ca: trustme.CA) -> None:
+    """A certificate that does not name the service fails on every endpoint, and says so."""
+    servers = tls_backends(ca, "other.internal")
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        lb = make_lb([s.address for s in servers])
+        with httpx.Client(transport=clientlb.HTTPTransport(lb, verify=client_ctx)) as client, \
+                pytest.raises(httpx.ConnectError) as info:
+            client.get("https://users.internal/")
+        message = str(info.value)
+        assert "CERTIFICATE_VERIFY_FAILED" in message
+        assert all(s.address in message for s in servers)
+        assert all(s.served() == 0 for s in servers)
+    finally:
+        for s in servers:
+            s.close()
+
+
+# -- outcomes -----------------------------------------------------------------------------------
+
+
+def test_every_httpcore_exception_is_mapped_to_the_httpx_exception_of_the_same_name() -> None:
+    import httpcore
+
+    from clientlb._http import classify_exception
+
+    # ConnectionNotAvailable never leaves httpcore's pool (it retries on another connection).
+    names = [n for n in dir(httpcore) if isinstance(getattr(httpcore, n), type)
+             and issubclass(getattr(httpcore, n), Exception) and n != "ConnectionNotAvailable"]
+    assert len(names) >= 13
+    for name in names:
+        cls, _, _ = classify_exception(getattr(httpcore, name)("x"))
+        assert cls is getattr(httpx, name), name
+
+
+@pytest.mark.parametrize(("exc", "outcome", "reached"), [
+    ("ConnectError", Outcome.CONNECT_FAILURE, False),
+    ("ConnectTimeout", Outcome.CONNECT_FAILURE, False),
+    ("PoolTimeout", Outcome.CANCELLED, False),
+    ("ReadTimeout", Outcome.TIMEOUT, True),
+    ("WriteTimeout", Outcome.TIMEOUT, True),
+    ("ReadError", Outcome.FAILURE, True),
+    ("RemoteProtocolError", Outcome.FAILURE, True),
+    ("LocalProtocolError", Outcome.CANCELLED, True),
+])
+def test_exceptions_classify_into_outcomes(exc: str, outcome: Outcome, reached: bool) -> None:
+    import httpcore
+
+    from clientlb._http import classify_exception
+
+    assert classify_exception(getattr(httpcore, exc)("x"))[1:] == (outcome, reached)
+    assert classify_exception(KeyboardInterrupt())[:2] == (None, Outcome.CANCELLED)
+
+
+@pytest.mark.parametrize(("status", "outcome"), [
+    (200, Outcome.SUCCESS), (404, Outcome.SUCCESS), (429, Outcome.SUCCESS),
+    (500, Outcome.FAILURE), (501, Outcome.FAILURE), (502, Outcome.GATEWAY_FAILURE),
+    (503, Outcome.GATEWAY_FAILURE), (504, Outcome.GATEWAY_FAILURE),
+])
+def test_statuses_classify_into_outcomes_through_the_transport(status: int,
+                                                               outcome: Outcome) -> None:
+    """respx answers at the httpcore level, so the whole transport path classifies."""
+    import respx
+
+    lb = make_lb(["10.9.9.9:80"], retry=None)
+    seen = record_outcomes(lb)
+    with respx.mock(using="httpcore") as mock, \
+            httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        mock.get("http://10.9.9.9:80/").respond(status)
+        assert client.get("http://users/").status_code == status
+    assert seen == [("10.9.9.9:80", outcome)]
+
+
+def test_outcomes_of_real_failures_are_reported(backends: list[Backend]) -> None:
+    """Refused connect, 503, 500, read timeout and success, each as the right outcome."""
+    a, b, c = backends
+    dead = dead_address()
+    a.status, b.status = 503, 500
+    c.hang = threading.Event()
+    for addr, expected in [(dead, Outcome.CONNECT_FAILURE), (a.address, Outcome.GATEWAY_FAILURE),
+                           (b.address, Outcome.FAILURE), (c.address, Outcome.TIMEOUT)]:
+        lb = make_lb([addr], retry=None)
+        seen = record_outcomes(lb)
+        with httpx.Client(transport=clientlb.HTTPTransport(lb), timeout=0.3) as client, \
+                contextlib.suppress(httpx.TransportError):
+            client.get("http://users/")
+        assert seen == [(addr, expected)]
+    c.hang.set()
+
+
+def test_streamed_response_stays_in_flight_until_closed(backends: list[Backend]) -> None:
+    """Headers arriving do not end the call: least_request sees the download until close."""
+    a = backends[0]
+    lb = make_lb([a.address], strategy="least_request")
+    seen = record_outcomes(lb)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        with client.stream("GET", "http://users/stream") as response:
+            assert response.status_code == 200
+            assert lb.snapshot().endpoints[0].in_flight == 1
+            chunks = response.iter_raw()
+            assert next(chunks) == b"first"
+            assert lb.snapshot().endpoints[0].in_flight == 1
+            assert seen == []
+            a.gate.set()
+            assert b"".join(chunks) == b"second"  # httpx closes a stream read to its end
+            assert lb.snapshot().endpoints[0].in_flight == 0
+        assert seen == [(a.address, Outcome.SUCCESS)]
+        with client.stream("GET", "http://users/stream") as response:
+            assert lb.snapshot().endpoints[0].in_flight == 1
+        assert lb.snapshot().endpoints[0].in_flight == 0  # closed without reading
+
+
+# -- retries ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE"])
+def test_dead_port_never_fails_a_request_of_any_method(backends: list[Backend],
+                                                       method: str) -> None:
+    """Connection refused means the request was not sent: retried elsewhere, any method."""
+    dead = dead_address()
+    lb = make_lb([dead, backends[0].address, backends[1].address])
+    seen = record_outcomes(lb)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        statuses = [client.request(method, "http://users/", content=b"x").status_code
+                    for _ in range(30)]
+    assert statuses == [200] * 30
+    assert (dead, Outcome.CONNECT_FAILURE) in seen  # the dead port was really tried
+    assert sum(b.served() for b in backends) == 30
+
+
+def test_a_503_is_never_seen_by_idempotent_requests(backends: list[Backend]) -> None:
+    """GETs retry a 503 elsewhere; a plain POST gets it; opted-in POSTs are retried."""
+    backends[0].status = 503
+    lb = make_lb([b.address for b in backends])
+    with httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users") as client:
+        assert {client.get("/").status_code for _ in range(30)} == {200}
+        posts = Counter(client.post("/", content=b"x").status_code for _ in range(30))
+        assert posts[503] == 10 and posts[200] == 20  # round robin: every third
+        opted = {client.post("/", content=b"x", extensions={"clientlb.retry": True}).status_code
+                 for _ in range(6)}
+        keyed = {client.post("/", content=b"x", headers={"Idempotency-Key": "k"}).status_code
+                 for _ in range(6)}
+        assert opted == keyed == {200}
+        assert {client.get("/", extensions={"clientlb.retry": False}).status_code
+                for _ in range(3)} == {200, 503}
+
+
+def test_a_retry_never_goes_back_to_an_endpoint_already_tried(backends: list[Backend]) -> None:
+    """Three endpoints all answering 503: one GET tries each exactly once."""
+    for b in backends:
+        b.status = 503
+    lb = make_lb([b.address for b in backends], strategy="random")
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        response = client.get("http://users/")
+    assert response.status_code == 503  # the last answer is returned as it is
+    assert [b.served() for b in backends] == [1, 1, 1]
+    assert len(response.extensions["clientlb.tried"]) == 2
+
+
+def test_retry_after_is_honoured_up_to_the_cap(backends: list[Backend]) -> None:
+    """A Retry-After of 30 s waits only the policy's cap before the next endpoint."""
+    from clientlb._http import parse_retry_after
+
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
+    assert parse_retry_after("soon") is None
+    state = RetryPolicy(backoff=tenacity.wait_none(), retry_after_cap=0.5).start()
+    assert state.next_delay(retry_after=0.2) == 0.2
+    assert state.next_delay(retry_after=30) == 0.5
+    assert state.next_delay() is None  # three attempts spent
+
+    backends[0].status, backends[0].retry_after = 503, "30"
+    policy = RetryPolicy(backoff=tenacity.wait_none(), retry_after_cap=0.15)
+    lb = make_lb([b.address for b in backends[:2]], retry=policy)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        start = time.monotonic()
+        assert client.get("http://users/").status_code == 200
+        elapsed = time.monotonic() - start
+    assert 0.15 <= elapsed < 2.0
+
+
+def test_hung_backend_times_out_and_idempotent_requests_go_elsewhere(
+        backends: list[Backend]) -> None:
+    """A read timeout is retried for GET; a POST gets httpx.ReadTimeout naming the endpoint."""
+    hung = backends[0]
+    hung.hang = threading.Event()
+    lb = make_lb([b.address for b in backends])
+    seen = record_outcomes(lb)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users",
+                      timeout=httpx.Timeout(5.0, read=0.2)) as client:
+        assert [client.get("/").status_code for _ in range(3)] == [200] * 3
+        assert (hung.address, Outcome.TIMEOUT) in seen
+        with pytest.raises(httpx.ReadTimeout, match=hung.address.replace(".", r"\.")):
+            for _ in range(3):
+                client.post("/", content=b"x")
+    hung.hang.set()
+
+
+def test_budget_exhaustion_stops_retries_at_twenty_percent(backends: list[Backend]) -> None:
+    """With every backend failing, retries stay within 20% of the requests."""
+    for b in backends:
+        b.status = 503
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=0, ttl=10)
+    lb = make_lb([b.address for b in backends], clock=clock,
+                 retry=RetryPolicy(backoff=tenacity.wait_none(), budget=budget))
+    assert lb.retry_budget is not None and lb.retry_budget is not budget
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        statuses = [client.get("http://users/").status_code for _ in range(100)]
+    assert statuses == [503] * 100
+    assert sum(b.served() for b in backends) == 120  # 100 requests + 20 retries
+    stats = lb.retry_budget.statistics()
+    assert stats["retries"] == 20 and stats["refused"] >= 80
+    clock.advance(11)  # the window slides: deposits and withdrawals expire
+    assert lb.retry_budget.balance == 0
+
+
+def test_budget_floor_allows_retries_for_a_quiet_client() -> None:
+    clock = FakeClock()
+    budget = RetryBudget(ratio=0.2, min_retries_per_second=1, ttl=10, clock=clock)
+    assert budget.balance == 10
+    assert sum(budget.try_withdraw() for _ in range(15)) == 10
+    for _ in range(10):
+        budget.deposit()
+    assert budget.try_withdraw() and budget.try_withdraw() and not budget.try_withdraw()
+    clock.advance(10.5)
+    assert budget.balance == 10
+
+
+def test_retry_policy_and_budget_reject_bad_settings() -> None:
+    with pytest.raises(clientlb.ConfigError, match=r"retry\.attempts: attempts must be an integer"):
+        RetryPolicy(attempts=0)
+    with pytest.raises(clientlb.ConfigError, match=r"retry\.budget\.ttl: ttl must be 1\.\.60"):
+        RetryBudget(ttl=0.5)
+    with pytest.raises(clientlb.ConfigError, match="retry: retry must be a RetryPolicy"):
+        clientlb.LoadBalancer(["127.0.0.1:80"], retry=3)  # type: ignore[arg-type]
+
+
+def test_final_error_is_an_httpx_error_naming_every_endpoint_tried() -> None:
+    dead = [dead_address() for _ in range(3)]
+    lb = make_lb(dead)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            pytest.raises(httpx.ConnectError) as info:
+        client.get("http://users/")
+    assert isinstance(info.value, httpx.TransportError)
+    assert all(a in str(info.value) for a in dead)
+    assert "3 attempts failed" in str(info.value)
+    assert info.value.request.url == "http://users/"
+
+
+def test_retry_none_turns_retries_off(backends: list[Backend]) -> None:
+    dead = dead_address()
+    lb = make_lb([dead, backends[0].address], retry=None)
+    assert lb.retry_budget is None
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            pytest.raises(httpx.ConnectError, match=dead):
+        for _ in range(2):
+            client.get("http://users/")
+
+
+def test_a_streamed_body_is_retried_only_if_it_was_never_sent(backends: list[Backend]) -> None:
+    """Refused before sending: the generator body goes to the next endpoint. A 503
+    after sending it: returned, as the body cannot be produced twice."""
+    dead = dead_address()
+    backends[1].status = 503
+    lb = make_lb([dead, backends[0].address, backends[1].address])
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        first = client.put("http://users/", content=iter([b"a", b"b"]))
+        second = client.put("http://users/", content=iter([b"c", b"d"]))
+    assert (first.status_code, first.text) == (200, "b0\n")
+    assert backends[0].requests[0][3] == b"ab"
+    assert second.status_code == 503 and backends[1].requests[0][3] == b"cd"
+
+
+def test_no_endpoint_available_is_an_httpx_transport_error() -> None:
+    lb = make_lb(["127.0.0.1:9"])
+    lb.close()
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            pytest.raises(httpx.TransportError) as info:
+        client.get("http://users/")
+    assert isinstance(info.value, clientlb.NoEndpointAvailable)
+    assert "the balancer is closed" in str(info.value)
+    assert info.value.request.url.host == "users"
+
+
+# -- affinity -----------------------------------------------------------------------------------
+
+
+def test_hash_by_header_sends_each_user_to_one_endpoint(backends: list[Backend]) -> None:
+    lb = make_lb([b.address for b in backends], strategy="maglev")
+    transport = clientlb.HTTPTransport(lb, hash_key=clientlb.hash_by_header("X-User"))
+    with httpx.Client(transport=transport) as client:
+        homes = {u: {client.get("http://users/", headers={"X-User": u}).text for _ in range(4)}
+                 for u in ("ann", "bob", "cyd", "dan", "eve")}
+    assert all(len(h) == 1 for h in homes.values())
+
+
+def test_hash_by_client_ip_uses_the_first_forwarded_address() -> None:
+    key = clientlb.hash_by_client_ip()
+    req = httpx.Request("GET", "http://users/",
+                        headers={"X-Forwarded-For": "203.0.113.9, 10.0.0.1"})
+    assert key(req) == "203.0.113.9"
+    assert key(httpx.Request("GET", "http://users/")) is None
+    cookie = clientlb.hash_by_cookie("sid")
+    assert cookie(httpx.Request("GET", "http://u/", headers={"Cookie": "a=1; sid=xyz"})) == "xyz"
+
+
+def test_cookie_affinity_sticks_and_moves_cleanly_when_the_backend_is_lost(
+        backends: list[Backend]) -> None:
+    """The cookie pins a client to one endpoint; when it dies the session moves once."""
+    lb = make_lb([b.address for b in backends])
+    transport = clientlb.HTTPTransport(lb, affinity=clientlb.CookieAffinity())
+    with httpx.Client(transport=transport) as client:
+        first = client.get("http://users/")
+        token = first.cookies["clientlb-affinity"]
+        assert "127.0.0.1" not in token and str(backends[0].port) not in token
+        assert "HttpOnly" in first.headers["set-cookie"]
+        home = first.text
+        assert {client.get("http://users/").text for _ in range(6)} == {home}
+        lost = next(b for b in backends if f"{b.name}\n" == home)
+        lost.close()
+        moved = client.get("http://users/")
+        assert moved.status_code == 200 and moved.text != home
+        assert moved.cookies["clientlb-affinity"] != token
+        assert {client.get("http://users/").text for _ in range(6)} == {moved.text}
+        # An endpoint removed from the target: its token is unknown, a normal pick.
+        lb.remove(moved.extensions["clientlb.endpoint"])
+        again = client.get("http://users/")
+        assert again.status_code == 200 and again.text not in (home, moved.text)
+
+
+def test_header_affinity_with_a_shared_secret_is_honoured_by_another_balancer(
+        backends: list[Backend]) -> None:
+    """Two processes with the same secret agree on tokens; the header carries them."""
+    secret = b"0123456789abcdef-shared"
+    addresses = [b.address for b in backends]
+    t1 = clientlb.HTTPTransport(make_lb(addresses),
+                                affinity=clientlb.HeaderAffinity(secret=secret))
+    t2 = clientlb.HTTPTransport(make_lb(addresses, strategy="random"),
+                                affinity=clientlb.HeaderAffinity(secret=secret))
+    with httpx.Client(transport=t1) as c1, httpx.Client(transport=t2) as c2:
+        first = c1.get("http://users/")
+        token = first.headers["X-Clientlb-Affinity"]
+        texts = {c2.get("http://users/", headers={"X-Clientlb-Affinity": token}).text
+                 for _ in range(8)}
+    assert texts == {first.text}
+
+
+# -- asyncio ------------------------------------------------------------------------------------
+
+
+def test_async_transport_spreads_retries_and_streams(backends: list[Backend]) -> None:
+    """AsyncClient: concurrent spread, a dead port unseen, a stream in flight until closed."""
+    dead = dead_address()
+    backends[2].status = 503
+
+    async def main() -> None:
+        lb = make_lb([dead, *(b.address for b in backends)])
+        transport = clientlb.AsyncHTTPTransport(lb)
+        async with httpx.AsyncClient(transport=transport, base_url="http://users") as client:
+            responses = await asyncio.gather(*(client.get("/") for _ in range(40)))
+            assert {r.status_code for r in responses} == {200}
+            assert {r.text for r in responses} == {"b0\n", "b1\n"}
+            async with client.stream("GET", "/stream") as response:
+                address = response.extensions["clientlb.endpoint"]
+                assert lb.state_of(address).load.in_flight == 1  # type: ignore[union-attr]
+                for b in backends:
+                    b.gate.set()
+                assert await response.aread() == b"firstsecond"  # read to the end: closed
+            assert lb.state_of(address).load.in_flight == 0  # type: ignore[union-attr]
+            assert "AsyncHTTPTransport 'users'" in repr(transport)
+
+    asyncio.run(main())
+
+
+def test_async_tls_and_cookie_affinity(ca: trustme.CA) -> None:
+    servers = tls_backends(ca, "users.internal", count=3)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+
+    async def main() -> None:
+        lb = make_lb([s.address for s in servers])
+        transport = clientlb.AsyncHTTPTransport(lb, verify=client_ctx,
+                                                affinity=clientlb.CookieAffinity())
+        async with httpx.AsyncClient(transport=transport) as client:
+            first = await client.get("https://users.internal/")
+            assert "Secure" in first.headers["set-cookie"]
+            texts = {(await client.get("https://users.internal/")).text for _ in range(5)}
+            assert texts == {first.text}
+
+    try:
+        asyncio.run(main())
+    finally:
+        for s in servers:
+            s.close()
+
+
+def test_async_pools_of_removed_endpoints_are_closed(backends: list[Backend]) -> None:
+    async def main() -> None:
+        lb = make_lb([b.address for b in backends])
+        transport = clientlb.AsyncHTTPTransport(lb)
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(3):
+                await client.get("http://users/")
+            pools = {r.address: r.pool for r in transport._router._routes.values()}
+            lb.remove(backends[0].address)
+            await client.get("http://users/")  # retired pools are closed on the loop
+            wait_until(lambda: pools[backends[0].address].connections == [], timeout=2)
+            assert len(transport._router._routes) == 2
+
+    asyncio.run(main())
