@@ -594,3 +594,84 @@ def test_async_cancelled_connect_is_reported_as_cancelled() -> None:
         asyncio.run(main())
     finally:
         silent.close()
+
+
+# -- any driver -------------------------------------------------------------------------
+
+
+class DriverError(Exception):
+    """What a database driver raises when it cannot connect."""
+
+
+def fake_driver_connect(endpoint: clientlb.Endpoint) -> socket.socket:
+    """A driver's connect: opens its own socket, wraps the refusal in its own error."""
+    try:
+        return socket.create_connection((endpoint.host, endpoint.port), timeout=2)
+    except OSError as exc:
+        raise DriverError(f"could not connect to {endpoint.address}: {exc}") from exc
+
+
+def test_connect_with_fails_over_on_the_driver_connect_error(
+        servers: list[EchoServer]) -> None:
+    """connect_with: the driver's connect error is a connect failure and is failed over."""
+    dead = dead_address()
+    lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="random")
+    rec = Recorder(lb)
+    for _ in range(20):
+        conn, pick = clientlb.connect_with(lb, fake_driver_connect,
+                                           connect_errors=DriverError)
+        with pick, conn:
+            assert greeting(conn) == "s0"
+            assert in_flight(lb)[servers[0].address] == 1
+    assert rec.outcomes(dead) and set(rec.outcomes(dead)) == {Outcome.CONNECT_FAILURE}
+    assert rec.outcomes(servers[0].address) == [Outcome.SUCCESS] * 20
+
+
+def test_connect_with_other_errors_propagate_as_failures(servers: list[EchoServer]) -> None:
+    """An error that is not a connect error is not failed over: reported and raised."""
+    lb = clientlb.LoadBalancer([servers[0].address, servers[1].address])
+    rec = Recorder(lb)
+
+    def broken(endpoint: clientlb.Endpoint) -> None:
+        raise KeyError("bad configuration")
+
+    with pytest.raises(KeyError):
+        clientlb.connect_with(lb, broken, connect_errors=DriverError)
+    assert rec.outcomes() == [Outcome.FAILURE]
+
+
+def test_connect_with_every_endpoint_down_raises_connect_error() -> None:
+    dead = [dead_address(), dead_address()]
+    lb = clientlb.LoadBalancer(dead, name="db")
+    with pytest.raises(clientlb.ConnectError) as info:
+        clientlb.connect_with(lb, fake_driver_connect, connect_errors=DriverError)
+    assert sorted(info.value.tried) == sorted(dead)
+    assert isinstance(info.value.__cause__, DriverError)
+    assert "could not connect to 'db'" in str(info.value)
+
+
+def test_connect_with_rejects_a_non_exception_class() -> None:
+    lb = clientlb.LoadBalancer([dead_address()])
+    with pytest.raises(clientlb.ConfigError, match="connect_errors must be an exception class"):
+        clientlb.connect_with(lb, fake_driver_connect, connect_errors="OSError")  # type: ignore[arg-type]
+
+
+def test_aconnect_with_fails_over(servers: list[EchoServer]) -> None:
+    dead = dead_address()
+
+    async def driver(endpoint: clientlb.Endpoint) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+        return await asyncio.open_connection(endpoint.host, endpoint.port)
+
+    async def main() -> None:
+        lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="round_robin")
+        rec = Recorder(lb)
+        for _ in range(4):
+            (reader, writer), pick = await clientlb.aconnect_with(lb, driver)
+            with pick:
+                assert await read_greeting(reader) == "s0"
+                await close(writer)
+        assert set(rec.outcomes(dead)) == {Outcome.CONNECT_FAILURE}
+        assert rec.outcomes(servers[0].address) == [Outcome.SUCCESS] * 4
+
+    asyncio.run(main())
