@@ -1,5 +1,5 @@
-"""The database examples run for real: PostgreSQL streaming replicas and Redis replicas
-on loopback, one replica stopped mid-run, every read still succeeds."""
+"""The TCP examples run for real: the quick start, and PostgreSQL streaming replicas
+and Redis replicas on loopback with one replica stopped mid-run, every read succeeding."""
 
 from __future__ import annotations
 
@@ -16,9 +16,6 @@ from .conftest import require_binary
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
-pytestmark = pytest.mark.servers
-
-
 def run_example(name: str, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 150) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -26,6 +23,7 @@ def run_example(name: str, *args: str, env: dict[str, str] | None = None,
         timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.servers
 def test_postgres_reads_survive_a_replica_stop() -> None:
     """Reads over two streaming replicas go on when one is stopped; writes reach them."""
     initdb = require_binary("initdb", *sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb")))
@@ -40,6 +38,7 @@ def test_postgres_reads_survive_a_replica_stop() -> None:
     assert "OK: every read succeeded through the replica stop" in out
 
 
+@pytest.mark.servers
 def test_redis_reads_survive_a_replica_kill() -> None:
     """GETs over two Redis replicas go on when one is killed, with the right values."""
     require_binary("redis-server")
@@ -50,3 +49,16 @@ def test_redis_reads_survive_a_replica_kill() -> None:
     assert "reads: 300 ok, 0 failed, 0 wrong values" in out
     assert "after the kill: {'replica2':" in out
     assert "OK: every read succeeded through the replica kill" in out
+
+
+def test_tcp_quickstart_runs() -> None:
+    """The quick start of docs/tcp.md: spread, least_request, TLS, asyncio."""
+    result = run_example("tcp_quickstart.py", timeout=60)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "'hello from echo0': 2, 'hello from echo1': 2, 'hello from echo2': 2" in out
+    assert "no error surfaced" in out
+    assert "the next two went to ['echo0', 'echo0']; open now: {" in out
+    assert "verified as 'echo.internal'" in out
+    assert "wrong name refused: SSLCertVerificationError" in out
+    assert "echoed 'async ping'" in out
