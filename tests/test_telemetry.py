@@ -159,7 +159,8 @@ def test_uninstrument_stops_recording(lb: LoadBalancer, telemetry: clientlb.Tele
     lb.pick().done()
     telemetry.uninstrument(lb)
     lb.pick().done()
-    assert sum(p.value for p in points(reader, "clientlb.requests")) == 1
+    assert sum(p.count for p in points(reader, "clientlb.request.duration")) == 1
+    assert points(reader, "clientlb.requests") == []
 
 
 def test_instrument_twice_counts_once(lb: LoadBalancer, telemetry: clientlb.Telemetry,

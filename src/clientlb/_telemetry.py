@@ -41,9 +41,12 @@ that span, outcome, duration); a retry layer that calls :func:`record_retry`
 adds ``clientlb.retry`` (attempt, reason, failed endpoint), and
 :func:`record_budget_exhausted` adds ``clientlb.retry.budget_exhausted``.
 
-Cost: the outcome listener does two dictionary look-ups for attribute sets
-pre-built per endpoint and outcome, one counter ``add`` and one histogram
-``record``; see ``benchmarks/telemetry_overhead.py`` for the measured cost.
+Cost: the outcome listener looks up attribute sets pre-built per endpoint
+and outcome, increments a request count under a lock (the count is reported
+by an observable counter at collection time, not by an SDK ``add`` per
+call), and makes one histogram ``record`` — the one SDK call per outcome,
+and most of the cost with an SDK installed; see
+``benchmarks/telemetry_overhead.py`` for the measured figures.
 """
 
 from __future__ import annotations
@@ -84,44 +87,57 @@ _STATES = tuple(h.value for h in Health)
 Attributes = Mapping[str, Any]
 
 
-class _Bound:
-    """One instrumented balancer: its listeners and pre-built attribute sets."""
+class _Series:
+    """One endpoint's pre-built attribute sets and request counts, by outcome."""
 
-    __slots__ = ("attrs", "lock", "service", "service_attrs", "telemetry")
+    __slots__ = ("attrs", "counts")
+
+    def __init__(self, service: str, state: EndpointState) -> None:
+        ep = state.endpoint
+        base = {SERVICE: service, "server.address": ep.host, "server.port": ep.port}
+        self.attrs: dict[Outcome, Attributes] = {}
+        for outcome in Outcome:
+            a = dict(base)
+            a[OUTCOME] = outcome.value
+            if outcome.is_failure:
+                a["error.type"] = outcome.value
+            self.attrs[outcome] = a
+        self.counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+
+
+class _Bound:
+    """One instrumented balancer: its listeners and per-endpoint series."""
+
+    __slots__ = ("lock", "series", "service", "service_attrs", "telemetry")
 
     def __init__(self, telemetry: Telemetry, lb: LoadBalancer) -> None:
         self.telemetry = telemetry
         self.service = lb.name
         self.service_attrs: Attributes = {SERVICE: lb.name}
-        # address -> outcome -> attributes; built on first use, dropped when the
-        # endpoint leaves, so the per-outcome cost is two dict look-ups.
-        self.attrs: dict[str, dict[Outcome, Attributes]] = {}
+        # address -> series; built on the endpoint's first outcome, dropped when it
+        # leaves (its counter then restarts from 0 if it comes back: a counter reset).
+        self.series: dict[str, _Series] = {}
         self.lock = threading.Lock()
 
-    def endpoint_attrs(self, state: EndpointState) -> dict[Outcome, Attributes]:
-        per = self.attrs.get(state.address)
-        if per is None:
-            ep = state.endpoint
-            base = {SERVICE: self.service, "server.address": ep.host, "server.port": ep.port}
-            per = {}
-            for outcome in Outcome:
-                a = dict(base)
-                a[OUTCOME] = outcome.value
-                if outcome.is_failure:
-                    a["error.type"] = outcome.value
-                per[outcome] = a
-            with self.lock:
-                self.attrs[state.address] = per
-        return per
+    def new_series(self, state: EndpointState) -> _Series:
+        with self.lock:
+            series = self.series.get(state.address)
+            if series is None:
+                series = self.series[state.address] = _Series(self.service, state)
+            return series
 
     # -- listeners (called by the balancer) --------------------------------------------
 
     def on_outcome(self, state: EndpointState, outcome: Outcome, latency: float,
                    now: float) -> None:
-        per = self.attrs.get(state.address) or self.endpoint_attrs(state)
-        attrs = per[outcome]
+        # The request count is kept here and reported by an observable counter at
+        # collection time: an increment under a lock instead of an SDK ``add``
+        # (attribute validation and hashing on every call, ~5 µs).
+        series = self.series.get(state.address) or self.new_series(state)
+        with self.lock:
+            series.counts[outcome] += 1
+        attrs = series.attrs[outcome]
         t = self.telemetry
-        t._requests.add(1, attrs)
         t._duration.record(latency, attrs)
         if t._span_events:
             span = trace.get_current_span()
@@ -133,7 +149,7 @@ class _Bound:
         if diff.removed:
             with self.lock:
                 for ep in diff.removed:
-                    self.attrs.pop(ep.address, None)
+                    self.series.pop(ep.address, None)
 
     def on_error(self, exc: BaseException) -> None:
         self.telemetry._discovery_errors.add(
@@ -167,8 +183,8 @@ class Telemetry:
         self._lock = threading.Lock()
         # span -> attempts seen in that span (weak: spans end and go away)
         self._attempts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
-        self._requests = meter.create_counter(
-            "clientlb.requests", unit="{request}",
+        meter.create_observable_counter(
+            "clientlb.requests", callbacks=[self._observe_requests], unit="{request}",
             description="Calls through a balancer, by service, endpoint and outcome.")
         self._duration = meter.create_histogram(
             "clientlb.request.duration", unit="s",
@@ -261,6 +277,14 @@ class Telemetry:
                 counts[row.state] = counts.get(row.state, 0) + 1
             for state, n in counts.items():
                 yield Observation(n, {SERVICE: bound.service, STATE: state})
+
+    def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, _ in self._live():
+            with bound.lock:
+                rows = [(series.attrs[o], n) for series in bound.series.values()
+                        for o, n in series.counts.items() if n]
+            for attrs, n in rows:
+                yield Observation(n, attrs)
 
     def _observe_retries(self, options: CallbackOptions) -> Iterable[Observation]:
         return self._budget_counter("retries")
