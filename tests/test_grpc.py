@@ -417,3 +417,17 @@ def test_import_clientlb_works_without_grpcio_and_clientlb_grpc_says_what_to_ins
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "ERR" in out and "pip install clientlb[grpc]" in out
+
+
+def test_grpc_health_checks_keep_calls_off_a_not_serving_endpoint(
+        backends: list[GrpcBackend]) -> None:
+    """With HealthCheck(kind="grpc"), a NOT_SERVING backend (grpc.health.v1) gets no calls."""
+    check = clientlb.HealthCheck(kind="grpc", interval=0.05, timeout=1.0, jitter=0.0,
+                                 healthy_threshold=1, unhealthy_threshold=1)
+    backends[0].health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    with clientlb.grpc.insecure_channel([b.address for b in backends], strategy="round_robin",
+                                        health_check=check) as channel:
+        wait_until(lambda: channel.lb.snapshot().by_address()[backends[0].address].state
+                   == "unhealthy", timeout=10, message="b0 unhealthy")
+        answers = {channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(9)}
+    assert answers == {b"b1", b"b2"}

@@ -86,10 +86,12 @@ def insecure_channel(
             another endpoint (gRFC A6 ``retryableStatusCodes``; default none:
             the server may have executed the call — list codes only for
             idempotent methods).
-        max_attempts: attempts in all, first included (gRFC A6, 1..5); default
-            the balancer's retry policy, or 2 when ``retryable_codes`` is set.
+        max_attempts: attempts in all, first included, for ``retryable_codes``
+            (gRFC A6, 1..5); default the balancer's ``RetryPolicy.attempts``
+            (3), capped at 5. Backoff and budget are the balancer's.
         transparent_retries: how many times a call that never reached a
-            server (connect failure) is sent to another endpoint (default 3).
+            server (connect failure) is sent to another endpoint (default 3,
+            or 0 when the balancer was built with ``retry=None``).
         hedging: a :class:`Hedging` policy for idempotent unary-unary methods.
 
     Raises:
