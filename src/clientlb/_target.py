@@ -111,6 +111,8 @@ def _parse_server(authority: str, scheme: str, original: str) -> tuple[str, int]
     if "@" in authority:
         raise _fail(original, "credentials in the target are not allowed; use token= or the "
                               "environment")
+    if authority.startswith("[") and authority.endswith("]"):
+        authority = f"{authority}:{DEFAULT_PORTS[scheme]}"
     if authority.startswith("[") or authority.count(":") == 1:
         try:
             return split_host_port(authority)

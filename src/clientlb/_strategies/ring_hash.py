@@ -13,18 +13,24 @@ builds the same ring from the same endpoint set; a key is hashed with
 xxHash64 and served by the first point clockwise. A pick is a binary search:
 O(log ring size), independent of the number of endpoints' churn.
 
-Ring size (defaults and why): Envoy's default minimum of 1,024 points gives
-only one point per endpoint at 1,000 endpoints, and a poor spread (the largest
-share is several times the mean). clientlb aims at 100 points per endpoint
-(spread within about ±20%), between ``min_ring_size`` (1,024) and
-``max_ring_size`` (131,072, which bounds the rebuild cost of a 10,000-endpoint
-update in Python). Without a key, a pick uses a random key.
+Ring size (defaults and why): an endpoint of weight *w* gets
+``points_per_weight × w`` points (default 100 per unit of weight), so that its
+points do not depend on the other endpoints and an update moves only the keys
+of the endpoints that changed. Envoy instead spreads a fixed ring size
+(minimum 1,024) over the endpoints, which at 1,000 endpoints leaves one point
+each and a poor spread (the largest share several times the mean), and makes
+every endpoint's points depend on the pool size. 100 points keep the shares
+within about ±20% of the weight. Weights below 1 are scaled so that the
+lightest endpoint still gets ``points_per_weight`` points. When the total
+would exceed ``max_ring_size`` (131,072 — it bounds the rebuild cost of a
+10,000-endpoint update in Python), every count is scaled down to fit (then
+the counts depend on the pool size, and an update moves slightly more than
+the minimum). Without a key, a pick uses a random key.
 """
 
 from __future__ import annotations
 
 import bisect
-import math
 import random as _random
 from collections.abc import Sequence
 from typing import ClassVar
@@ -64,54 +70,43 @@ class RingHash(Strategy):
     """Consistent hashing on a ring of virtual nodes (weight-aware).
 
     Args:
-        points_per_endpoint: target number of ring points for an endpoint of
-            average weight (default 100).
-        min_ring_size: lower bound on the ring size (default 1,024, as Envoy).
+        points_per_weight: ring points per unit of weight (default 100).
         max_ring_size: upper bound on the ring size (default 131,072).
     """
 
     name: ClassVar[str] = "ring_hash"
     uses_key: ClassVar[bool] = True
 
-    def __init__(self, *, points_per_endpoint: int = 100, min_ring_size: int = 1024,
-                 max_ring_size: int = 131072) -> None:
-        for field, value in (("points_per_endpoint", points_per_endpoint),
-                             ("min_ring_size", min_ring_size), ("max_ring_size", max_ring_size)):
+    def __init__(self, *, points_per_weight: int = 100, max_ring_size: int = 131072) -> None:
+        for field, value in (("points_per_weight", points_per_weight),
+                             ("max_ring_size", max_ring_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{field} must be an integer >= 1, got {value!r}", field=field)
-        if min_ring_size > max_ring_size:
-            raise ConfigError(
-                f"min_ring_size ({min_ring_size}) must be <= max_ring_size ({max_ring_size})",
-                field="min_ring_size")
         if max_ring_size > 1 << 23:
             raise ConfigError(f"max_ring_size must be <= {1 << 23}, got {max_ring_size}",
                               field="max_ring_size")
-        self.points_per_endpoint = points_per_endpoint
-        self.min_ring_size = min_ring_size
+        self.points_per_weight = points_per_weight
         self.max_ring_size = max_ring_size
 
-    def ring_size(self, n: int) -> int:
-        return min(max(self.min_ring_size, self.points_per_endpoint * n), self.max_ring_size)
+    def point_counts(self, weights: Sequence[float]) -> list[int]:
+        """Ring points per endpoint: ``points_per_weight × w``, scaled into bounds."""
+        scale = float(self.points_per_weight) / min(1.0, min(weights))
+        total = scale * float(sum(weights))
+        if total > self.max_ring_size:
+            scale *= self.max_ring_size / total
+        return [max(1, round(scale * w)) for w in weights]
 
     def build(self, endpoints: Sequence[EndpointState], weights: Sequence[float],
               rng: _random.Random) -> Picker:
-        total = float(sum(weights))
-        size = self.ring_size(len(endpoints))
         ring: list[int] = []
-        # Envoy's allocation: fractional targets accumulate, so every endpoint
-        # gets floor or ceil of its exact share and the ring has `size` points.
-        target = 0.0
-        placed = 0
-        for idx, (state, w) in enumerate(zip(endpoints, weights, strict=True)):
-            target += size * w / total
-            count = max(1, math.floor(target + 0.5) - placed)
+        counts = self.point_counts(weights)
+        for idx, (state, count) in enumerate(zip(endpoints, counts, strict=True)):
             prefix = state.address + "_"
             ring.extend((_xxh64((prefix + str(i)).encode()) << _IDX_BITS) | idx
                         for i in range(count))
-            placed += count
         ring.sort()
         return _RingPicker(endpoints, ring, rng)
 
     def __repr__(self) -> str:
-        return (f"RingHash(points_per_endpoint={self.points_per_endpoint}, "
-                f"min_ring_size={self.min_ring_size}, max_ring_size={self.max_ring_size})")
+        return (f"RingHash(points_per_weight={self.points_per_weight}, "
+                f"max_ring_size={self.max_ring_size})")
