@@ -675,3 +675,16 @@ def test_aconnect_with_fails_over(servers: list[EchoServer]) -> None:
         assert rec.outcomes(servers[0].address) == [Outcome.SUCCESS] * 4
 
     asyncio.run(main())
+
+
+def test_dup_of_a_balanced_socket_is_independent_and_untracked(
+        servers: list[EchoServer]) -> None:
+    """dup() gives a plain duplicate: closing it neither fails nor completes the pick."""
+    lb = clientlb.LoadBalancer([servers[0].address])
+    with clientlb.connect(lb, timeout=2) as sock:
+        twin = sock.dup()
+        twin.close()
+        assert in_flight(lb) == {servers[0].address: 1}
+        with pytest.raises(RuntimeError, match="not tracked by a balancer"):
+            twin.set_outcome(Outcome.FAILURE)  # type: ignore[attr-defined]
+    assert in_flight(lb) == {servers[0].address: 0}

@@ -131,12 +131,27 @@ def _set_outcome(lease: _Lease | None, outcome: Outcome | str) -> None:
     lease.outcome = outcome if isinstance(outcome, Outcome) else Outcome(outcome)
 
 
+def _lease_of(sock: object) -> _Lease | None:
+    # dup() and accept() build instances of the same class without a lease.
+    lease: _Lease | None = getattr(sock, "_clientlb_lease", None)
+    return lease
+
+
+def _tracked(sock: object) -> _Lease:
+    lease = _lease_of(sock)
+    if lease is None:
+        raise RuntimeError("this connection is not tracked by a balancer")
+    return lease
+
+
 class BalancedSocket(socket.socket):
     """A connected ``socket.socket`` whose ``close()`` completes its balancer pick.
 
     ``endpoint`` is the backend it is connected to, ``connect_latency`` the
     seconds the connect took; :meth:`set_outcome` records a failure the
-    application saw on the connection, reported when it closes.
+    application saw on the connection, reported when it closes. ``close()``
+    completes the pick even when ``makefile()`` objects keep the descriptor
+    open a little longer; a ``dup()`` of the socket is not tracked.
     """
 
     __slots__ = ("_clientlb_lease",)
@@ -145,25 +160,21 @@ class BalancedSocket(socket.socket):
 
     @property
     def endpoint(self) -> Endpoint:
-        lease = self._clientlb_lease
-        if lease is None:
-            raise RuntimeError("this connection is not tracked by a balancer")
-        return lease.pick.endpoint
+        return _tracked(self).pick.endpoint
 
     @property
     def connect_latency(self) -> float:
-        lease = self._clientlb_lease
-        return 0.0 if lease is None else lease.connect_latency
+        return _tracked(self).connect_latency
 
     def set_outcome(self, outcome: Outcome | str) -> None:
         """The outcome reported when the connection closes (default: success)."""
-        _set_outcome(self._clientlb_lease, outcome)
+        _set_outcome(_lease_of(self), outcome)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            lease = self._clientlb_lease
+            lease = _lease_of(self)
             if lease is not None:
                 lease.release()
 
@@ -176,18 +187,23 @@ class BalancedSSLSocket(_ssl.SSLSocket):
 
     _clientlb_lease: _Lease | None = None
 
-    endpoint = BalancedSocket.endpoint
-    connect_latency = BalancedSocket.connect_latency
+    @property
+    def endpoint(self) -> Endpoint:
+        return _tracked(self).pick.endpoint
+
+    @property
+    def connect_latency(self) -> float:
+        return _tracked(self).connect_latency
 
     def set_outcome(self, outcome: Outcome | str) -> None:
         """The outcome reported when the connection closes (default: success)."""
-        _set_outcome(self._clientlb_lease, outcome)
+        _set_outcome(_lease_of(self), outcome)
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            lease = self._clientlb_lease
+            lease = _lease_of(self)
             if lease is not None:
                 lease.release()
 
