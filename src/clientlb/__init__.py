@@ -18,6 +18,7 @@ from ._affinity import (
 from ._balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
 from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from ._errors import (
+    CircuitOpen,
     ClientLBError,
     ConfigError,
     ConnectError,
@@ -25,6 +26,13 @@ from ._errors import (
     NoEndpointAvailable,
 )
 from ._http import AsyncHTTPTransport, HTTPTransport
+from ._health import (
+    FailurePercentage,
+    HealthCheck,
+    OutlierDetection,
+    SlowStart,
+    SuccessRate,
+)
 from ._outcome import Outcome
 from ._registry import Registry
 from ._resolver import Resolver
@@ -62,6 +70,7 @@ __all__ = [
     "BalancedSocket",
     "BalancedStreamWriter",
     "BalancerSnapshot",
+    "CircuitOpen",
     "ClientLBError",
     "ConfigError",
     "ConnectError",
@@ -71,13 +80,16 @@ __all__ = [
     "EndpointSet",
     "EndpointSetDiff",
     "EndpointSnapshot",
+    "FailurePercentage",
     "HTTPTransport",
     "HeaderAffinity",
+    "HealthCheck",
     "LeastRequest",
     "LoadBalancer",
     "Maglev",
     "NoEndpointAvailable",
     "Outcome",
+    "OutlierDetection",
     "PeakEwma",
     "Pick",
     "Picker",
@@ -89,7 +101,9 @@ __all__ = [
     "RetryPolicy",
     "RingHash",
     "RoundRobin",
+    "SlowStart",
     "Strategy",
+    "SuccessRate",
     "Target",
     "Telemetry",
     "__version__",

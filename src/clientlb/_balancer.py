@@ -30,6 +30,7 @@ from typing import Any
 
 from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from ._errors import ConfigError, NoEndpointAvailable
+from ._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from ._outcome import Outcome
 from ._resolver import Resolver, create_resolver
 from ._retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
@@ -46,6 +47,8 @@ OutcomeListener = Callable[[EndpointState, Outcome, float, float], None]
 DiffListener = Callable[[EndpointSetDiff], None]
 
 _SUCCESS = Outcome.SUCCESS
+#: On by default (DESIGN.md); frozen, so one shared instance is safe.
+_DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
 
 
@@ -191,6 +194,20 @@ class LoadBalancer:
             (default 5 s; static targets never wait).
         clock: a monotonic clock in seconds (default ``time.monotonic``).
         rng: a ``random.Random`` (default: a new one seeded from the OS).
+        health_check: a :class:`HealthCheck` for active probes (default None).
+        outlier_detection: an :class:`OutlierDetection` (default on, Envoy's
+            defaults); ``None`` turns passive ejection off.
+        panic_threshold: percent of healthy endpoints in a priority level below
+            which traffic spreads over all of them (default 50, Envoy's);
+            0 disables panic (then nothing healthy means NoEndpointAvailable).
+        slow_start: a :class:`SlowStart` weight ramp for new and returning
+            endpoints (default None: off).
+        local_zone: prefer endpoints whose ``zone`` equals this (default None).
+        overprovisioning_factor: Envoy's priority/zone spill-over factor
+            (default 1.4).
+        max_requests: circuit breaker, concurrent requests through the
+            balancer; over it ``pick()`` raises :class:`CircuitOpen` (default None).
+        max_requests_per_endpoint: circuit breaker per endpoint (default None).
         retry: the :class:`RetryPolicy` of the HTTP and gRPC integrations
             (default ``RetryPolicy()``); ``None`` turns retries off. The
             balancer keeps its own retry budget, ``lb.retry_budget``.
@@ -209,6 +226,14 @@ class LoadBalancer:
         clock: Clock | None = None,
         rng: _random.Random | None = None,
         resolver_options: dict[str, Any] | None = None,
+        health_check: HealthCheck | None = None,
+        outlier_detection: OutlierDetection | None = _DEFAULT_OUTLIER_DETECTION,
+        panic_threshold: float = 50.0,
+        slow_start: SlowStart | None = None,
+        local_zone: str | None = None,
+        overprovisioning_factor: float = 1.4,
+        max_requests: int | None = None,
+        max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     ) -> None:
         self._target = parse_target(target)
@@ -248,8 +273,19 @@ class LoadBalancer:
         self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
         self._weight_overrides: dict[str, float] = {}  # set_weight(); survives updates
         self._edit_lock = threading.Lock()  # serialises add()/remove() on static targets
+        # Health (docs/health.md): the earliest instant at which pick() must
+        # let the health manager run time-driven work (ejection end, sweep,
+        # slow-start step); one float comparison on the hot path.
+        self._health_deadline = math.inf
+        self._health = HealthManager(
+            self, health_check=health_check, outlier_detection=outlier_detection,
+            panic_threshold=panic_threshold, slow_start=slow_start,
+            local_zone=local_zone, overprovisioning_factor=overprovisioning_factor,
+            max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
+        self._circuit = self._health.circuit
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
         self._start_resolver()
+        self._health.start()
 
     # -- resolver side ------------------------------------------------------------------
 
@@ -324,17 +360,10 @@ class LoadBalancer:
                 ) -> tuple[list[EndpointState], list[float], str]:
         """The endpoints that may take traffic, their effective weights, and the mode.
 
-        Without health configuration: the best (lowest) priority level present;
-        zero-weight endpoints only when every endpoint of that level has weight 0.
+        Delegated to the health manager (clientlb._health): health filter,
+        priority levels with spill-over, panic, zone preference, slow start.
         """
-        if not states:
-            return [], [], "empty"
-        best = min(s.endpoint.priority for s in states)
-        level = [s for s in states if s.endpoint.priority == best and not s.draining]
-        chosen = [s for s in level if s.endpoint.weight > 0]
-        if chosen:
-            return chosen, [float(s.endpoint.weight) for s in chosen], "normal"
-        return level, [1.0] * len(level), "normal"
+        return self._health.select(states, now)
 
     def _rebuild_locked(self, now: float) -> None:
         if self._weight_overrides:
@@ -391,12 +420,18 @@ class LoadBalancer:
         if picker is None:
             picker = self._picker_or_raise()
         now = self._clock()
+        if now >= self._health_deadline:
+            self._health.tick(now)
+            picker = self._picker or self._picker_or_raise()
         if prefer is not None and prefer in self._weights:
             state = self._states.get(prefer) or picker.pick(key, now)
         else:
             state = picker.pick(key, now)
             if exclude and state.address in exclude:
                 state = self._pick_excluding(picker, key, now, exclude, state)
+        if self._circuit is not None:
+            state = self._circuit.admit(state, picker, key, now, self._weights,
+                                        self._states, exclude)
         state.load.acquire()
         return Pick(self, state, now)
 
@@ -507,6 +542,13 @@ class LoadBalancer:
     @property
     def mode(self) -> str:
         return "closed" if self._closed else self._mode
+
+    def health_statistics(self) -> dict[str, int]:
+        """Health counters since creation (ejections by detector, probes,
+        transitions, panics, circuit-breaker rejections, re-resolution requests)
+        and gauges ``endpoints_<state>``; see docs/health.md."""
+        with self._lock:
+            return self._health.statistics()
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         """Every discovered endpoint, whatever its health."""
@@ -692,6 +734,7 @@ class LoadBalancer:
             self._closed = True
             self._picker = None
         self._resolver.close()
+        self._health.close()
         self._set_ready()
 
     async def aclose(self) -> None:
@@ -701,6 +744,7 @@ class LoadBalancer:
             self._closed = True
             self._picker = None
         await self._resolver.aclose()
+        await self._health.aclose()
         self._set_ready()
 
     @property

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ._endpoint import Endpoint
 
 __all__ = [
+    "CircuitOpen",
     "ClientLBError",
     "ConfigError",
     "ConnectError",
@@ -52,6 +53,22 @@ class NoEndpointAvailable(ClientLBError):
         self.service = service
         where = f" for {service!r}" if service else ""
         super().__init__(f"no endpoint available{where}: {reason}")
+
+
+class CircuitOpen(NoEndpointAvailable):
+    """A circuit breaker cap was reached: ``pick()`` fails fast instead of queueing.
+
+    ``scope`` is ``"balancer"`` (``max_requests``: too many requests in flight
+    through the balancer) or ``"endpoint"`` (``max_requests_per_endpoint``:
+    every eligible endpoint is full); ``limit`` is the cap. Nothing was sent,
+    so the request may be retried later; HTTP layers map it to a local 503.
+    """
+
+    def __init__(self, reason: str, *, service: str | None = None, scope: str = "balancer",
+                 limit: int = 0) -> None:
+        self.scope = scope
+        self.limit = limit
+        super().__init__(f"circuit open: {reason}", service=service)
 
 
 class DiscoveryError(ClientLBError):

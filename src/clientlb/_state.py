@@ -9,6 +9,7 @@ Pickers hold references to these states; nothing here is copied per pick.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 from ._endpoint import Endpoint
 from ._load import EndpointLoad
@@ -32,11 +33,17 @@ class EndpointState:
         "added_at",
         "address",
         "draining",
+        "ejected_at",
         "ejected_until",
         "ejection_count",
         "endpoint",
         "load",
+        "note",
+        "outlier",
+        "probe",
         "probe_healthy",
+        "ramp_start",
+        "reported",
     )
 
     def __init__(self, endpoint: Endpoint, now: float, load: EndpointLoad) -> None:
@@ -48,6 +55,16 @@ class EndpointState:
         self.ejection_count = 0
         self.probe_healthy = True
         self.draining = False
+        # Owned by the health package (clientlb._health): when the current
+        # ejection started, when a slow-start ramp began, the last health
+        # state that was logged and why, and the per-endpoint counters of the
+        # outlier detector and of the active checker (None until first seen).
+        self.ejected_at: float | None = None
+        self.ramp_start: float | None = None
+        self.reported: Health | None = None
+        self.note = ""
+        self.outlier: Any = None
+        self.probe: Any = None
 
     def health(self, now: float) -> Health:
         if self.draining:
