@@ -1,0 +1,40 @@
+"""The HTTP examples run for real against the local backends they start themselves."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_example(name: str) -> str:
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / name)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_quickstart_loses_no_request_to_the_dead_port() -> None:
+    out = run_example("http_quickstart.py")
+    assert "failed requests: 0" in out
+    assert "15 × alpha saw Host: users" in out and "15 × beta saw Host: users" in out
+
+
+def test_async_example_hides_the_503_backend_and_counts_the_download_in_flight() -> None:
+    out = run_example("http_async.py")
+    assert "statuses seen by callers: {200: 200}" in out
+    assert "gamma" not in out.split("served by:")[1].splitlines()[0]
+    assert "3000 bytes, in flight: 1" in out
+    assert "closed: in flight 0" in out
+
+
+def test_mounts_example_balances_two_services_from_one_client() -> None:
+    out = run_example("multi_service_mounts.py")
+    first = out.split("users: first answer from ")[1].split(",")[0]
+    assert f"users: next 10 requests served by {{'{first}': 10}}" in out
+    homes = ast.literal_eval(out.split("orders: backends per customer ")[1].splitlines()[0])
+    assert len(homes) == 4 and all(len(h) == 1 for h in homes.values())
+    assert "plain URL: not-balanced" in out
