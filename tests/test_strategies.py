@@ -259,7 +259,8 @@ def test_adding_one_moves_about_one_nth_of_keys(strategy: str) -> None:
 def test_hashing_is_weight_aware(strategy: str) -> None:
     lb = lb_for(strategy, eps(3, 1))
     c = Counter(mapping(lb, keys(20000)).values())
-    assert abs(c["10.0.0.1:80"] / 20000 - 0.75) < 0.04
+    # 300 vs 100 ring points leave a few percent of noise; Maglev's table is exact
+    assert abs(c["10.0.0.1:80"] / 20000 - 0.75) < (0.06 if strategy == "ring_hash" else 0.01)
 
 
 def test_hash_keys_of_every_type_work_and_bool_is_rejected() -> None:

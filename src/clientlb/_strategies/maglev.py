@@ -98,31 +98,37 @@ class Maglev(Strategy):
         n = len(endpoints)
         offsets = [0] * n
         skips = [0] * n
+        # Each endpoint's preference list is offset, offset + skip, ... (mod m):
+        # a permutation of the slots because m is prime.
         for i, state in enumerate(endpoints):
             data = state.address.encode()
             offsets[i] = _xxh64(data, 0) % m
             skips[i] = _xxh64(data, 1) % (m - 1) + 1
         max_w = max(weights)
+        uniform = all(w == max_w for w in weights)
         norm = [w / max_w for w in weights]
         credit = [0.0] * n  # Envoy's target_weight bookkeeping
-        nexts = [0] * n
+        # pos[i] is offset + skip * next (mod m), advanced by addition.
+        pos = offsets
         table: list[int] = [-1] * m
         filled = 0
         iteration = 0
         while filled < m:
             iteration += 1
             for i in range(n):
-                w = norm[i]
-                if iteration * w < credit[i]:
-                    continue
-                credit[i] += 1.0
-                off, skip, nxt = offsets[i], skips[i], nexts[i]
-                c = (off + skip * nxt) % m
+                if not uniform:
+                    if iteration * norm[i] < credit[i]:
+                        continue
+                    credit[i] += 1.0
+                c = pos[i]
+                skip = skips[i]
                 while table[c] >= 0:
-                    nxt += 1
-                    c = (off + skip * nxt) % m
+                    c += skip
+                    if c >= m:
+                        c -= m
                 table[c] = i
-                nexts[i] = nxt + 1
+                c += skip
+                pos[i] = c - m if c >= m else c
                 filled += 1
                 if filled == m:
                     break

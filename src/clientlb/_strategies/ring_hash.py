@@ -8,7 +8,7 @@ cache affinity, "IP hash" and sticky routing by user or tenant
 
 Construction follows Envoy's ``RING_HASH`` (and gRFC A42): each endpoint
 gets a number of points on a 64-bit ring proportional to its weight; point
-*i* of an endpoint is ``xxHash64("<host:port>_<i>")``, so every process
+*i* of an endpoint is ``xxHash64("<host:port>", seed=i)``, so every process
 builds the same ring from the same endpoint set; a key is hashed with
 xxHash64 and served by the first point clockwise. A pick is a binary search:
 O(log ring size), independent of the number of endpoints' churn.
@@ -101,9 +101,8 @@ class RingHash(Strategy):
         ring: list[int] = []
         counts = self.point_counts(weights)
         for idx, (state, count) in enumerate(zip(endpoints, counts, strict=True)):
-            prefix = state.address + "_"
-            ring.extend((_xxh64((prefix + str(i)).encode()) << _IDX_BITS) | idx
-                        for i in range(count))
+            data = state.address.encode()
+            ring.extend((_xxh64(data, seed) << _IDX_BITS) | idx for seed in range(count))
         ring.sort()
         return _RingPicker(endpoints, ring, rng)
 
