@@ -579,3 +579,11 @@ def test_async_pools_of_removed_endpoints_are_closed(backends: list[Backend]) ->
             assert len(transport._router._routes) == 2
 
     asyncio.run(main())
+
+
+def test_a_transport_given_a_target_owns_and_closes_its_balancer(
+        backends: list[Backend]) -> None:
+    transport = clientlb.HTTPTransport(f"static://{backends[0].address},{backends[1].address}")
+    with httpx.Client(transport=transport) as client:
+        assert {client.get("http://svc/").status_code for _ in range(4)} == {200}
+    assert transport.lb.closed

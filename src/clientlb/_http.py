@@ -60,7 +60,7 @@ import email.utils
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 import httpcore
@@ -664,13 +664,14 @@ class HTTPTransport(httpx.BaseTransport):
                 continue
             delay = router.responded(call, attempt, resp)
             if delay is None:
-                assert isinstance(resp.stream, Iterable)
-                return router.response(call, attempt, resp,
-                                       _SyncResponseStream(router, attempt, resp.stream))
-            _drain(resp.stream)
-            retired = router.discard(attempt)
-            if retired is not None:
-                retired.close()
+                return router.response(call, attempt, resp, _SyncResponseStream(
+                    router, attempt, cast("Iterable[bytes]", resp.stream)))
+            try:
+                _drain(resp.stream)
+            finally:
+                retired = router.discard(attempt)
+                if retired is not None:
+                    retired.close()
             if delay:
                 time.sleep(delay)
 
@@ -787,10 +788,12 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             if delay is None:
                 return router.response(call, attempt, resp,
                                        _AsyncResponseStream(router, attempt, resp.stream))
-            await _adrain(resp.stream)
-            retired = router.discard(attempt)
-            if retired is not None:
-                await retired.aclose()
+            try:
+                await _adrain(resp.stream)
+            finally:
+                retired = router.discard(attempt)
+                if retired is not None:
+                    await retired.aclose()
             if delay:
                 await anyio.sleep(delay)
 
