@@ -68,7 +68,7 @@ class ProbeState:
         self.next_due = 0.0  # loop time of the next probe (0: as soon as possible)
         self.in_flight = False
         self.last_requests = 0
-        self.last_traffic = 0.0  # loop time at which traffic was last seen
+        self.last_traffic: float | None = None  # loop time traffic was last seen
         self.last_detail = ""
 
 
@@ -143,7 +143,7 @@ class HealthChecker:
         """Seconds until the next probe of this endpoint (before jitter)."""
         cfg = self.config
         requests = state.load.requests + state.load.in_flight
-        if requests != ps.last_requests:
+        if requests != ps.last_requests or ps.last_traffic is None:
             ps.last_requests = requests
             ps.last_traffic = now
         if (state.probe_healthy and state.ejected_until is None
