@@ -46,3 +46,13 @@ def test_srv_example_maps_priorities_and_weights_and_follows_an_update() -> None
 def test_discovery_benchmark_smoke_mode_runs() -> None:
     out = run(str(ROOT / "benchmarks" / "discovery.py"), "--smoke")
     assert "update applied" in out and "p99 ratio" in out
+
+
+def test_consul_example_follows_health_and_registrations_without_showing_the_token() -> None:
+    out = run(str(ROOT / "examples" / "discovery_consul.py"))
+    assert "passing: {'web-1': 4, 'web-2': 4}" in out
+    assert "web-1 warning: {'web-1': 2, 'web-2': 6}" in out
+    assert "web-1 critical: {'web-2': 8}" in out
+    assert "web-3 registered: {'web-2': 4, 'web-3': 4}" in out
+    assert "token=set" in out and "app-token-123" not in out
+    assert out.rstrip().endswith("ok")
