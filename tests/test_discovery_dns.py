@@ -323,3 +323,47 @@ def test_srv_follows_a_removed_record_within_the_ttl(knot: KnotServer) -> None:
         knot.update(delete=[("_h._tcp.sc", "SRV", "0 1 9001 two.test.")])
         wait_until(lambda: addresses(lb) == {"127.0.0.1:9002"}, timeout=5)
         assert time.monotonic() - start <= 1.5
+
+
+class FakeQuerier:
+    """Answers from a table: rdtype -> QueryResult or DiscoveryError."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, object] = {}
+        self.source = "fake"
+
+    async def query(self, name: str, rdtype: str) -> object:
+        answer = self.answers[rdtype]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def _rrset(rdtype: str, *addresses: str, ttl: int = 30) -> object:
+    import dns.rrset
+
+    return dns.rrset.from_text("x.test.", ttl, "IN", rdtype, *addresses)
+
+
+def test_a_failing_record_type_keeps_its_last_addresses_beside_the_fresh_other() -> None:
+    from clientlb._resolvers.dns import QueryResult
+
+    resolver = DNSResolver(parse_target("dns://127.0.0.1:1/x.test:80"))
+    fake = FakeQuerier()
+    resolver.querier = fake  # type: ignore[assignment]
+    fake.answers = {"A": QueryResult(_rrset("A", "10.0.0.1"), 30),  # type: ignore[arg-type]
+                    "AAAA": QueryResult(_rrset("AAAA", "2001:db8::1"), 20)}  # type: ignore[arg-type]
+    endpoints, ttl = asyncio.run(resolver.resolve_once())
+    assert [ep.address for ep in endpoints] == ["10.0.0.1:80", "[2001:db8::1]:80"]
+    assert ttl == 20
+    error = clientlb.DiscoveryError("AAAA timed out")
+    fake.answers["AAAA"] = error
+    fake.answers["A"] = QueryResult(_rrset("A", "10.0.0.2"), 30)  # type: ignore[arg-type]
+    endpoints, ttl = asyncio.run(resolver.resolve_once())
+    assert [ep.address for ep in endpoints] == ["10.0.0.2:80", "[2001:db8::1]:80"]
+    assert ttl == resolver.min_ttl  # ask again soon for the type that failed
+    fake.answers["A"] = error
+    with pytest.raises(clientlb.DiscoveryError):  # nothing fresh: keep the last good set
+        asyncio.run(resolver.resolve_once())
+    fake.answers = {"A": QueryResult(None, 7), "AAAA": QueryResult(None, 7)}
+    assert asyncio.run(resolver.resolve_once()) == ([], 7)  # no data for every type
