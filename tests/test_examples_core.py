@@ -19,7 +19,7 @@ def run_example(name: str, timeout: float = 60) -> str:
 def test_strategies_demo_shows_peak_ewma_avoiding_the_slow_backend() -> None:
     out = run_example("strategies_demo.py")
     rows = {line.split()[0]: line.split() for line in out.splitlines()
-            if line.split() and line.split()[0] in {"round_robin", "peak_ewma"}}
+            if len(line.split()) == 7 and line.split()[0] in {"round_robin", "peak_ewma"}}
     slow_share_rr = float(rows["round_robin"][4].rstrip("%"))
     slow_share_ewma = float(rows["peak_ewma"][4].rstrip("%"))
     assert slow_share_rr == 25.0
