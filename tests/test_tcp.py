@@ -688,3 +688,36 @@ def test_dup_of_a_balanced_socket_is_independent_and_untracked(
         with pytest.raises(RuntimeError, match="not tracked by a balancer"):
             twin.set_outcome(Outcome.FAILURE)  # type: ignore[attr-defined]
     assert in_flight(lb) == {servers[0].address: 0}
+
+
+def test_tls_name_of_an_srv_target_drops_the_service_labels() -> None:
+    """_pg._tcp.db.example is served with a certificate for db.example (RFC 6125)."""
+    from types import SimpleNamespace
+
+    from clientlb._tcp import _tls_name
+
+    target = clientlb.parse_target("srv:///_pg._tcp.db.example")
+    lb = SimpleNamespace(name=target.service, target=target)
+    name = _tls_name(lb, None, ssl.create_default_context())  # type: ignore[arg-type]
+    assert name(clientlb.Endpoint("10.0.0.1", 5432)) == "db.example"
+    named = SimpleNamespace(name="replicas.internal", target=target)
+    name = _tls_name(named, None, ssl.create_default_context())  # type: ignore[arg-type]
+    assert name(clientlb.Endpoint("10.0.0.1", 5432)) == "replicas.internal"
+
+
+def test_tls_without_hostname_check_needs_no_name(tls_servers: list[EchoServer]) -> None:
+    """A context that does not check host names works over a static target, sync and async."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    lb = clientlb.LoadBalancer([tls_servers[0].address])
+    with clientlb.connect(lb, timeout=2, ssl_context=ctx) as sock:
+        assert sock.server_hostname is None
+        assert greeting(sock) == "t0"
+
+    async def main() -> None:
+        reader, writer = await clientlb.open_connection(lb, ssl=ctx, timeout=2)
+        assert await read_greeting(reader) == "t0"
+        await close(writer)
+
+    asyncio.run(main())

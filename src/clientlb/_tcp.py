@@ -41,7 +41,10 @@ the balancer's logical name ``lb.name`` (a DNS/SRV name, a Consul service, or
 replicas of one service share its certificate. A static target has no logical
 name (its ``lb.name`` is ``"static"``), so TLS over a static target without
 ``server_hostname=`` or ``name=`` is a :class:`~clientlb.ConfigError` rather
-than a silent verification against the word "static". ``server_hostname``
+than a silent verification against the word "static" (unless the context
+does not check host names: then there is no SNI either). For an ``srv://``
+target the ``_service._proto.`` labels are dropped: the certificate of
+``_pg._tcp.db.example`` is for ``db.example`` (RFC 6125). ``server_hostname``
 may also be a callable of the :class:`~clientlb.Endpoint` for backends that
 each carry their own certificate (``server_hostname=lambda ep: ep.host``).
 
@@ -294,10 +297,12 @@ def _check_options(timeout: float, attempts: int | None, deadline: float | None)
                           f"{deadline!r}", field="deadline")
 
 
-def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname) -> Callable[[Endpoint], str]:
-    """The name certificates are verified against, per endpoint."""
+def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname,
+              context: _ssl.SSLContext) -> Callable[[Endpoint], str | None]:
+    """The name certificates are verified against (and the SNI), per endpoint."""
     if callable(server_hostname):
         return server_hostname
+    name: str | None
     if server_hostname is not None:
         if not isinstance(server_hostname, str) or not server_hostname:
             raise ConfigError(f"server_hostname must be a non-empty string or a callable of "
@@ -305,11 +310,21 @@ def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname) -> Callable[[En
         name = server_hostname
     else:
         name = lb.name
-        if lb.target.scheme == "static" and name == lb.target.service:
-            raise ConfigError(
-                "a static target has no logical name to verify TLS certificates against; "
-                "pass server_hostname= or LoadBalancer(..., name='service.example')",
-                field="server_hostname")
+        target = lb.target
+        if name == target.service and target.scheme == "srv":
+            # RFC 2782 names are _Service._Proto.Name; the certificate is for
+            # Name (RFC 6125's SRV-ID / DNS-ID): drop the underscore labels.
+            labels = name.split(".")
+            while len(labels) > 1 and labels[0].startswith("_"):
+                labels.pop(0)
+            name = ".".join(labels)
+        elif name == target.service and target.scheme == "static":
+            if context.check_hostname:
+                raise ConfigError(
+                    "a static target has no logical name to verify TLS certificates "
+                    "against; pass server_hostname= or LoadBalancer(..., "
+                    "name='service.example')", field="server_hostname")
+            name = None  # no hostname check asked for: no SNI either
     return lambda endpoint: name
 
 
@@ -461,7 +476,8 @@ def connect(
         ConfigError: an invalid option, or TLS over a static target without a name.
     """
     _check_options(timeout, attempts, deadline)
-    tls_name = _tls_name(lb, server_hostname) if ssl_context is not None else None
+    tls_name = (_tls_name(lb, server_hostname, ssl_context)
+                if ssl_context is not None else None)
     state = _Attempts(lb, timeout, attempts, deadline)
     clock = lb.clock
     while True:
@@ -571,7 +587,7 @@ async def open_connection(
         context = None
     else:
         context = ssl
-    tls_name = _tls_name(lb, server_hostname) if context is not None else None
+    tls_name = _tls_name(lb, server_hostname, context) if context is not None else None
     await lb.wait_ready_async()
     state = _Attempts(lb, timeout, attempts, deadline)
     loop = asyncio.get_running_loop()
@@ -586,7 +602,8 @@ async def open_connection(
         protocol = _BalancedProtocol(reader, loop=loop)
         tls: dict[str, Any] = {}
         if context is not None and tls_name is not None:
-            tls = {"ssl": context, "server_hostname": tls_name(endpoint)}
+            # "" tells asyncio "no SNI, no hostname check" (None would mean the IP)
+            tls = {"ssl": context, "server_hostname": tls_name(endpoint) or ""}
         try:
             transport = await _within(
                 budget, loop.create_connection(_factory(protocol), endpoint.host,
