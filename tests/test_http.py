@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import socket
 import ssl
 import threading
 import time
@@ -39,6 +40,35 @@ def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
     options.setdefault("retry", FAST)
     options.setdefault("outlier_detection", None)  # these tests watch retries, not ejection
     return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[str]:
+    """A loopback port whose accept queue is full: new connects time out (SYNs dropped)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = f"127.0.0.1:{listener.getsockname()[1]}"
+    fillers: list[socket.socket] = []
+
+    def queue_is_full() -> bool:
+        probe = socket.socket()
+        probe.settimeout(0.05)
+        try:
+            probe.connect(listener.getsockname())
+        except TimeoutError:
+            probe.close()
+            return True
+        fillers.append(probe)  # it took a place in the queue
+        return False
+
+    try:
+        wait_until(queue_is_full, timeout=5, interval=0, message="a full accept queue")
+        yield address
+    finally:
+        for conn in fillers:
+            conn.close()
+        listener.close()
 
 
 def record_outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome]]:
@@ -587,3 +617,57 @@ def test_a_transport_given_a_target_owns_and_closes_its_balancer(
     with httpx.Client(transport=transport) as client:
         assert {client.get("http://svc/").status_code for _ in range(4)} == {200}
     assert transport.lb.closed
+
+
+def test_connect_timeout_is_a_connect_failure_retried_for_any_method(
+        backends: list[Backend]) -> None:
+    """A backend that never completes the handshake costs one connect timeout, then the
+    POST goes to a live endpoint."""
+    with unanswered_port() as silent:
+        lb = make_lb([silent, backends[0].address])
+        seen = record_outcomes(lb)
+        with httpx.Client(transport=clientlb.HTTPTransport(lb),
+                          timeout=httpx.Timeout(5.0, connect=0.2)) as client:
+            statuses = [client.post("http://users/", content=b"x").status_code
+                        for _ in range(2)]
+    assert statuses == [200, 200]
+    assert (silent, Outcome.CONNECT_FAILURE) in seen
+
+
+def test_latency_recorded_is_the_time_to_headers_not_the_download(
+        backends: list[Backend]) -> None:
+    a = backends[0]
+    lb = make_lb([a.address])
+    latencies: list[float] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: latencies.append(latency))
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            client.stream("GET", "http://users/stream") as response:
+        start = time.monotonic()
+        threading.Timer(0.3, a.gate.set).start()
+        response.read()
+        assert time.monotonic() - start >= 0.25
+    assert len(latencies) == 1 and latencies[0] < 0.2
+
+
+def test_threads_share_one_transport_without_losing_requests_or_slots(
+        backends: list[Backend]) -> None:
+    """8 threads, a dead port among the endpoints: all succeed, nothing stays in flight."""
+    dead = dead_address()
+    lb = make_lb([dead, *(b.address for b in backends)], strategy="least_request")
+    failures: list[BaseException] = []
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        def work() -> None:
+            for _ in range(25):
+                try:
+                    assert client.post("http://users/", content=b"x").status_code == 200
+                except BaseException as exc:  # reported to the main thread
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    assert sum(b.served() for b in backends) == 200
+    assert all(row.in_flight == 0 for row in lb.snapshot().endpoints)
