@@ -208,6 +208,7 @@ def test_every_endpoint_dead_raises_connect_error_naming_each_once() -> None:
     assert isinstance(err, ConnectionError)
     assert isinstance(err, clientlb.ClientLBError)
     assert sorted(err.tried) == sorted(dead)  # each once, although attempts=5
+    assert "retries=1 " in repr(lb.retry_budget)  # one failover, no token spent on nothing
     assert isinstance(err.__cause__, ConnectionRefusedError)
     assert "could not connect to 'cache'" in str(err)
     for address in dead:

@@ -373,6 +373,9 @@ class _Attempts:
             left = min(self.timeout, self.deadline_at - time.monotonic())
             if left <= 0:
                 return None
+        if self.tried and all(ep.address in self.tried for ep in self.lb.endpoints()):
+            self.exhausted = True  # before spending a retry token on nothing
+            return None
         if self.errors and self.retry_budget is not None \
                 and not self.retry_budget.try_withdraw():
             self.budget_spent = True
@@ -381,9 +384,6 @@ class _Attempts:
 
     def pick(self, key: Key | None) -> Pick:
         tried = self.tried
-        if tried and all(ep.address in tried for ep in self.lb.endpoints()):
-            self.exhausted = True
-            self.raise_error()
         try:
             pick = self.lb.pick(key, exclude=self.tried)
         except NoEndpointAvailable as exc:
