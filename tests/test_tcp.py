@@ -722,3 +722,32 @@ def test_tls_without_hostname_check_needs_no_name(tls_servers: list[EchoServer])
         await close(writer)
 
     asyncio.run(main())
+
+
+def test_failover_is_visible_on_the_callers_span() -> None:
+    """With telemetry, each connect attempt and each failover is an event on the span."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    lb = clientlb.LoadBalancer([dead_address(), dead_address()], name="cache")
+    telemetry = clientlb.Telemetry(
+        meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
+    telemetry.instrument(lb)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    with provider.get_tracer("test").start_as_current_span("query"), \
+            pytest.raises(clientlb.ConnectError) as info:
+        clientlb.connect(lb, timeout=2)
+    telemetry.uninstrument(lb)
+    (span,) = exporter.get_finished_spans()
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    assert [name for name, _ in events] == ["clientlb.attempt", "clientlb.retry",
+                                            "clientlb.attempt"]
+    first, retry, second = (attrs for _, attrs in events)
+    assert first["clientlb.outcome"] == second["clientlb.outcome"] == "connect_failure"
+    assert retry["clientlb.retry.reason"] == "connect_failure"
+    assert retry["clientlb.endpoint"] == info.value.tried[0]

@@ -97,6 +97,7 @@ from ._endpoint import Endpoint
 from ._errors import ConfigError, ConnectError, NoEndpointAvailable
 from ._outcome import Outcome
 from ._strategies import Key
+from ._telemetry import record_budget_exhausted, record_retry
 
 __all__ = [
     "BalancedSSLSocket",
@@ -376,10 +377,13 @@ class _Attempts:
         if self.tried and all(ep.address in self.tried for ep in self.lb.endpoints()):
             self.exhausted = True  # before spending a retry token on nothing
             return None
-        if self.errors and self.retry_budget is not None \
-                and not self.retry_budget.try_withdraw():
-            self.budget_spent = True
-            return None
+        if self.errors:
+            if self.retry_budget is not None and not self.retry_budget.try_withdraw():
+                self.budget_spent = True
+                record_budget_exhausted(self.lb)
+                return None
+            record_retry(self.lb, attempt=len(self.errors) + 1, reason="connect_failure",
+                         endpoint=self.errors[-1][0].address)
         return left
 
     def pick(self, key: Key | None) -> Pick:
