@@ -21,7 +21,7 @@ strategy = "round_robin"
 
 [services.orders]
 target = ["127.0.0.1:9001", { host = "127.0.0.1", port = 9002, weight = 3, zone = "b" }]
-strategy = { name = "ring_hash", min_ring_size = 64 }
+strategy = { name = "ring_hash", points_per_weight = 64 }
 """
 
 
@@ -38,7 +38,7 @@ def test_a_toml_file_builds_one_balancer_per_service(tmp_path: Path) -> None:
         assert users.strategy.name == "round_robin"
         assert [e.address for e in users.endpoints()] == ["127.0.0.1:8001", "127.0.0.1:8002"]
         assert orders.strategy.name == "ring_hash"
-        assert orders.strategy == clientlb.RingHash(min_ring_size=64)
+        assert orders.strategy == clientlb.RingHash(points_per_weight=64)
         weighted = orders.endpoints()[1]
         assert (weighted.weight, weighted.zone) == (3, "b")
 
@@ -124,9 +124,10 @@ def test_the_health_sections_build_the_health_classes() -> None:
         "health_check": {"kind": "tcp", "interval": 2.5},
         "outlier_detection": {"consecutive_failures": 3}}}}
     with Registry.from_config(config) as reg:
-        lb = reg.get("users")
-        assert lb.health_check == clientlb.HealthCheck(kind="tcp", interval=2.5)
-        assert lb.outlier_detection.consecutive_failures == 3
+        health = reg.get("users")._health  # the balancer's health manager
+        assert health.health_check == clientlb.HealthCheck(kind="tcp", interval=2.5)
+        assert health.outlier_detection is not None
+        assert health.outlier_detection.consecutive_failures == 3
     with pytest.raises(ConfigError, match=re.escape(
             "services.users.health_check.interval: must be > 0 seconds, got -1")):
         Registry.from_config({"services": {"users": {

@@ -1,0 +1,33 @@
+"""Balancers from a configuration file, and what a mistake in it looks like.
+
+Run: python examples/config_file.py
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import clientlb
+
+here = Path(__file__).parent
+
+# --8<-- [start:load]
+registry = clientlb.Registry.from_config(here / "clientlb.toml")
+for name in registry.names():
+    lb = registry.get(name)
+    print(f"{name}: {lb.target} strategy={lb.strategy.name} "
+          f"endpoints={[e.address for e in lb.endpoints()]}")
+registry.close()
+# --8<-- [end:load]
+
+# --8<-- [start:errors]
+try:
+    clientlb.Registry.from_config({"services": {"users": {
+        "target": "dns:///users.internal:8080",
+        "strategy": "fastest",
+    }}})
+except clientlb.ConfigError as exc:
+    print(exc)
+# services.users.strategy: unknown strategy 'fastest'; choose one of round_robin, ...
+# --8<-- [end:errors]
+print("ok")

@@ -1,0 +1,109 @@
+"""The guide's "strategies" chapter: each strategy shown on real local backends.
+
+Run: python examples/guide_strategies.py
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import httpx
+from _local_backends import start
+
+import clientlb
+from clientlb._state import EndpointState  # what pickers return
+
+backends = start("app-1", "app-2", "app-3")
+addresses = [x.address for x in backends]
+
+
+def spread(client: httpx.Client, n: int = 30, headers: dict[str, str] | None = None
+           ) -> dict[str, int]:
+    """How many of ``n`` requests each backend served."""
+    counts = Counter(client.get("/", headers=headers).headers["X-Backend"] for _ in range(n))
+    return dict(sorted(counts.items()))
+
+
+# --8<-- [start:round_robin]
+lb = clientlb.LoadBalancer(addresses, strategy="round_robin", name="app")
+client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://app")
+print("round robin:", spread(client))  # {'app-1': 10, 'app-2': 10, 'app-3': 10}
+# --8<-- [end:round_robin]
+assert spread(client) == {"app-1": 10, "app-2": 10, "app-3": 10}
+client.close()
+
+# --8<-- [start:weights]
+weighted = [clientlb.Endpoint.parse(addresses[0], weight=3),  # a bigger machine
+            clientlb.Endpoint.parse(addresses[1], weight=1)]
+lb = clientlb.LoadBalancer(weighted, strategy="round_robin", name="app")
+client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://app")
+print("weights 3:1:", spread(client, 40))  # {'app-1': 30, 'app-2': 10}
+lb.set_weight(addresses[1], 3)             # change a weight at runtime
+print("weights 3:3:", spread(client, 40))  # {'app-1': 20, 'app-2': 20}
+# --8<-- [end:weights]
+client.close()
+
+# --8<-- [start:least_request]
+lb = clientlb.LoadBalancer(addresses, strategy="least_request", name="app",
+                           rng=random.Random(7))
+busy = [lb.pick(), lb.pick()]      # two long calls in flight...
+taken = {p.endpoint.address for p in busy}
+with lb.pick() as p:               # ...so the next call goes to the idle backend
+    print("least request picked the idle backend:", p.endpoint.address not in taken)
+for call in busy:
+    call.done()
+# --8<-- [end:least_request]
+
+# --8<-- [start:ip_hash]
+lb = clientlb.LoadBalancer(addresses, strategy="ring_hash", name="app")
+client = httpx.Client(base_url="http://app", transport=clientlb.HTTPTransport(
+    lb, hash_key=clientlb.hash_by_client_ip("X-Forwarded-For")))
+for ip in ("203.0.113.7", "198.51.100.23"):
+    seen = spread(client, 10, headers={"X-Forwarded-For": ip})
+    print(f"client {ip} always reaches", list(seen))  # one backend per client address
+    assert len(seen) == 1
+# --8<-- [end:ip_hash]
+client.close()
+
+# --8<-- [start:sticky]
+lb = clientlb.LoadBalancer(addresses, strategy="round_robin", name="app")
+client = httpx.Client(base_url="http://app", transport=clientlb.HTTPTransport(
+    lb, affinity=clientlb.CookieAffinity()))
+first = client.get("/").headers["X-Backend"]   # the response sets an opaque cookie
+print("sticky session stays on", first, spread(client, 10))  # {first: 10}
+# --8<-- [end:sticky]
+assert spread(client, 10) == {first: 10}
+client.close()
+
+
+# --8<-- [start:custom]
+class FirstHealthy(clientlb.Strategy):
+    """Active/standby: everything to the first endpoint that may take traffic."""
+
+    name = "first_healthy"
+
+    def build(self, endpoints: Sequence[EndpointState],
+              weights: Sequence[float], rng: random.Random) -> clientlb.Picker:
+        return _Always(endpoints[0])
+
+
+class _Always(clientlb.Picker):
+    def __init__(self, state: EndpointState) -> None:
+        self.state = state
+
+    def pick(self, key: object, now: float) -> EndpointState:
+        return self.state
+
+
+lb = clientlb.LoadBalancer(addresses, strategy=FirstHealthy(), name="app")
+client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://app")
+print("custom strategy:", spread(client, 5))  # {'app-1': 5}
+# --8<-- [end:custom]
+assert spread(client, 5) == {"app-1": 5}
+client.close()
+
+for backend in backends:
+    backend.close()
+print("ok")
