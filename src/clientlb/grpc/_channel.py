@@ -87,7 +87,10 @@ class _SubChannel:
             if not (self.draining and self.in_flight <= 0 and not self.closed):
                 return
             self.closed = True
-        self._close()
+        # release() may run in a grpcio callback thread of this very channel, where
+        # closing it would deadlock: close it from a short-lived thread instead.
+        threading.Thread(target=self._close, name=f"clientlb-grpc-close-{self.address}",
+                         daemon=True).start()
 
     def drain(self) -> None:
         """Take no new calls; close as soon as the in-flight ones have ended."""
