@@ -671,3 +671,28 @@ def test_threads_share_one_transport_without_losing_requests_or_slots(
     assert failures == []
     assert sum(b.served() for b in backends) == 200
     assert all(row.in_flight == 0 for row in lb.snapshot().endpoints)
+
+
+def test_a_spent_budget_is_named_in_the_final_error() -> None:
+    dead = [dead_address() for _ in range(2)]
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1, ttl=10, clock=FakeClock())
+    lb = make_lb(dead, retry=RetryPolicy(backoff=tenacity.wait_none(), budget=budget))
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        with pytest.raises(httpx.ConnectError, match="2 attempts failed"):
+            client.get("http://users/")  # the one retry of the floor
+        with pytest.raises(httpx.ConnectError, match="retry budget exhausted"):
+            client.get("http://users/")
+
+
+def test_an_unclosed_transport_is_not_kept_alive_by_its_balancer(
+        backends: list[Backend]) -> None:
+    import gc
+    import weakref
+
+    lb = make_lb([b.address for b in backends])
+    transport = clientlb.HTTPTransport(lb)
+    ref = weakref.ref(transport)
+    del transport
+    gc.collect()
+    assert ref() is None
+    lb.remove(backends[0].address)  # the orphaned listener is harmless

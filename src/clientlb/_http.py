@@ -59,6 +59,7 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar, cast
 
@@ -311,7 +312,16 @@ class _Router(Generic[P]):
         self._lock = threading.Lock()
         self.to_close: list[P] = []  # pools of removed endpoints, idle, awaiting (a)close
         self.closed = False
-        lb.add_diff_listener(self._on_diff)
+        # A weak reference: a transport dropped without close() does not live on in lb.
+        ref = weakref.WeakMethod(self._on_diff)
+
+        def on_diff(diff: EndpointSetDiff) -> None:
+            method = ref()
+            if method is not None:
+                method(diff)
+
+        self.listener = on_diff
+        lb.add_diff_listener(on_diff)
 
     # -- pools ------------------------------------------------------------------------------
 
@@ -678,7 +688,7 @@ class HTTPTransport(httpx.BaseTransport):
     def close(self) -> None:
         for pool in self._router.all_pools():
             pool.close()
-        self._lb.remove_listener(self._router._on_diff)
+        self._lb.remove_listener(self._router.listener)
         if self._owns_lb:
             self._lb.close()
 
@@ -800,7 +810,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     async def aclose(self) -> None:
         for pool in self._router.all_pools():
             await pool.aclose()
-        self._lb.remove_listener(self._router._on_diff)
+        self._lb.remove_listener(self._router.listener)
         if self._owns_lb:
             await self._lb.aclose()
 
