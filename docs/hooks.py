@@ -23,7 +23,7 @@ log = logging.getLogger("mkdocs.hooks.guide")
 
 #: Chapters written by other parts of the project, which may not exist yet.
 PENDING = frozenset({"http.md", "grpc.md", "tcp.md", "health.md", "discovery.md",
-                     "performance.md"})
+                     "performance.md", "strategies.md"})
 _OUTSIDE = ("examples/", "benchmarks/", "src/", "scripts/", "tests/")
 _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 
