@@ -461,8 +461,9 @@ def test_new_endpoints_are_healthy_until_proven_otherwise_by_default(clock: Fake
         assert state_of(lb, "10.0.0.9:80") == "healthy"
 
 
-def test_passing_probes_end_an_ejection_early(clock: FakeClock) -> None:
-    with make_lb(clock, health_check=HealthCheck(healthy_threshold=2)) as lb:
+def test_passing_probes_end_an_ejection_early_when_asked_to(clock: FakeClock) -> None:
+    with make_lb(clock, health_check=HealthCheck(healthy_threshold=2),
+                 outlier_detection=OutlierDetection(uneject_on_health_check=True)) as lb:
         report(lb, addr(1), Outcome.FAILURE, 5)
         assert state_of(lb, addr(1)) == "ejected"
         _probe(lb, addr(1), True)
@@ -472,9 +473,8 @@ def test_passing_probes_end_an_ejection_early(clock: FakeClock) -> None:
         assert lb.health_statistics()["unejections_health_check"] == 1
 
 
-def test_probes_do_not_end_an_ejection_when_told_not_to(clock: FakeClock) -> None:
-    with make_lb(clock, health_check=HealthCheck(),
-                 outlier_detection=OutlierDetection(uneject_on_health_check=False)) as lb:
+def test_probes_do_not_end_an_ejection_by_default(clock: FakeClock) -> None:
+    with make_lb(clock, health_check=HealthCheck()) as lb:
         report(lb, addr(1), Outcome.FAILURE, 5)
         _probe(lb, addr(1), True, 5)
         assert state_of(lb, addr(1)) == "ejected"

@@ -149,6 +149,14 @@ class OutlierDetection:
     a pool is never ejected (Envoy #17504: a 1-host pool gains nothing from it).
     A 2-host pool can lose one host to ejection, a 3-host pool one; the panic
     threshold covers the rest.
+
+    ``uneject_on_health_check`` (default False): with active checks, end an
+    ejection after ``healthy_threshold`` passing probes made since. Envoy's
+    ``successful_active_health_check_uneject_host`` defaults to true; here it
+    is off because a ``/healthz`` that passes while real requests fail (the
+    common case: the health endpoint does not touch the broken dependency)
+    brings the endpoint back within seconds, again and again — flapping. Turn
+    it on when your probe exercises what real traffic does.
     """
 
     consecutive_failures: int | None = 5
@@ -165,7 +173,7 @@ class OutlierDetection:
     enforcing_consecutive_local_origin_failures: float = 100.0
     success_rate: SuccessRate | None = field(default_factory=SuccessRate)
     failure_percentage: FailurePercentage | None = None
-    uneject_on_health_check: bool = True
+    uneject_on_health_check: bool = False
 
     def __post_init__(self) -> None:
         o = "outlier_detection"

@@ -1,0 +1,28 @@
+"""The health example runs against the servers it starts and shows what it claims."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_health_failover_example_ejects_recovers_skips_unhealthy_and_panics() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "health_failover.py")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"(\d) .*served: a=(\d+) b=(\d+) c=(\d+)\s+errors=(\d+)\s+mode=(\w+)", line)
+        if m:
+            rows[int(m[1])] = ([int(m[i]) for i in (2, 3, 4)], int(m[5]), m[6], line)
+    assert sorted(rows) == [1, 2, 3, 4, 5], proc.stdout
+    assert rows[1][:3] == ([10, 10, 10], 0, "normal")
+    assert rows[2][0][1] == 5 and rows[2][1] == 5 and "b=ejected" in rows[2][3]
+    assert rows[3][0][1] > 0 and rows[3][1] == 0
+    assert rows[4][0][2] == 0 and "c=unhealthy" in rows[4][3]
+    assert rows[5][2] == "panic" and all(n > 0 for n in rows[5][0])
+    assert "-> ejected (consecutive_failures: 5 in a row" in proc.stderr
