@@ -696,3 +696,54 @@ def test_an_unclosed_transport_is_not_kept_alive_by_its_balancer(
     gc.collect()
     assert ref() is None
     lb.remove(backends[0].address)  # the orphaned listener is harmless
+
+
+def test_http2_over_tls_keeps_the_logical_authority(ca: trustme.CA, tmp_path: Any) -> None:
+    """http2=True passes through: ALPN picks h2 on hypercorn, :authority is the service."""
+    pytest.importorskip("h2")
+    hypercorn_asyncio = pytest.importorskip("hypercorn.asyncio")
+    from hypercorn.config import Config
+
+    cert = ca.issue_cert("users.internal")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        host = dict(scope["headers"]).get(b"host", b"").decode()
+        body = f"{scope['http_version']} {host}".encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    address = f"127.0.0.1:{port.getsockname()[1]}"
+    port.close()
+    config = Config()
+    config.bind = [address]
+    config.certfile = config.keyfile = str(tmp_path / "server.pem")
+    config.alpn_protocols = ["h2", "http/1.1"]
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, daemon=True, args=(
+        hypercorn_asyncio.serve(app, config, shutdown_trigger=stop.wait),))  # type: ignore[arg-type]
+    thread.start()
+    try:
+        client_ctx = ssl.create_default_context()
+        ca.configure_trust(client_ctx)
+        lb = make_lb([address])
+        transport = clientlb.HTTPTransport(lb, verify=client_ctx, http2=True)
+        with httpx.Client(transport=transport) as client:
+            def get() -> httpx.Response | None:
+                try:
+                    return client.get("https://users.internal/")
+                except httpx.ConnectError:
+                    return None  # the server is still starting
+            response = wait_until(get, timeout=10, message="hypercorn to listen")
+        assert response.http_version == "HTTP/2"
+        assert response.text == "2 users.internal"
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(10)
+        loop.close()
