@@ -135,7 +135,10 @@ class Postgres:
 def cluster(replicas: int = 2) -> Iterator[tuple[Postgres, list[Postgres]]]:
     """A primary and ``replicas`` streaming replicas, torn down on exit."""
     bindir = pg_bindir()
-    root = Path(tempfile.mkdtemp(prefix="clientlb-pg-"))
+    # As root the servers run as nobody, who must be able to reach the
+    # directory: /tmp rather than a $TMPDIR that may sit under /root.
+    shared_tmp = "/tmp" if RUN_AS and os.path.isdir("/tmp") else None
+    root = Path(tempfile.mkdtemp(prefix="clientlb-pg-", dir=shared_tmp))
     if RUN_AS:
         os.chmod(root, 0o755)
     started: list[Postgres] = []
