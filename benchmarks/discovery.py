@@ -12,6 +12,11 @@ cost the picks that run meanwhile.
 2. **Picks during updates** — pick + done latency (p50/p99) on one thread,
    first idle, then while another thread publishes 10,000-endpoint updates
    back to back. Target: p99 during updates ≤ 5 × idle p99.
+3. **End to end** (informative) — from a registry change to the balancer
+   showing it, with 10,000 registered instances: one more instance registered
+   in the Consul emulator of the test suite (blocking query, 10,000-entry JSON
+   answer), and one key put into a real etcd (watch event) when ``etcd`` is
+   installed.
 
 Run by hand: ``.venv/bin/python benchmarks/discovery.py [--endpoints 10000]
 [--repeat 15] [--picks 200000]``; ``--smoke`` runs a few-second version.
@@ -20,11 +25,20 @@ Run by hand: ``.venv/bin/python benchmarks/discovery.py [--endpoints 10000]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
+import shutil
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import httpx
 
 import clientlb
 from clientlb import Endpoint, EndpointSet
@@ -138,6 +152,87 @@ def picks_during_updates(n: int, picks: int) -> dict[str, float]:
             "ratio_p99": pct(busy, 0.99) / pct(idle, 0.99)}
 
 
+def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit("timed out")
+        time.sleep(0.0005)
+
+
+def end_to_end_consul(n: int, rounds: int) -> list[float]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.consul_emulator import ConsulEmulator
+
+    agent = ConsulEmulator()
+    for i in range(n):
+        agent.register("web", f"web-{i}", address=f"10.0.{i >> 8 & 255}.{i & 255}", port=8080)
+    lb = clientlb.LoadBalancer(f"consul://{agent.address}/web", outlier_detection=None,
+                               resolver_options={"min_query_interval": 0.0, "env": {}})
+    lb.wait_ready(30)
+    out = []
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        agent.register("web", f"extra-{r}", address="10.9.9.9", port=9000 + r)
+        _wait(lambda r=r: len(lb.endpoints()) == n + r + 1)
+        out.append((time.perf_counter() - t0) * 1000)
+    lb.close()
+    agent.close()
+    return out
+
+
+def end_to_end_etcd(n: int, rounds: int) -> tuple[list[float], list[float]] | None:
+    etcd = shutil.which("etcd")
+    if etcd is None:
+        return None
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    data = tempfile.mkdtemp()
+    port, peer = free_port(), free_port()
+    url, purl = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{peer}"
+    proc = subprocess.Popen([etcd, "--name", "b", "--data-dir", data, "--listen-client-urls", url,
+                             "--advertise-client-urls", url, "--listen-peer-urls", purl,
+                             "--initial-advertise-peer-urls", purl, "--initial-cluster",
+                             f"b={purl}", "--logger", "zap", "--log-level", "error"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            try:
+                return httpx.get(url + "/health", timeout=0.5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(up, 30)
+        b64 = lambda t: base64.b64encode(t.encode()).decode()  # noqa: E731
+        with httpx.Client(base_url=url) as http:
+            for i in range(n):
+                addr = f"10.0.{i >> 8 & 255}.{i & 255}:8080"
+                http.post("/v3/kv/put", json={"key": b64(f"svc/{i}"),
+                                              "value": b64(json.dumps({"Addr": addr}))})
+            lb = clientlb.LoadBalancer(f"etcd://127.0.0.1:{port}/svc", outlier_detection=None)
+            lb.wait_ready(30)
+            out, after_ack = [], []
+            for r in range(rounds):
+                value = json.dumps({"Addr": f"10.9.9.9:{9000 + r}"})
+                t0 = time.perf_counter()
+                http.post("/v3/kv/put", json={"key": b64(f"svc/extra-{r}"), "value": b64(value)})
+                t1 = time.perf_counter()  # etcd committed (fsync included)
+                _wait(lambda r=r: len(lb.endpoints()) == n + r + 1)
+                t2 = time.perf_counter()
+                out.append((t2 - t0) * 1000)
+                after_ack.append((t2 - t1) * 1000)
+            lb.close()
+        return out, after_ack
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(data, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoints", type=int, default=10_000)
@@ -161,6 +256,20 @@ def main() -> None:
     print(f"   updating p50 {r['updating_p50_us']:6.2f} µs   p99 {r['updating_p99_us']:6.2f} µs"
           f"   ({r['updates_during_run']} updates, {r['updates_per_s']:.0f}/s)")
     print(f"   p99 ratio {r['ratio_p99']:.2f}x")
+    rounds, n_e2e = (2, 200) if args.smoke else (7, n)
+    print(f"3. end to end with {n_e2e} registered: registry change -> balancer shows it")
+    consul = end_to_end_consul(n_e2e, rounds)
+    print(f"   consul emulator, blocking query: median {statistics.median(consul):7.1f} ms"
+          f"   max {max(consul):7.1f} ms")
+    etcd = end_to_end_etcd(n_e2e, rounds)
+    if etcd is None:
+        print("   etcd: not installed, skipped")
+    else:
+        total, after_ack = etcd
+        print(f"   etcd put -> watch event:         median {statistics.median(total):7.1f} ms"
+              f"   max {max(total):7.1f} ms")
+        print(f"     of which after etcd's ack:     median {statistics.median(after_ack):7.1f} ms"
+              f"   max {max(after_ack):7.1f} ms")
     if not args.smoke:
         ok1 = updates["peak_ewma"]["median_ms"] <= 50
         ok2 = r["ratio_p99"] <= 5

@@ -135,11 +135,13 @@ class ConsulEmulator:
         """Register (or replace) one instance; ``checks`` are statuses."""
         entry = raw or {
             "Node": {"ID": "", "Node": node, "Address": node_address,
-                     "Datacenter": datacenter or self.datacenter, "Meta": {}},
+                     "Datacenter": datacenter or self.datacenter, "Meta": {},
+                     "CreateIndex": self._index + 1, "ModifyIndex": self._index + 1},
             "Service": {"ID": service_id, "Service": service, "Tags": tags or [],
                         "Address": address, "Meta": meta or {}, "Port": port,
                         "Weights": weights or {"Passing": 1, "Warning": 1},
-                        "Namespace": namespace, **({"Locality": locality} if locality else {})},
+                        "Namespace": namespace, **({"Locality": locality} if locality else {}),
+                        "CreateIndex": self._index + 1, "ModifyIndex": self._index + 1},
             "Checks": [{"Node": node, "CheckID": f"check{i}", "Status": status,
                         "ServiceID": service_id, "ServiceName": service}
                        for i, status in enumerate(checks or ["passing"])],
@@ -232,16 +234,16 @@ class ConsulEmulator:
                 req.close_connection = True
                 return None
             index = self._service_index.get(service, 1)
-            entries = [json.loads(json.dumps(e))
-                       for e in self._instances.get(service, {}).values()]
-        try:
-            entries = self._filter(entries, params, dc)
-        except ValueError as exc:
-            return self._send(req, 400, f"Failed to create boolean expression evaluator: "
-                                        f"{exc}".encode(), "text/plain")
+            try:
+                entries = self._filter(list(self._instances.get(service, {}).values()),
+                                       params, dc)
+            except ValueError as exc:
+                return self._send(req, 400, f"Failed to create boolean expression evaluator: "
+                                            f"{exc}".encode(), "text/plain")
+            body = json.dumps(entries).encode()  # under the lock: a consistent snapshot
         header = str(index) if self.force_index_header is False else self.force_index_header
-        body = self.body_override if self.body_override is not None \
-            else json.dumps(entries).encode()
+        if self.body_override is not None:
+            body = self.body_override
         self._send(req, 200, body, "application/json", index=header)
 
     def _filter(self, entries: list[dict[str, Any]], params: dict[str, list[str]],

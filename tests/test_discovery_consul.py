@@ -336,3 +336,18 @@ def test_consul_under_asyncio_runs_on_the_applications_event_loop(
             return addresses(lb)
 
     assert asyncio.run(scenario()) == {"10.0.0.1:80", "10.0.0.2:80"}
+
+
+def test_unchanged_instances_reuse_their_endpoint_and_changed_ones_are_rebuilt(
+        consul: ConsulEmulator) -> None:
+    consul.register("web", "web-1", address="10.0.0.1")
+    consul.register("web", "web-2", address="10.0.0.2")
+    with consul_lb(consul) as lb:
+        assert lb.wait_ready()
+        before = {ep.address: ep for ep in lb.endpoints()}
+        consul.register("web", "web-3", address="10.0.0.3")
+        consul.register("web", "web-2", address="10.0.0.2", port=81)  # re-registered
+        wait_until(lambda: "10.0.0.2:81" in addresses(lb), timeout=5)
+        after = {ep.address: ep for ep in lb.endpoints()}
+        assert after["10.0.0.1:80"] is before["10.0.0.1:80"]
+        assert set(after) == {"10.0.0.1:80", "10.0.0.2:81", "10.0.0.3:80"}
