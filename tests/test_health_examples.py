@@ -26,3 +26,18 @@ def test_health_failover_example_ejects_recovers_skips_unhealthy_and_panics() ->
     assert rows[4][0][2] == 0 and "c=unhealthy" in rows[4][3]
     assert rows[5][2] == "panic" and all(n > 0 for n in rows[5][0])
     assert "-> ejected (consecutive_failures: 5 in a row" in proc.stderr
+
+
+def test_health_options_example_runs_every_documented_block() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "health_options.py")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "outlier: {'A': 'ejected', 'other': 'healthy'}" in out
+    assert "checks: probes passed = 2" in out
+    assert "panic: mode = panic picked: [False, True]" in out
+    assert "slow start: {'old': 1.0, 'new': 0.1}" in out
+    assert re.search(r"priorities: \{'[^']+': 1\.0, '[^']+': 1\.0, '[^']+': 0\.0\}", out)
+    assert "zones: same-zone share = 100 %" in out
+    assert "circuit: balancer 100 -> " in out and "max_requests=100" in out
+    assert "stats: ejections = 1 ejected now = 1" in out
