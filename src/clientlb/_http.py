@@ -56,6 +56,8 @@ that served it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import email.utils
 import threading
 import time
@@ -311,6 +313,7 @@ class _Router(Generic[P]):
         self._routes: dict[tuple[str, str | None], _Route[P]] = {}
         self._lock = threading.Lock()
         self.to_close: list[P] = []  # pools of removed endpoints, idle, awaiting (a)close
+        self.on_retired: Callable[[], None] | None = None  # async: wakes the event loop
         self.closed = False
         # A weak reference: a transport dropped without close() does not live on in lb.
         ref = weakref.WeakMethod(self._on_diff)
@@ -340,6 +343,8 @@ class _Router(Generic[P]):
                     self.to_close.append(route.pool)
         if not self._is_async:
             self.close_retired_sync()
+        elif self.on_retired is not None and self.to_close:
+            self.on_retired()
 
     def close_retired_sync(self) -> None:
         with self._lock:
@@ -767,10 +772,33 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             self._lb, pool_factory=lambda: httpcore.AsyncConnectionPool(**kwargs),
             server_name=server_name, hash_key=hash_key, affinity=affinity, is_async=True)
         self._ready = False
+        self._closers: set[asyncio.Task[None]] = set()
 
     @property
     def lb(self) -> LoadBalancer:
         return self._lb
+
+    def _watch_retired(self) -> None:
+        """Close retired pools on this event loop as soon as a diff retires them."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio): pools close at the next request
+            return
+
+        def close_soon() -> None:
+            task = loop.create_task(self._close_retired())
+            self._closers.add(task)
+            task.add_done_callback(self._closers.discard)
+
+        def wake() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed
+                loop.call_soon_threadsafe(close_soon)
+
+        self._router.on_retired = wake
+
+    async def _close_retired(self) -> None:
+        for pool in self._router.take_retired():
+            await pool.aclose()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
@@ -778,9 +806,10 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             if self._lb.mode == "waiting":
                 await self._lb.wait_ready_async()
             self._ready = self._lb.mode != "waiting"
+            if router.on_retired is None:
+                self._watch_retired()
         if router.to_close:
-            for pool in router.take_retired():
-                await pool.aclose()
+            await self._close_retired()
         call = router.begin(request)
         while True:
             attempt = router.attempt(call)
