@@ -37,6 +37,7 @@ import glob
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -304,4 +305,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a test runner's timeout) unwinds like Ctrl-C: the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

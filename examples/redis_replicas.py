@@ -31,6 +31,7 @@ import collections
 import contextlib
 import logging
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -231,4 +232,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM (a test runner's timeout) unwinds like Ctrl-C: the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     sys.exit(main())

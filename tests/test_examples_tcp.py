@@ -18,9 +18,21 @@ EXAMPLES = ROOT / "examples"
 
 def run_example(name: str, *args: str, env: dict[str, str] | None = None,
                 timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
+    """Run an example; on timeout stop it with SIGTERM so it can stop its servers."""
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / name), *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # the examples turn SIGTERM into a clean shutdown
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"{name} did not finish in {timeout}s:\n{out}{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.servers
