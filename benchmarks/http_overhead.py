@@ -3,7 +3,7 @@
 Run by hand (it starts Debian's nginx and HAProxy itself, on loopback ports,
 with temporary configurations)::
 
-    .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--rounds 3]
+    .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--rounds 3] [--smoke]
 
 Four nginx backends answer ``200 ok`` from memory. In one run, for the
 sequential ``httpx.Client`` and for ``httpx.AsyncClient`` at concurrency 32:
@@ -172,7 +172,7 @@ def run_sync(make: Callable[[], object], url: Callable[[int], str], n: int
     client = make()
     assert isinstance(client, httpx.Client)
     with client:
-        for i in range(200):  # warm-up: connections, caches
+        for i in range(min(200, n)):  # warm-up: connections, caches
             client.get(url(i))
         start, cpu = time.perf_counter(), time.process_time()
         for i in range(n):
@@ -215,7 +215,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few seconds: 64 requests, one round (CI keeps the script alive)")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.rounds = 64, 1
     with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as (backends, ngx, hap):
         out = []
         for is_async in (False, True):

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from .conftest import require_binary
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -41,3 +45,16 @@ def test_mounts_example_balances_two_services_from_one_client() -> None:
     homes = ast.literal_eval(out.split("orders: backends per customer ")[1].splitlines()[0])
     assert len(homes) == 4 and all(len(h) == 1 for h in homes.values())
     assert "plain URL: not-balanced" in out
+
+
+@pytest.mark.servers
+def test_http_overhead_benchmark_runs_in_smoke_mode() -> None:
+    """The benchmark keeps working (nginx and HAProxy started by it); no timing asserted."""
+    require_binary("nginx", "/usr/sbin/nginx")
+    require_binary("haproxy", "/usr/sbin/haproxy")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "http_overhead.py"),
+                             "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for row in ("(a) direct", "(b) direct, rotating", "(c) clientlb round_robin",
+                "(d) nginx proxy", "(e) HAProxy"):
+        assert result.stdout.count(row) == 2, row  # sync and async tables
