@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per probe, and for discovery's first answer (default 2)")
 
     p = sub.add_parser("demo", help="race the strategies over local slow and flaky backends")
-    p.add_argument("--duration", type=float, default=25.0, metavar="S",
-                   help="total seconds of traffic, shared by the strategies (default 25)")
+    p.add_argument("--duration", type=float, default=24.0, metavar="S",
+                   help="total seconds of traffic, shared by the strategies (default 24)")
     p.add_argument("--strategies", default="round_robin,random,least_request,peak_ewma",
                    help="comma-separated strategy names")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")

@@ -219,14 +219,17 @@ async def _drive(run: Run, lb: LoadBalancer, names: dict[str, str], duration: fl
 # -- showing ------------------------------------------------------------------------------
 
 def _table(runs: list[Run], backends: list[str], title: str) -> Table:
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    table.add_column("strategy")
+    # Fits 80 columns: no vertical rules, short headings (the title says the units).
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  show_edge=False, collapse_padding=True, padding=(0, 1))
+    table.add_column("strategy", no_wrap=True)
     table.add_column("req/s", justify="right")
     for name in backends:
         table.add_column(name, justify="right")
-    for column in ("p50 ms", "p99 ms", "errors", "retries", "ejections"):
+    for column in ("p50", "p99", "err", "retry", "eject"):
         table.add_column(column, justify="right")
     best = min((r.percentile(0.99) for r in runs if r.latencies), default=None)
     for run in runs:
@@ -295,8 +298,8 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
         runs = asyncio.run(_race(strategies, backends, args, out))
     finally:
         backends.close()
-    out.print(_table(runs, list(BACKENDS),
-                     "comparison: % of attempts per backend, latency seen by the client"))
+    out.print(_table(runs, list(BACKENDS), "comparison: % of attempts per backend, client "
+                                           "latency in ms"))
     finished = [r for r in runs if r.latencies]
     if len(finished) > 1:
         best = min(finished, key=lambda r: r.percentile(0.99))
