@@ -149,12 +149,18 @@ def test_connect_failures_are_retried_transparently_on_another_endpoint(
     """A dead port in the target never surfaces: the call goes to another endpoint at once."""
     dead = f"127.0.0.1:{free_port()}"
     with clientlb.grpc.insecure_channel([dead, *(b.address for b in backends)],
-                                        strategy="round_robin") as channel:
+                                        strategy="round_robin",
+                                        outlier_detection=None) as channel:  # keep it picked
         seen = outcomes_of(channel.lb)
         call = channel.unary_unary(UNARY)
         answers = [call(b"x", timeout=5) for _ in range(20)]
         answers += [call.with_call(b"x", timeout=5)[0] for _ in range(4)]
         answers += [call.future(b"x", timeout=5).result() for _ in range(4)]
+        # wait_for_ready must not pin a call to the dead endpoint while others are up
+        answers += [call(b"x", timeout=2, wait_for_ready=True) for _ in range(4)]
+        answers += [call.future(b"x", timeout=2, wait_for_ready=True).result()
+                    for _ in range(4)]
+    assert len(answers) == 36
     assert all(a in {b"b0", b"b1", b"b2"} for a in answers)
     dead_outcomes = {o for a, o in seen if a == dead}
     assert dead_outcomes == {clientlb.Outcome.CONNECT_FAILURE}

@@ -104,6 +104,7 @@ def test_connect_failures_are_retried_transparently_and_killed_server_fails_no_c
         errors: list[BaseException] = []
         async with clientlb.grpc.aio.insecure_channel(
                 [dead, *(p.address for p in procs)], strategy="round_robin",
+                outlier_detection=None,  # keep the dead endpoints in rotation
                 retryable_codes={grpc.StatusCode.UNAVAILABLE}) as channel:
             seen = outcomes_of(channel.lb)
             call = channel.unary_unary(UNARY)
@@ -116,6 +117,9 @@ def test_connect_failures_are_retried_transparently_and_killed_server_fails_no_c
                         errors.append(exc)
 
             await asyncio.gather(*(worker(10) for _ in range(8)))
+            # wait_for_ready must not pin a call to the dead endpoint while others are up
+            for _ in range(4):
+                await call(b"x", timeout=2, wait_for_ready=True)
             killer = asyncio.get_running_loop().run_in_executor(None, procs[0].kill)
             await asyncio.gather(*(worker(10) for _ in range(8)))
             await killer

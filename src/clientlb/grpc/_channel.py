@@ -34,7 +34,13 @@ from .._endpoint import Endpoint, EndpointSetDiff
 from .._errors import NoEndpointAvailable
 from .._outcome import Outcome
 from .._retry import RetryState
-from ._common import ChannelConfig, NoEndpointRpcError, classify, retry_decision
+from ._common import (
+    ChannelConfig,
+    NoEndpointRpcError,
+    attempt_wait_for_ready,
+    classify,
+    retry_decision,
+)
 
 __all__ = ["BalancedChannel"]
 
@@ -225,15 +231,17 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             pick = self._pick(tried)
             sub = self._sub(pick.endpoint)
             sub.acquire()
+            wfr = wait_for_ready and attempt_wait_for_ready(wait_for_ready, plan, self._lb,
+                                                            tried, transparent)
             try:
                 c = sub.callable(key)
                 if with_call:
                     result = c.with_call(request, timeout=call_timeout, metadata=metadata,
-                                         credentials=credentials, wait_for_ready=wait_for_ready,
+                                         credentials=credentials, wait_for_ready=wfr,
                                          compression=compression)
                 else:
                     result = c(request, timeout=call_timeout, metadata=metadata,
-                               credentials=credentials, wait_for_ready=wait_for_ready,
+                               credentials=credentials, wait_for_ready=wfr,
                                compression=compression)
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details()

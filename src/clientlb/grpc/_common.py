@@ -42,6 +42,7 @@ __all__ = [
     "Hedging",
     "NoEndpointRpcError",
     "RetryPlan",
+    "attempt_wait_for_ready",
     "channel_options",
     "classify",
     "endpoint_target",
@@ -210,6 +211,24 @@ def retry_decision(plan: RetryPlan, lb: LoadBalancer, code: grpc.StatusCode | No
     if delay is None or (budget is not None and not budget.try_withdraw()):
         return None, state
     return delay, state
+
+
+def attempt_wait_for_ready(wait_for_ready: bool | None, plan: RetryPlan, lb: LoadBalancer,
+                           tried: Collection[str] | None, transparent: int) -> bool | None:
+    """``wait_for_ready`` for one attempt.
+
+    With ``wait_for_ready=True`` a grpcio channel queues a call while its
+    endpoint cannot connect; behind a balancer that would pin the call to a
+    dead endpoint while others are up. gRPC's own balancers only wait when
+    *no* endpoint is ready; likewise, an attempt that another endpoint could
+    still take goes out without waiting (and fails over transparently), and
+    only the last candidate waits.
+    """
+    if not wait_for_ready or transparent >= plan.transparent_retries:
+        return wait_for_ready
+    if len(tried or ()) + 1 < len(lb.endpoints()):
+        return False
+    return wait_for_ready
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import grpc
 
 from .._outcome import Outcome
 from .._retry import RetryState
-from ._common import NoEndpointRpcError, classify, retry_decision
+from ._common import NoEndpointRpcError, attempt_wait_for_ready, classify, retry_decision
 
 if TYPE_CHECKING:
     from ._channel import BalancedChannel, _Key
@@ -62,8 +62,13 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             return
         sub.acquire()
         try:
+            kwargs = self._kwargs
+            if kwargs["wait_for_ready"]:
+                kwargs = {**kwargs, "wait_for_ready": attempt_wait_for_ready(
+                    kwargs["wait_for_ready"], self._ch._config.retry, self._ch._lb,
+                    self._tried, self._transparent)}
             call = sub.callable(self._key).future(
-                self._request, timeout=self._remaining(), **self._kwargs)
+                self._request, timeout=self._remaining(), **kwargs)
         except BaseException as exc:
             pick.done(Outcome.CANCELLED)
             sub.release()

@@ -42,6 +42,7 @@ from ._common import (
     ChannelConfig,
     Hedging,
     NoEndpointRpcError,
+    attempt_wait_for_ready,
     build_config,
     channel_options,
     classify,
@@ -414,13 +415,17 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             return None
         return self._start + self._timeout - time.monotonic()
 
-    def _launch(self, tried: set[str] | None) -> None:
+    def _launch(self, tried: set[str] | None, transparent: int = 0) -> None:
         pick = self._ch._pick(tried)
         sub = self._ch._sub(pick.endpoint)
         sub.in_flight += 1
+        kwargs = self._kwargs
+        if kwargs["wait_for_ready"]:
+            kwargs = {**kwargs, "wait_for_ready": attempt_wait_for_ready(
+                kwargs["wait_for_ready"], self._ch._config.retry, self._ch._lb, tried,
+                transparent)}
         try:
-            call = sub.callable(self._key)(self._request, timeout=self._remaining(),
-                                           **self._kwargs)
+            call = sub.callable(self._key)(self._request, timeout=self._remaining(), **kwargs)
         except BaseException:
             pick.done(Outcome.CANCELLED)
             sub.release()
@@ -461,7 +466,7 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                 if tried is None:
                     tried = set()
                 tried.add(pick.endpoint.address)
-                self._launch(tried)
+                self._launch(tried, transparent)
                 continue
             except BaseException:
                 pick.done(Outcome.CANCELLED)
