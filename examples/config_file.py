@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tomllib
+
 import clientlb
 
 here = Path(__file__).parent
@@ -19,6 +21,18 @@ for name in registry.names():
           f"endpoints={[e.address for e in lb.endpoints()]}")
 registry.close()
 # --8<-- [end:load]
+
+# --8<-- [start:reload]
+registry = clientlb.Registry.from_config(here / "clientlb.toml")
+catalog = registry.get("catalog")
+edited = (here / "clientlb.toml").read_text().replace(
+    'strategy = "peak_ewma"', 'strategy = "least_request"')    # an operator edits the file
+print(registry.reload(tomllib.loads(edited)))  # or registry.reload(path) after saving it
+# {'created': [], 'updated': ['catalog'], 'deleted': []}
+assert registry.get("catalog") is catalog      # the same balancer, changed in place
+print("catalog strategy:", catalog.strategy.name)
+registry.close()
+# --8<-- [end:reload]
 
 # --8<-- [start:errors]
 try:

@@ -54,6 +54,8 @@ def test_config_file_example_loads_the_toml_and_shows_an_error() -> None:
     out = run_example("config_file.py")
     assert "catalog: static://127.0.0.1:8001,127.0.0.1:8002 strategy=peak_ewma" in out
     assert "sessions: static://127.0.0.1:8101,127.0.0.1:8102 strategy=ring_hash" in out
+    assert "{'created': [], 'updated': ['catalog'], 'deleted': []}" in out
+    assert "catalog strategy: least_request" in out
     assert "services.users.strategy: unknown strategy 'fastest'; choose one of" in out
 
 

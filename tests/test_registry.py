@@ -74,6 +74,12 @@ def test_update_accepts_a_strategy_table_and_weights(registry: Registry) -> None
     assert lb.snapshot().by_address()["127.0.0.1:1"].effective_weight == 4
 
 
+def test_update_accepts_a_strategy_object(registry: Registry) -> None:
+    lb = registry.create("users", ["127.0.0.1:1"])
+    registry.update("users", strategy=clientlb.PeakEwma(decay=5.0))
+    assert lb.strategy == clientlb.PeakEwma(decay=5.0)
+
+
 def test_update_validates_everything_before_applying_anything(registry: Registry) -> None:
     lb = registry.create("users", ["127.0.0.1:1"], strategy="round_robin")
     with pytest.raises(ConfigError, match=r"weights\.127\.0\.0\.1:1: weight must be a number >= 0"):
@@ -171,3 +177,50 @@ def test_created_balancers_are_instrumented() -> None:
         names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
                  for m in sm.metrics}
         assert "clientlb.requests" in names
+
+
+def _config(**services: dict[str, object]) -> dict[str, object]:
+    return {"telemetry": False, "services": services}
+
+
+def test_reload_creates_updates_and_deletes_to_match_the_new_configuration() -> None:
+    with Registry.from_config(_config(
+            users={"target": "127.0.0.1:1", "strategy": "round_robin"},
+            orders={"target": "127.0.0.1:2"},
+            audit={"target": "127.0.0.1:3"})) as reg:
+        users, orders = reg.get("users"), reg.get("orders")
+        in_flight = users.pick()
+        changes = reg.reload(_config(
+            users={"target": "127.0.0.1:1", "strategy": "least_request"},
+            orders={"target": "127.0.0.1:2"},
+            billing={"target": "127.0.0.1:4"}))
+        assert changes == {"created": ["billing"], "updated": ["users"], "deleted": ["audit"]}
+        assert reg.get("users") is users and reg.get("orders") is orders  # changed in place
+        assert users.strategy.name == "least_request" and users.in_flight() == 1
+        assert reg.names() == ["billing", "orders", "users"]
+        in_flight.done()
+        assert reg.reload(_config(
+            users={"target": "127.0.0.1:1", "strategy": "least_request"},
+            orders={"target": "127.0.0.1:2"},
+            billing={"target": "127.0.0.1:4"})) == {"created": [], "updated": [],
+                                                    "deleted": []}
+
+
+def test_reload_reverts_a_removed_option_to_its_default() -> None:
+    with Registry.from_config(_config(users={"target": "127.0.0.1:1",
+                                             "strategy": "random"})) as reg:
+        reg.reload(_config(users={"target": "127.0.0.1:1"}))
+        assert reg.get("users").strategy.name == "peak_ewma"
+
+
+def test_reload_refuses_a_change_that_cannot_be_live_and_changes_nothing() -> None:
+    with Registry.from_config(_config(users={"target": "127.0.0.1:1", "strategy": "random"},
+                                      orders={"target": "127.0.0.1:2"})) as reg:
+        with pytest.raises(ConfigError, match=r"^services\.orders\.target: cannot change"):
+            reg.reload(_config(users={"target": "127.0.0.1:1", "strategy": "round_robin"},
+                               orders={"target": "127.0.0.1:9"}))
+        with pytest.raises(ConfigError, match=r"^services\.users\.first_resolution_timeout: "):
+            reg.reload(_config(users={"target": "127.0.0.1:1", "strategy": "round_robin",
+                                      "first_resolution_timeout": 1.0}))
+        assert reg.get("users").strategy.name == "random"
+        assert reg.names() == ["orders", "users"]

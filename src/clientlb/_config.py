@@ -241,6 +241,8 @@ def _target(value: object, path: str) -> str | list[str | Endpoint]:
 
 
 def _strategy(value: object, path: str) -> str | Strategy:
+    if isinstance(value, Strategy):  # from code (Registry.update), not from a file
+        return value
     if isinstance(value, str):
         if value not in STRATEGIES:
             raise ConfigError(f"unknown strategy {value!r}; choose one of "

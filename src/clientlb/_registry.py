@@ -27,6 +27,7 @@ creates with OpenTelemetry (:mod:`clientlb._telemetry`) unless
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import threading
@@ -37,6 +38,7 @@ from typing import Any
 from ._balancer import LoadBalancer
 from ._config import load_config, option_value, parse_config, repath
 from ._errors import ConfigError
+from ._target import parse_target
 from ._telemetry import Telemetry, default_telemetry
 
 __all__ = ["Registry"]
@@ -74,6 +76,8 @@ class Registry:
         self._defaults = dict(defaults or {})
         self._lock = threading.RLock()
         self._balancers: dict[str, LoadBalancer] = {}
+        # name -> (target, options) as created, then as updated: what reload() diffs.
+        self._specs: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     # -- config ---------------------------------------------------------------------------
 
@@ -127,6 +131,7 @@ class Registry:
                 raise ConfigError(str(exc).replace("__init__()", "LoadBalancer()"),
                                   field=path or name) from None
             self._balancers[name] = lb
+            self._specs[name] = (target, dict(options))
         if self._telemetry is not None:
             self._telemetry.instrument(lb)
         logger.info("%s: created (%s, %s)", name, lb.target, lb.strategy.name)
@@ -184,6 +189,9 @@ class Registry:
         with self._lock:
             for apply in appliers:
                 apply()
+            spec = self._specs.get(name)
+            if spec is not None:
+                spec[1].update({k: v for k, v in changes.items() if k != "weights"})
         if changes:
             logger.info("%s: updated %s", name, ", ".join(sorted(changes)))
         return lb
@@ -222,6 +230,62 @@ class Registry:
             f"{key!r} cannot be changed on a live balancer in this version; delete() and "
             "create() it again, or change strategy, weights or retry", field=key)
 
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self, config: Mapping[str, Any] | str | os.PathLike[str], *,
+               drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> dict[str, list[str]]:
+        """Make the registry match a new configuration, live.
+
+        Services that are new are created, those that are gone are deleted
+        (drained, up to ``drain_timeout``), and those that changed are
+        updated in place with :meth:`update` — so their clients keep working.
+        The whole new configuration is validated, and every change checked to
+        be applicable live, before anything is changed: a change that needs a
+        new balancer (another target, active health checks) raises
+        :class:`~clientlb.ConfigError` naming it, and nothing is applied.
+
+        Returns:
+            ``{"created": [...], "updated": [...], "deleted": [...]}`` (names).
+        """
+        services, _ = parse_config(load_config(config))
+        wanted = {svc.name: svc for svc in services}
+        plans: list[tuple[str, dict[str, Any]]] = []
+        with self._lock:
+            specs = dict(self._specs)
+            current = dict(self._balancers)
+        for name, svc in wanted.items():
+            if name not in current:
+                continue
+            old_target, old_options = specs.get(name, (None, {}))
+            path = f"services.{name}"
+            if _target_text(svc.target) != _target_text(old_target):
+                raise ConfigError("cannot change on a live balancer; delete the service and "
+                                  "create it under a new name", field=f"{path}.target")
+            changes = {k: v for k, v in svc.options.items() if old_options.get(k, _MISSING) != v}
+            for key in old_options:
+                if key not in svc.options:
+                    changes[key] = _default_of(key)
+            for key, value in changes.items():
+                try:
+                    self._applier(current[name], key, value)
+                except ConfigError as exc:
+                    raise repath(exc, f"{path}.{key}", key) from None
+            if changes:
+                plans.append((name, changes))
+        created = [name for name in wanted if name not in current]
+        deleted = [name for name in current if name not in wanted]
+        for name, changes in plans:
+            self.update(name, **changes)
+        for name in created:
+            svc = wanted[name]
+            self._create(name, svc.target, svc.options, path=f"services.{name}")
+        for name in deleted:
+            self.delete(name, timeout=drain_timeout)
+        result = {"created": created, "updated": [n for n, _ in plans], "deleted": deleted}
+        logger.info("reloaded: %s", ", ".join(f"{k} {v}" for k, v in result.items() if v)
+                    or "no change")
+        return result
+
     # -- delete ---------------------------------------------------------------------------
 
     def delete(self, name: str, *, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> bool:
@@ -233,6 +297,7 @@ class Registry:
         """
         with self._lock:
             lb = self._balancers.pop(name, None)
+            self._specs.pop(name, None)
         if lb is None:
             return False
         if self._telemetry is not None:
@@ -250,6 +315,7 @@ class Registry:
         """:meth:`delete` for asyncio: waits without blocking the event loop."""
         with self._lock:
             lb = self._balancers.pop(name, None)
+            self._specs.pop(name, None)
         if lb is None:
             return False
         if self._telemetry is not None:
@@ -265,6 +331,7 @@ class Registry:
         """Close every balancer without waiting (in-flight calls still finish)."""
         with self._lock:
             balancers, self._balancers = list(self._balancers.values()), {}
+            self._specs = {}
         for lb in balancers:
             if self._telemetry is not None:
                 self._telemetry.uninstrument(lb)
@@ -280,6 +347,24 @@ class Registry:
         with self._lock:
             names = ", ".join(sorted(self._balancers))
         return f"<Registry [{len(self._balancers)} balancers: {names}]>"
+
+
+_MISSING = object()
+
+
+def _target_text(target: Any) -> str:
+    """A comparable form of a target (a string, or a list of strings and endpoints)."""
+    if target is None:
+        return ""
+    return str(parse_target(target))
+
+
+def _default_of(option: str) -> Any:
+    """The ``LoadBalancer`` default of an option removed from the configuration."""
+    parameter = inspect.signature(LoadBalancer.__init__).parameters.get(option)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
 
 
 def _public(name: str) -> type[Any] | None:
