@@ -367,3 +367,33 @@ def test_a_failing_record_type_keeps_its_last_addresses_beside_the_fresh_other()
         asyncio.run(resolver.resolve_once())
     fake.answers = {"A": QueryResult(None, 7), "AAAA": QueryResult(None, 7)}
     assert asyncio.run(resolver.resolve_once()) == ([], 7)  # no data for every type
+
+
+def test_every_endpoint_failing_re_resolves_before_the_ttl(knot: KnotServer) -> None:
+    """The grpc/grpc#12295 case: the service moved, the TTL is an hour, every call fails;
+    the health layer asks discovery to re-resolve and the new address is used at once."""
+    backend = HTTPBackend("moved")
+    dead = free_port()  # nothing listens there any more
+    try:
+        knot.update(add=[("_http._tcp.moved", 3600, "SRV", f"0 1 {dead} host.moved.test."),
+                         ("host.moved", 3600, "A", "127.0.0.1")])
+        with clientlb.LoadBalancer(
+                f"srv://{knot.server}/_http._tcp.moved.test",
+                health_check=clientlb.HealthCheck(kind="tcp", interval=0.05, timeout=0.5,
+                                                  unhealthy_threshold=1,
+                                                  no_traffic_interval=0.05),
+                resolver_options={**FAST, "max_ttl": 3600}) as lb:
+            assert lb.wait_ready()
+            knot.update(delete=[("_http._tcp.moved", "SRV")],
+                        add=[("_http._tcp.moved", 3600, "SRV",
+                              f"0 1 {backend.port} host.moved.test.")])
+
+            # The active check finds the only endpoint dead: nothing is healthy, so the
+            # health layer calls lb.refresh() long before the hour-long TTL ends.
+            wait_until(lambda: addresses(lb) == {backend.address}, timeout=5,
+                       message="re-resolved to the moved service")
+            with lb.pick() as p:
+                assert get(p.endpoint) == "moved"
+            assert lb.resolver.statistics().refreshes >= 1  # type: ignore[attr-defined]
+    finally:
+        backend.close()
