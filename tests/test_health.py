@@ -675,3 +675,65 @@ def test_bad_health_settings_raise_config_error_naming_the_field(build: object,
     with pytest.raises(ConfigError) as info:
         build()  # type: ignore[operator]
     assert str(info.value).startswith(message), str(info.value)
+
+
+# -- live reconfiguration ------------------------------------------------------------------------
+
+
+def test_outlier_detection_can_be_turned_off_live_ending_ejections(clock: FakeClock) -> None:
+    with make_lb(clock) as lb:
+        report(lb, addr(1), Outcome.FAILURE, 5)
+        assert state_of(lb, addr(1)) == "ejected"
+        lb.set_outlier_detection(None)
+        assert state_of(lb, addr(1)) == "healthy"
+        report(lb, addr(1), Outcome.FAILURE, 10)
+        assert state_of(lb, addr(1)) == "healthy"
+        lb.set_outlier_detection(OutlierDetection(consecutive_failures=2))
+        report(lb, addr(1), Outcome.FAILURE, 2)
+        assert state_of(lb, addr(1)) == "ejected"
+
+
+def test_health_check_set_live_replaces_the_checker(clock: FakeClock) -> None:
+    with make_lb(clock) as lb:
+        assert lb._health.checker is None
+        lb.set_health_check(HealthCheck(unhealthy_threshold=1))
+        old = lb._health.checker
+        assert old is not None
+        _probe(lb, addr(1), False)
+        assert state_of(lb, addr(1)) == "unhealthy"
+        lb.set_health_check(HealthCheck())
+        assert state_of(lb, addr(1)) == "healthy"  # a new checker starts from healthy
+        st = lb.state_of(addr(1))
+        assert st is not None
+        lb._health.on_probe(st, False, "late", old)  # a late result of the old checker
+        assert lb.health_statistics()["probes_failed"] == 1
+
+
+def test_panic_threshold_slow_start_and_zone_change_live(clock: FakeClock) -> None:
+    spec: list[tuple[int, str | None]] = [(0, "a"), (0, "b"), (0, "b")]
+    with make_lb(clock, endpoints=_eps(spec), outlier_detection=None) as lb:
+        _mark(lb, addr(2), False)
+        _mark(lb, addr(3), False)
+        assert lb.mode == "panic"
+        lb.set_panic_threshold(0)
+        assert lb.mode == "normal" and set(picked(lb, 10)) == {addr(1)}
+        _mark(lb, addr(2), True)
+        _mark(lb, addr(3), True)
+        lb.set_local_zone("b")
+        assert set(picked(lb, 20)) == {addr(2), addr(3)}
+        lb.set_slow_start(SlowStart(window=10))
+        lb.add(Endpoint("10.0.0.4", 80, zone="b"))
+        assert weights(lb)[addr(4)] == pytest.approx(0.1)
+        with pytest.raises(ConfigError, match=r"panic_threshold: must be a number 0\.\.100"):
+            lb.set_panic_threshold(-1)
+
+
+def test_registry_update_changes_health_options_live() -> None:
+    with clientlb.Registry(telemetry=False) as reg:  # type: ignore[call-arg]
+        lb = reg.create("users", ["10.0.0.1:80", "10.0.0.2:80"])
+        reg.update("users", outlier_detection={"consecutive_failures": 2},
+                   panic_threshold=10)
+        assert lb._health.outlier_detection == OutlierDetection(consecutive_failures=2)
+        assert lb._health.panic_threshold == 10.0
+        reg.update("users", outlier_detection=False)
+        assert lb._health.outlier is None

@@ -543,6 +543,23 @@ class LoadBalancer:
     def mode(self) -> str:
         return "closed" if self._closed else self._mode
 
+    def set_health_check(self, health_check: HealthCheck | None) -> None:
+        """Replace the active health checks live (``None`` stops them)."""
+        self._health.set_health_check(health_check)
+
+    def set_outlier_detection(self, outlier_detection: OutlierDetection | None) -> None:
+        """Replace outlier detection live (``None`` turns it off and ends ejections)."""
+        self._health.set_outlier_detection(outlier_detection)
+
+    def set_panic_threshold(self, panic_threshold: float) -> None:
+        self._health.set_option("panic_threshold", panic_threshold)
+
+    def set_slow_start(self, slow_start: SlowStart | None) -> None:
+        self._health.set_option("slow_start", slow_start)
+
+    def set_local_zone(self, local_zone: str | None) -> None:
+        self._health.set_option("local_zone", local_zone)
+
     def health_statistics(self) -> dict[str, int]:
         """Health counters since creation (ejections by detector, probes,
         transitions, panics, circuit-breaker rejections, re-resolution requests)

@@ -269,7 +269,7 @@ class HealthChecker:
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
             if self._closed or state.draining:
                 return
-            self.manager.on_probe(state, ok, detail)
+            self.manager.on_probe(state, ok, detail, self)
             now = loop.time()
             ps.next_due = now + self._jittered(self.interval_for(state, ps, now))
         finally:

@@ -423,12 +423,14 @@ class HealthManager:
         states = lb._states
         return [s for ep in lb._endpoint_set if (s := states.get(ep.address)) is not None]
 
-    def on_probe(self, state: EndpointState, ok: bool, detail: str) -> None:
-        """A probe finished (from the checker's loop)."""
-        checker = self.checker
-        assert checker is not None
+    def on_probe(self, state: EndpointState, ok: bool, detail: str,
+                 source: HealthChecker | None = None) -> None:
+        """A probe finished (from ``source``'s loop; None: the current checker)."""
         lb = self._lb
         with lb._lock:
+            checker = self.checker
+            if checker is None or (source is not None and source is not checker):
+                return  # a late result of a checker that was replaced
             if lb._closed or state.draining:
                 return
             self.counters["probes_passed" if ok else "probes_failed"] += 1
@@ -444,6 +446,81 @@ class HealthManager:
                 changed = True
             if changed:
                 lb._rebuild_locked(now)
+
+    # -- live reconfiguration (LoadBalancer.set_*; Registry.update) -------------------------
+
+    def set_health_check(self, health_check: HealthCheck | None) -> None:
+        """Replace the active checks; current endpoints stay healthy until probed."""
+        if health_check is not None and not isinstance(health_check, HealthCheck):
+            raise ConfigError(f"must be a clientlb.HealthCheck or None, got {health_check!r}",
+                              field="health_check")
+        lb = self._lb
+        new = HealthChecker(self, health_check, lb.name) if health_check is not None else None
+        with lb._lock:
+            old, self.checker, self.health_check = self.checker, new, health_check
+            for st in lb._states.values():
+                st.probe = new.new_state() if new is not None else None
+                st.probe_healthy = True
+            closed = lb._closed
+            if not closed:
+                lb._rebuild_locked(lb._clock())
+        if old is not None:
+            old.close()  # outside the lock: its thread may be waiting for it
+        if new is not None and not closed:
+            new.start()
+        logger.info("%s: health_check set to %r", lb.name, health_check)
+
+    def set_outlier_detection(self, outlier_detection: OutlierDetection | None) -> None:
+        """Replace the detectors; ``None`` also ends every current ejection."""
+        if outlier_detection is not None and not isinstance(outlier_detection,
+                                                            OutlierDetection):
+            raise ConfigError(f"must be a clientlb.OutlierDetection or None, got "
+                              f"{outlier_detection!r}", field="outlier_detection")
+        lb = self._lb
+        with lb._lock:
+            if self.outlier is not None:
+                lb.remove_listener(self.on_outcome)
+            self.outlier_detection = outlier_detection
+            self.outlier = (OutlierDetector(outlier_detection, lb.rng)
+                            if outlier_detection is not None else None)
+            self._interval = outlier_detection.interval if outlier_detection else _INF
+            self._split = bool(outlier_detection
+                               and outlier_detection.split_local_origin_errors)
+            self._next_sweep = _INF
+            now = lb._clock()
+            for st in lb._states.values():
+                st.outlier = OutlierStats() if outlier_detection is not None else None
+                if outlier_detection is None and st.ejected_until is not None:
+                    st.ejected_until = st.ejected_at = None
+                    st.ejection_count = 0
+                    st.note = "outlier detection turned off"
+            if outlier_detection is not None:
+                lb.add_outcome_listener(self.on_outcome)
+            if not lb._closed:
+                lb._rebuild_locked(now)
+        logger.info("%s: outlier_detection set to %r", lb.name, outlier_detection)
+
+    def set_option(self, name: str, value: object) -> None:
+        """Change ``panic_threshold``, ``slow_start``, ``local_zone`` or
+        ``overprovisioning_factor`` live (validated as at construction)."""
+        if name == "panic_threshold":
+            self.panic_threshold = _check_fraction(name, value, 0, 100)
+        elif name == "overprovisioning_factor":
+            self.overprovisioning_factor = _check_fraction(name, value, 1.0, 100.0)
+        elif name == "slow_start":
+            if value is not None and not isinstance(value, SlowStart):
+                raise ConfigError(f"must be a clientlb.SlowStart or None, got {value!r}",
+                                  field=name)
+            self.slow_start = value
+        elif name == "local_zone":
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"must be a non-empty string or None, got {value!r}",
+                                  field=name)
+            self.local_zone = value
+        else:
+            raise ConfigError(f"{name!r} cannot be changed live", field=name)
+        self._lb.rebuild()
+        logger.info("%s: %s set to %r", self._lb.name, name, value)
 
     # -- introspection --------------------------------------------------------------------
 
