@@ -165,34 +165,22 @@ async def _drive(run: Run, lb: LoadBalancer, names: dict[str, str], duration: fl
                  concurrency: int) -> None:
     import httpx
 
+    from ._errors import ClientLBError
+    from ._http import AsyncHTTPTransport
+
     def on_outcome(state: EndpointState, outcome: Outcome, latency: float, now: float) -> None:
         run.attempts[names.get(state.address, state.address)] += 1
 
     lb.add_outcome_listener(on_outcome)
-    import clientlb
-
-    transport_cls = getattr(clientlb, "AsyncHTTPTransport", None)
-    timeout = httpx.Timeout(2.0)
-    if transport_cls is not None:
-        client = httpx.AsyncClient(transport=transport_cls(lb), base_url="http://demo",
-                                   timeout=timeout)
-    else:  # without the HTTP integration: pick, send, report by hand
-        client = httpx.AsyncClient(timeout=timeout)
+    client = httpx.AsyncClient(transport=AsyncHTTPTransport(lb), base_url="http://demo",
+                               timeout=httpx.Timeout(2.0))
     deadline = time.perf_counter() + duration
 
     async def one_request() -> None:
         start = time.perf_counter()
         try:
-            if transport_cls is not None:
-                response = await client.get("/")
-            else:
-                with lb.pick() as p:
-                    response = await client.get(f"http://{p.endpoint.address}/")
-                    status = response.status_code
-                    if status >= 500:
-                        p.done(Outcome.GATEWAY_FAILURE if status in (502, 503, 504)
-                               else Outcome.FAILURE)
-        except (httpx.HTTPError, clientlb.ClientLBError):
+            response = await client.get("/")
+        except (httpx.HTTPError, ClientLBError):
             run.errors += 1
             return
         if response.status_code >= 500:
@@ -210,7 +198,7 @@ async def _drive(run: Run, lb: LoadBalancer, names: dict[str, str], duration: fl
     finally:
         run.elapsed = time.perf_counter() - start
         run.ejections = sum(row.ejection_count for row in lb.snapshot().endpoints)
-        budget = getattr(lb, "retry_budget", None)
+        budget = lb.retry_budget
         if budget is not None:
             run.retries = int(budget.statistics()["retries"])
         await client.aclose()
