@@ -351,3 +351,20 @@ def test_unchanged_instances_reuse_their_endpoint_and_changed_ones_are_rebuilt(
         after = {ep.address: ep for ep in lb.endpoints()}
         assert after["10.0.0.1:80"] is before["10.0.0.1:80"]
         assert set(after) == {"10.0.0.1:80", "10.0.0.2:81", "10.0.0.3:80"}
+
+
+def test_a_sync_close_inside_the_event_loop_stops_the_resolver_task_cleanly(
+        consul: ConsulEmulator) -> None:
+    consul.register("web", "web-1", address="10.0.0.1")
+
+    async def scenario() -> bool:
+        with consul_lb(consul) as lb:
+            assert await lb.wait_ready_async()
+            resolver = lb.resolver
+            assert isinstance(resolver, ConsulResolver)
+        task = resolver._task
+        assert task is not None
+        await asyncio.gather(task, return_exceptions=True)
+        return task.cancelled() and resolver.closed
+
+    assert asyncio.run(scenario())
