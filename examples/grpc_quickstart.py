@@ -45,6 +45,7 @@ def main() -> None:
     servers = [start_server(f"backend-{i}") for i in range(3)]
     addresses = [address for _, address in servers]
 
+    # --8<-- [start:sync]
     # 1. A balanced channel is a grpc.Channel: use it as you would any other.
     channel = clientlb.grpc.insecure_channel(addresses, strategy="round_robin")
     say_hello = channel.unary_unary("/demo.Greeter/SayHello",
@@ -56,6 +57,7 @@ def main() -> None:
     # 2. Generated stubs take it unchanged.
     stub = health_pb2_grpc.HealthStub(channel)
     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    # --8<-- [end:sync]
     print("health stub:", health_pb2.HealthCheckResponse.ServingStatus.Name(status))
 
     # 3. A server goes away: its connect failures are retried on the others.
@@ -70,6 +72,7 @@ def main() -> None:
     channel.close()
 
     # 4. The same from asyncio.
+    # --8<-- [start:aio]
     async def run_aio() -> Counter[str]:
         async with clientlb.grpc.aio.insecure_channel(addresses[1:]) as aio_channel:
             hello = aio_channel.unary_unary("/demo.Greeter/SayHello",
@@ -77,6 +80,7 @@ def main() -> None:
                                             response_deserializer=bytes.decode)
             answers = await asyncio.gather(*(hello("aio", timeout=5) for _ in range(30)))
             return Counter(a.rsplit(" ", 1)[1] for a in answers)
+    # --8<-- [end:aio]
 
     print("aio: 30 concurrent calls ->", dict(sorted(asyncio.run(run_aio()).items())))
     for server, _ in servers[1:]:

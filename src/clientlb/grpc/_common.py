@@ -131,8 +131,10 @@ class Hedging:
     The first attempt goes out at once; while no attempt has answered, another
     one starts on a different endpoint every ``delay`` seconds, up to
     ``max_attempts`` in all; the first answer wins and the others are
-    cancelled. An attempt that fails with one of ``non_fatal_codes`` starts the
-    next hedge at once; any other answer (even an error) is final.
+    cancelled. An attempt that fails with one of ``non_fatal_codes`` (or the
+    channel's ``retryable_codes``, or a connect failure) starts the next hedge
+    at once; any other answer (even an error) is final. On a hedged method
+    the hedges replace policy retries, as in gRFC A6.
 
     Defaults: ``max_attempts=2`` (one extra request at most — hedging doubles
     load in the worst case, so it starts small), ``delay=0.05`` s (about a

@@ -3,10 +3,13 @@
 The first attempt starts at once; while none has answered, another starts
 every ``Hedging.delay`` seconds on an endpoint not yet tried, up to
 ``Hedging.max_attempts``. The first answer that is a success or a fatal
-error wins; an attempt failing with a non-fatal code starts the next hedge
-at once. The losers are cancelled and report ``CANCELLED`` (they say nothing
-about their endpoint). Hedged attempts are sent in parallel, so only use
-hedging for idempotent methods (``Hedging(methods=...)``).
+error wins; an attempt failing with a non-fatal code (``non_fatal_codes``,
+the channel's ``retryable_codes``, or a connect failure) starts the next
+hedge at once. The losers are cancelled and report ``CANCELLED`` (they say nothing
+about their endpoint). Each hedge after the first is withdrawn from the
+balancer's retry budget; when it is spent, no more hedges start. Hedged
+attempts are sent in parallel, so only use hedging for idempotent methods
+(``Hedging(methods=...)``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ._common import classify
+from ._common import classify, is_local_origin
 
 if TYPE_CHECKING:
     from ._channel import BalancedChannel, _Key
@@ -35,6 +38,7 @@ def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | N
     calls: list[Any] = []
     tried: set[str] = set()
     failure_codes = ch._failure_codes
+    non_fatal = hedging.non_fatal_codes | ch._config.retry.retryable_codes
 
     def remaining() -> float | None:
         return None if timeout is None else max(start + timeout - time.monotonic(), 0.0)
@@ -61,26 +65,39 @@ def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | N
         calls.append(call)
         call.add_done_callback(finished)
 
+    budget = ch._config.retry.budget
+    if budget is not None:
+        budget.deposit()
+    allowed = [True]
+
+    def may_hedge() -> bool:
+        # Every hedge is a retry for the balancer's budget (gRFC A6 throttling).
+        if allowed[0] and len(calls) < hedging.max_attempts:
+            allowed[0] = budget is None or budget.try_withdraw()
+            return allowed[0]
+        return False
+
     launch()
     pending = 1
     winner: Any = None
     try:
         while winner is None:
-            hedge_left = len(calls) < hedging.max_attempts
+            hedge_left = allowed[0] and len(calls) < hedging.max_attempts
             # Without hedges left, wait for an answer: every attempt has the deadline.
             wait = hedging.delay if hedge_left else None
             try:
                 call = done.get(timeout=wait)
             except queue.Empty:
-                if hedge_left:
+                if may_hedge():
                     launch()
                     pending += 1
                 continue
             pending -= 1
             code = call.code()
-            if code is grpc.StatusCode.OK or code not in hedging.non_fatal_codes:
+            if code is grpc.StatusCode.OK or not (
+                    code in non_fatal or is_local_origin(code, call.details())):
                 winner = call
-            elif len(calls) < hedging.max_attempts:
+            elif may_hedge():
                 launch()
                 pending += 1
             elif pending == 0:

@@ -47,6 +47,7 @@ from ._common import (
     channel_options,
     classify,
     endpoint_target,
+    is_local_origin,
     logical_name,
     make_lb,
     retry_decision,
@@ -488,6 +489,9 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             attempts[asyncio.ensure_future(_await(self._call))] = (
                 self._pick, self._sub, self._call)
 
+        non_fatal = hedging.non_fatal_codes | self._ch._config.retry.retryable_codes
+        last_details: dict[asyncio.Future[Any], str | None] = {}
+
         def settle(fut: asyncio.Future[Any]) -> grpc.StatusCode:
             pick, sub, _call = attempts[fut]
             exc = fut.exception() if not fut.cancelled() else None
@@ -501,28 +505,43 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                 code, details = grpc.StatusCode.OK, None
             pick.done(classify(code, details, self._ch._failure_codes))
             sub.release()
+            last_details[fut] = details
             return code
+
+        budget = self._ch._config.retry.budget
+        if budget is not None:
+            budget.deposit()
+        allowed = True
+
+        def may_hedge() -> bool:
+            # Every hedge is a retry for the balancer's budget (gRFC A6 throttling).
+            nonlocal allowed
+            if allowed and len(attempts) < hedging.max_attempts:
+                allowed = budget is None or budget.try_withdraw()
+                return allowed
+            return False
 
         launch()
         pending: set[asyncio.Future[Any]] = set(attempts)
         winner: asyncio.Future[Any] | None = None
         try:
             while winner is None:
-                hedge_left = len(attempts) < hedging.max_attempts
+                hedge_left = allowed and len(attempts) < hedging.max_attempts
                 done, pending = await asyncio.wait(
                     pending, timeout=hedging.delay if hedge_left else None,
                     return_when=asyncio.FIRST_COMPLETED)
                 if not done:
-                    launch()
-                    pending = set(attempts) - {f for f in attempts if f.done()}
+                    if may_hedge():
+                        launch()
+                    pending = {f for f in attempts if not f.done()}
                     continue
                 for fut in done:
                     code = settle(fut)
-                    if winner is None and (code is grpc.StatusCode.OK
-                                           or code not in hedging.non_fatal_codes):
+                    if winner is None and (code is grpc.StatusCode.OK or not (
+                            code in non_fatal or is_local_origin(code, last_details[fut]))):
                         winner = fut
                 if winner is None:
-                    if len(attempts) < hedging.max_attempts:
+                    if may_hedge():
                         launch()
                         pending = {f for f in attempts if not f.done()}
                     elif not pending:
