@@ -110,6 +110,10 @@ def endpoint_from_value(key: str, value: bytes) -> Endpoint | None:
 class _Restart(Exception):
     """Stop watching and re-list (compaction, cancel, refresh, resync)."""
 
+    def __init__(self, asked: bool = False) -> None:
+        super().__init__()
+        self.asked = asked  # by refresh() or the resync timer, not by etcd
+
 
 class _AuthExpired(Exception):
     """etcd rejected the auth token: authenticate again."""
@@ -206,18 +210,28 @@ class EtcdResolver(LoopResolver):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=timeout,
                                      verify=self._verify, transport=self._transport,
                                      headers={"User-Agent": "clientlb"}) as client:
+            loop = asyncio.get_running_loop()
+            quick_restarts = 0
             while True:
                 self.mark_attempt()
+                started = loop.time()
                 try:
                     if self._password is not None and self._token is None:
                         await self._authenticate(client)
                     await self._list(client, sink)
                     await self._watch(client, sink)
-                except _AuthExpired:
-                    logger.info("%s: auth token rejected; authenticating again", self)
-                    self._token = None
-                    continue
-                except _Restart:
+                except (_AuthExpired, _Restart) as exc:
+                    if isinstance(exc, _AuthExpired):
+                        logger.info("%s: auth token rejected; authenticating again", self)
+                        self._token = None
+                    elif exc.asked:
+                        quick_restarts = 0
+                        continue
+                    # etcd ended the watch: list again at once, but if it keeps doing so
+                    # within a second, back off instead of looping.
+                    quick_restarts = quick_restarts + 1 if loop.time() - started < 1.0 else 0
+                    if quick_restarts >= 2:
+                        await self.sleep(self.next_backoff())
                     continue
                 except DiscoveryError as exc:
                     self.fail(sink, exc)
@@ -280,7 +294,7 @@ class EtcdResolver(LoopResolver):
                     await stream
         if stream in done:
             stream.result()  # raises DiscoveryError, _Restart or _AuthExpired
-        raise _Restart  # refresh or resync: list again
+        raise _Restart(asked=True)  # refresh or resync: list again
 
     async def _stream(self, client: httpx.AsyncClient, body: dict[str, Any],
                       sink: ResolverSink) -> None:
