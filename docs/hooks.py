@@ -6,9 +6,11 @@
   text, each with an INFO line, instead of failing ``mkdocs build --strict``.
   Only the names in :data:`PENDING` get this treatment: any other broken
   link still fails the build.
-* **Links to the repository.** A relative link to a file outside ``docs/``
-  (``../examples/grpc_quickstart.py``) becomes a link to that file in the
-  repository (``repo_url``/blob/main/...), which mkdocs cannot serve itself.
+* **The examples are part of the site.** Every file of ``examples/`` is
+  copied into the site under ``examples/``, and a relative link written for
+  the repository (``../examples/grpc_quickstart.py`` from ``docs/``) is
+  rewritten to point at that copy, so the guide links to the very code the
+  tests run and ``--strict`` still checks every link.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ log = logging.getLogger("mkdocs.hooks.guide")
 #: Chapters written by other parts of the project, which may not exist yet.
 PENDING = frozenset({"http.md", "grpc.md", "tcp.md", "health.md", "discovery.md",
                      "performance.md", "strategies.md"})
-_OUTSIDE = ("examples/", "benchmarks/", "src/", "scripts/", "tests/")
+_EXAMPLE_SUFFIXES = frozenset({".py", ".toml", ".json", ".proto"})
 _LINK = re.compile(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)")
 
 
@@ -55,10 +57,21 @@ def on_config(config: Any) -> Any:
     return config
 
 
+def on_files(files: Any, config: Any) -> Any:
+    from mkdocs.structure.files import File
+
+    root = Path(config.config_file_path).parent
+    for path in sorted((root / "examples").iterdir()):
+        if path.is_file() and path.suffix in _EXAMPLE_SUFFIXES:
+            files.append(File(f"examples/{path.name}", src_dir=str(root),
+                              dest_dir=config.site_dir,
+                              use_directory_urls=config.use_directory_urls))
+    return files
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     docs = Path(config.docs_dir)
     here = posixpath.dirname(page.file.src_uri)
-    repo = (config.repo_url or "").rstrip("/")
 
     def fix(match: re.Match[str]) -> str:
         text, target = match.group(1), match.group(2)
@@ -66,11 +79,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
             return match.group(0)
         path, _, anchor = target.partition("#")
         resolved = posixpath.normpath(posixpath.join(here, path))
-        if resolved.startswith("../"):
-            outside = resolved[3:]
-            if repo and outside.startswith(_OUTSIDE):
-                return f"[{text}]({repo}/blob/main/{outside})"
-            return match.group(0)
+        if resolved.startswith("../examples/"):
+            copy = posixpath.relpath(resolved[3:], here or ".")
+            return f"[{text}]({copy}{'#' + anchor if anchor else ''})"
         if resolved in PENDING and not (docs / resolved).is_file():
             log.info("%s: link to %s, not written yet, rendered as text", page.file.src_uri,
                      resolved)

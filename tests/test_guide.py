@@ -89,4 +89,7 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     reference = (tmp_path / "reference" / "index.html").read_text()
     assert "Registry" in reference and "set_strategy" in reference
-    assert (tmp_path / "guide" / "strategies" / "index.html").is_file()
+    strategies = (tmp_path / "guide" / "strategies" / "index.html").read_text()
+    assert "CookieAffinity" in strategies  # the snippets were included, not left as text
+    assert (tmp_path / "examples" / "guide_strategies.py").is_file()  # linked from the page
+    assert 'href="../../examples/guide_strategies.py"' in strategies
