@@ -45,6 +45,7 @@ from .._state import EndpointState, Health
 __all__ = ["Selection", "select"]
 
 _HEALTHY = Health.HEALTHY
+_DRAINING = Health.DRAINING
 _EPS = 1e-9
 
 
@@ -83,12 +84,21 @@ def select(
     ``panic_threshold`` is a fraction (0.5 for Envoy's 50 %); ``ramp(state)``
     gives the slow-start factor in (0, 1] (None when slow start is off).
     """
-    live = [s for s in states if not s.draining]
-    if not live:
-        return Selection([], [], "empty", 0, 0, {}, False)
     by_level: dict[int, list[EndpointState]] = {}
-    for s in live:
+    healthy_set: set[int] = set()  # id() of the healthy states
+    n_live = 0
+    for s in states:
+        h = s.health(now)
+        if h is _DRAINING:
+            continue
+        n_live += 1
+        if h is _HEALTHY:
+            healthy_set.add(id(s))
         by_level.setdefault(s.endpoint.priority, []).append(s)
+    if not n_live:
+        return Selection([], [], "empty", 0, 0, {}, False)
+    n_healthy = len(healthy_set)
+    live = n_live
     order = sorted(by_level)
     of = overprovisioning_factor
 
@@ -96,11 +106,9 @@ def select(
     healthy_of: dict[int, list[EndpointState]] = {}
     raw: dict[int, float] = {}
     health: dict[int, float] = {}
-    n_healthy = 0
     for p in order:
         hosts, _ = _base_weights(by_level[p])
-        healthy = [s for s in hosts if s.health(now) is _HEALTHY]
-        n_healthy += sum(1 for s in by_level[p] if s.health(now) is _HEALTHY)
+        healthy = [s for s in hosts if id(s) in healthy_set]
         hosts_of[p], healthy_of[p] = hosts, healthy
         raw[p] = len(healthy) / len(hosts)
         health[p] = min(1.0, of * raw[p])
@@ -125,31 +133,28 @@ def select(
         loads[order[0]] = 1.0
 
     chosen: list[EndpointState] = []
-    raw_w: list[float] = []  # base weight × ramp
-    share: list[float] = []  # the group's share of all traffic
-    group_sum: list[float] = []  # index into sums per group, per endpoint
+    scaled: list[float] = []  # weight / group total × group share
+    scale = 0.0  # sum of the (ramped) weights of every chosen endpoint
+    groups: list[tuple[float, list[float]]] = []
     panic = False
     ramping = False
 
     def add_group(group: Sequence[EndpointState], fraction: float) -> None:
-        nonlocal ramping
+        nonlocal ramping, scale
         if not group or fraction <= _EPS:
             return
-        ws = []
-        for s in group:
-            w = float(s.endpoint.weight) if s.endpoint.weight > 0 else 1.0
-            if ramp is not None:
-                f = ramp(s)
-                if f < 1.0:
-                    ramping = True
-                w *= f
-            ws.append(w)
+        ws = [float(s.endpoint.weight) if s.endpoint.weight > 0 else 1.0 for s in group]
+        if ramp is not None:
+            factors = [ramp(s) for s in group]
+            if any(f < 1.0 for f in factors):
+                ramping = True
+                ws = [w * f for w, f in zip(ws, factors, strict=True)]
         total = sum(ws)
-        for s, w in zip(group, ws, strict=True):
-            chosen.append(s)
-            raw_w.append(w)
-            share.append(fraction)
-            group_sum.append(total)
+        k = fraction / total
+        chosen.extend(group)
+        scaled.extend([w * k for w in ws])
+        scale += total
+        groups.append((fraction, ws))
 
     for p, load in loads.items():
         hosts, healthy = hosts_of[p], healthy_of[p]
@@ -171,8 +176,10 @@ def select(
         add_group(healthy, load)
 
     if not chosen:
-        return Selection([], [], "unavailable", n_healthy, len(live), loads, False)
-    scale = sum(raw_w)
-    weights = [w / g * f * scale for w, g, f in zip(raw_w, group_sum, share, strict=True)]
-    return Selection(chosen, weights, "panic" if panic else "normal", n_healthy, len(live),
+        return Selection([], [], "unavailable", n_healthy, live, loads, False)
+    if len(groups) == 1 and groups[0][0] == 1.0:
+        weights = groups[0][1]  # the common case, exactly the (ramped) weights
+    else:
+        weights = [w * scale for w in scaled]
+    return Selection(chosen, weights, "panic" if panic else "normal", n_healthy, live,
                      loads, ramping)
