@@ -192,6 +192,10 @@ def test_grpc_health_probe_follows_the_serving_status() -> None:
             servicer.set("", serving)
             wait_until(lambda: lb.snapshot().endpoints[0].state == "healthy",
                        message="SERVING again")
+            checker = lb._health.checker
+            assert checker is not None and list(checker._grpc_channels) == [address]
+            lb.remove(address)  # the probe channel of an endpoint that left is closed
+            wait_until(lambda: not checker._grpc_channels, message="channel closed")
     finally:
         server.stop(None)
 

@@ -37,7 +37,6 @@ import logging
 import random as _random
 import ssl
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -231,7 +230,10 @@ class HealthChecker:
             while not self._closed:
                 now = loop.time()
                 soonest = now + cfg.interval
-                for state in self.manager.probe_targets():
+                targets = self.manager.probe_targets()
+                if self._grpc_channels:
+                    self._forget([s.endpoint for s in targets])
+                for state in targets:
                     ps: ProbeState | None = state.probe
                     if ps is None or ps.in_flight:
                         continue
@@ -338,12 +340,15 @@ class HealthChecker:
                 self._grpc_channels[address] = channel
             return channel
 
-    def forget(self, endpoints: Callable[[], list[Endpoint]]) -> None:
-        """Close the gRPC channels of endpoints that left (best effort)."""
-        keep = {f"{_url_host(ep)}:{self.config.port or ep.port}" for ep in endpoints()}
+    def _forget(self, endpoints: list[Endpoint]) -> None:
+        """Close the gRPC channels of endpoints that left the target."""
+        keep = {f"{_url_host(ep)}:{self.config.port or ep.port}" for ep in endpoints}
         with self._grpc_lock:
-            for address in [a for a in self._grpc_channels if a not in keep]:
-                self._grpc_channels.pop(address).close()
+            gone = [self._grpc_channels.pop(a) for a in list(self._grpc_channels)
+                    if a not in keep]
+        for channel in gone:
+            with contextlib.suppress(Exception):
+                channel.close()
 
     def _close_grpc(self) -> None:
         with self._grpc_lock:
