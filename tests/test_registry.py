@@ -224,3 +224,27 @@ def test_reload_refuses_a_change_that_cannot_be_live_and_changes_nothing() -> No
                                       "first_resolution_timeout": 1.0}))
         assert reg.get("users").strategy.name == "random"
         assert reg.names() == ["orders", "users"]
+
+
+def test_update_changes_health_settings_live(registry: Registry) -> None:
+    lb = registry.create("users", ["127.0.0.1:1"], outlier_detection=None)
+    registry.update("users", health_check={"kind": "tcp", "interval": 2.0},
+                    outlier_detection={"consecutive_failures": 2}, panic_threshold=30)
+    health = lb._health
+    assert health.health_check == clientlb.HealthCheck(kind="tcp", interval=2.0)
+    assert health.outlier_detection is not None
+    assert health.outlier_detection.consecutive_failures == 2
+    registry.update("users", health_check=False)
+    assert lb._health.health_check is None
+    with pytest.raises(ConfigError, match=r"^health_check\.interval: must be > 0 seconds"):
+        registry.update("users", health_check={"interval": 0})
+
+
+def test_reload_turns_active_health_checks_on_in_place() -> None:
+    with Registry.from_config(_config(users={"target": "127.0.0.1:1"})) as reg:
+        lb = reg.get("users")
+        changes = reg.reload(_config(users={"target": "127.0.0.1:1",
+                                            "health_check": {"kind": "tcp"}}))
+        assert changes["updated"] == ["users"]
+        assert reg.get("users") is lb
+        assert lb._health.health_check == clientlb.HealthCheck(kind="tcp")

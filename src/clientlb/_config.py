@@ -214,7 +214,8 @@ def repath(exc: ConfigError, path: str, section: str | None = None) -> ConfigErr
     if not field:
         full = path
     elif section and (field == section or field.startswith(section + ".")):
-        full = path.rsplit(".", 1)[0] + "." + field
+        parent = path.rpartition(".")[0]
+        full = f"{parent}.{field}" if parent else field
     else:
         full = f"{path}.{field}"
     return ConfigError(message, field=full)

@@ -14,10 +14,12 @@ the process::
 ``update`` is applied to the live balancer, never by replacing it: the
 objects holding it (an ``httpx`` transport, a gRPC channel) keep working,
 in-flight calls finish where they are, and load metrics carry over. What can
-change live: ``strategy`` (a new picker over the same endpoint states) and
-any option the balancer has a ``set_<option>`` method for (for example
-``health_check`` once active checks support it); other options raise
-:class:`~clientlb.ConfigError` naming the option, instead of being ignored.
+change live: ``strategy`` (a new picker over the same endpoint states),
+``weights``, ``retry``, and every option the balancer has a ``set_<option>``
+method for — ``health_check``, ``outlier_detection``, ``panic_threshold``,
+``slow_start``, ``local_zone``; other options (``target``,
+``first_resolution_timeout``, ...) raise :class:`~clientlb.ConfigError` naming
+the option, instead of being ignored.
 
 Every method is thread-safe. The registry instruments the balancers it
 creates with OpenTelemetry (:mod:`clientlb._telemetry`) unless
@@ -174,8 +176,10 @@ class Registry:
 
         ``strategy=`` switches the algorithm (strategy name, table or
         ``Strategy``); ``retry=`` replaces the retry policy (and budget);
-        ``weights={"host:port": w}`` overrides endpoint weights; any other
-        option needs a ``set_<option>`` method on the balancer. Every change is
+        ``weights={"host:port": w}`` overrides endpoint weights;
+        ``health_check=``, ``outlier_detection=``, ``panic_threshold=``,
+        ``slow_start=``, ``local_zone=`` (objects, tables, or ``False`` for
+        off) go to the balancer's ``set_<option>()`` method. Every change is
         validated before any is applied.
 
         Raises:
@@ -241,8 +245,8 @@ class Registry:
         updated in place with :meth:`update` — so their clients keep working.
         The whole new configuration is validated, and every change checked to
         be applicable live, before anything is changed: a change that needs a
-        new balancer (another target, active health checks) raises
-        :class:`~clientlb.ConfigError` naming it, and nothing is applied.
+        new balancer (another target, another ``first_resolution_timeout``)
+        raises :class:`~clientlb.ConfigError` naming it, and nothing is applied.
 
         Returns:
             ``{"created": [...], "updated": [...], "deleted": [...]}`` (names).
