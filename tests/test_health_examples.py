@@ -41,3 +41,11 @@ def test_health_options_example_runs_every_documented_block() -> None:
     assert "zones: same-zone share = 100 %" in out
     assert "circuit: balancer 100 -> " in out and "max_requests=100" in out
     assert "stats: ejections = 1 ejected now = 1" in out
+
+
+def test_health_benchmark_runs_in_smoke_mode() -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "health.py"), "--smoke"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "default (outlier detection on)" in proc.stdout
+    assert "reaction: a failing endpoint received 5 of 1000 calls (state ejected)" in proc.stdout
