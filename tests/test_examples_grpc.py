@@ -25,7 +25,7 @@ def test_grpc_quickstart_spreads_calls_and_survives_a_stopped_server() -> None:
 
 def test_grpc_features_example_retries_tls_interceptors_and_by_hand() -> None:
     """The features example: retries skip the overloaded backend, TLS to the logical name,
-    interceptors on top (sync) and per attempt (aio), balancing by hand."""
+    interceptors on top, sync and aio, balancing by hand."""
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "grpc_features.py")],
                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     out = result.stdout

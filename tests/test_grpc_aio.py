@@ -194,30 +194,60 @@ def test_removed_endpoint_sub_channel_is_drained_then_closed(
     asyncio.run(main())
 
 
-class _Recorder(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.methods: list[str] = []
+class _Recorder(grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+                grpc.aio.UnaryStreamClientInterceptor):
+    """Both kinds in one object, as grpc.aio allows."""
 
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+    def __init__(self) -> None:
+        self.methods: list[bytes] = []
+
+    def _details(self, details: Any) -> Any:
         self.methods.append(details.method)
         metadata = grpc.aio.Metadata(*(details.metadata or ()), ("x-intercepted", "yes"))
-        new = grpc.aio.ClientCallDetails(details.method, details.timeout, metadata,
-                                         details.credentials, details.wait_for_ready)
-        return await continuation(new, request)
+        return details._replace(metadata=metadata)
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any,
+                                     request: Any) -> Any:
+        return await continuation(self._details(details), request)
 
 
-def test_aio_interceptors_run_on_every_attempt(backends: list[GrpcBackend]) -> None:
-    """interceptors= wrap each attempt on its sub-channel; calls stay balanced."""
+class _Answer(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Answers from a cache without calling: the interceptor returns a response."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if request == b"cached":
+            return b"from-cache"
+        return await continuation(details, request)  # the call itself: metadata flows
+
+
+def test_aio_interceptors_run_once_per_call_above_the_retries(
+        backends: list[GrpcBackend]) -> None:
+    """interceptors= wrap the balanced call: once per call even when a dead endpoint is
+    retried beneath them, once per stream, and an interceptor may answer by itself."""
     recorder = _Recorder()
+    dead = f"127.0.0.1:{free_port()}"
 
-    async def main() -> set[bytes]:
+    async def main() -> None:
         async with clientlb.grpc.aio.insecure_channel(
-                [b.address for b in backends], strategy="round_robin",
-                interceptors=[recorder]) as channel:
-            return {await channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(6)}
+                [dead, *(b.address for b in backends)], strategy="round_robin",
+                outlier_detection=None, interceptors=[recorder, _Answer()]) as channel:
+            call = channel.unary_unary(UNARY)
+            answers = {await call(b"x", timeout=5) for _ in range(8)}
+            assert answers == {b"b0", b"b1", b"b2"}
+            one = call(b"x", timeout=5)
+            assert await one.code() is grpc.StatusCode.OK
+            assert dict(await one.trailing_metadata())["backend"] in {"b0", "b1", "b2"}
+            assert await one in answers and one.done()
+            assert await call(b"cached") == b"from-cache"
+            channel.lb.remove(dead)  # streams are not retried: keep this one off the dead port
+            parts = [p async for p in channel.unary_stream(USTREAM)(b"x", timeout=5)]
+            assert len(parts) == 3
 
-    assert asyncio.run(main()) == {b"b0", b"b1", b"b2"}
-    assert recorder.methods == [UNARY.encode()] * 6  # grpc.aio passes the method as bytes
+    asyncio.run(main())
+    assert recorder.methods == [UNARY.encode()] * 10 + [USTREAM.encode()]
     assert all(b.metadata.get("x-intercepted") == "yes" for b in backends)
 
 

@@ -15,15 +15,17 @@ policy retries with jittered backoff within the balancer's retry budget,
 streaming calls are in flight until they end and are not retried, and a
 removed endpoint's sub-channel is closed once its calls have ended.
 
-``interceptors=`` are given to every sub-channel, so they run once per
-*attempt* (a retried call passes through them again) and always on the
-endpoint that carries it. Everything runs on the event loop that created
-the channel.
+``interceptors=`` (grpc.aio has no ``intercept_channel``) run once per
+call, on top of the balancing: unary-unary interceptors wrap the balanced
+call and its retries (see ``_aio_intercept``), stream interceptors run on
+the sub-channel that carries the stream (streams are never retried).
+Everything runs on the event loop that created the channel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Callable, Collection, Generator, Sequence
@@ -37,6 +39,7 @@ from .._endpoint import Endpoint, EndpointSetDiff
 from .._errors import ConfigError, NoEndpointAvailable
 from .._outcome import Outcome
 from .._retry import RetryState
+from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     DEFAULT_FAILURE_CODES,
     ChannelConfig,
@@ -120,8 +123,9 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
 
     def __init__(self, lb: LoadBalancer, *, owns_lb: bool,
                  factory: Callable[[Endpoint], grpc.aio.Channel],
-                 config: ChannelConfig) -> None:
+                 config: ChannelConfig, interceptors: Sequence[Any] = ()) -> None:
         self._lb = lb
+        self._interceptors = tuple(interceptors)
         self._owns_lb = owns_lb
         self._factory = factory
         self._config = config
@@ -345,10 +349,31 @@ class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
 
     def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
-                 compression: Any = None) -> _UnaryUnaryCall:
-        return _UnaryUnaryCall(self._ch, self._key, request, timeout, {
-            "metadata": metadata, "credentials": credentials,
-            "wait_for_ready": wait_for_ready, "compression": compression})
+                 compression: Any = None) -> Any:
+        interceptors = self._ch._interceptors
+        if not interceptors:
+            return _UnaryUnaryCall(self._ch, self._key, request, timeout, {
+                "metadata": metadata, "credentials": credentials,
+                "wait_for_ready": wait_for_ready, "compression": compression})
+        if not isinstance(metadata, grpc.aio.Metadata):
+            metadata = grpc.aio.Metadata(*(metadata or ()))
+        details = grpc.aio.ClientCallDetails(self._key[1].encode(), timeout, metadata,
+                                             credentials, wait_for_ready)
+        return InterceptedUnaryUnaryCall(
+            interceptors, details, request,
+            functools.partial(self._from_details, compression=compression))
+
+    def _from_details(self, details: Any, request: Any, *, compression: Any) -> Any:
+        """The end of the interceptor chain: a balanced call with the (new) details."""
+        method = details.method
+        if isinstance(method, bytes):
+            method = method.decode()
+        key = self._key
+        if method != key[1]:
+            key = (key[0], method, key[2], key[3], False)
+        return _UnaryUnaryCall(self._ch, key, request, details.timeout, {
+            "metadata": details.metadata, "credentials": details.credentials,
+            "wait_for_ready": details.wait_for_ready, "compression": compression})
 
 
 class _Streaming:
@@ -668,16 +693,6 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()  # the error is the caller's, through the call object
 
 
-def _factory_args(options: Sequence[tuple[str, Any]] | None, interceptors: Any
-                  ) -> list[Any] | None:
-    if interceptors is None:
-        return None
-    if isinstance(interceptors, (str, bytes)) or not isinstance(interceptors, (list, tuple)):
-        raise ConfigError(f"interceptors must be a list of grpc.aio client interceptors, got "
-                          f"{interceptors!r}", field="interceptors")
-    return list(interceptors)
-
-
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -695,7 +710,7 @@ def insecure_channel(
     """A plaintext ``grpc.aio.Channel`` picking an endpoint per call.
 
     Arguments as :func:`clientlb.grpc.insecure_channel`, plus ``interceptors``
-    (grpc.aio client interceptors, run once per attempt on its sub-channel).
+    (grpc.aio client interceptors, run once per call, above the retries).
     """
     lb, owns = make_lb(lb_or_target, lb_options)
     try:
@@ -703,7 +718,7 @@ def insecure_channel(
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
                               hedging=hedging)
         opts = channel_options(options, logical_name(lb, server_name))
-        chain = _factory_args(options, interceptors)
+        unary_chain, stream_chain = split_interceptors(interceptors)
     except BaseException:
         if owns:
             lb.close()
@@ -711,9 +726,10 @@ def insecure_channel(
 
     def factory(endpoint: Endpoint) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(endpoint_target(endpoint), options=opts,
-                                         compression=compression, interceptors=chain)
+                                         compression=compression, interceptors=stream_chain)
 
-    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config,
+                           interceptors=unary_chain)
 
 
 def secure_channel(
@@ -744,7 +760,7 @@ def secure_channel(
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
                               hedging=hedging)
         opts = channel_options(options, logical_name(lb, server_name))
-        chain = _factory_args(options, interceptors)
+        unary_chain, stream_chain = split_interceptors(interceptors)
     except BaseException:
         if owns:
             lb.close()
@@ -752,7 +768,8 @@ def secure_channel(
 
     def factory(endpoint: Endpoint) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(endpoint_target(endpoint), credentials, options=opts,
-                                       compression=compression, interceptors=chain)
+                                       compression=compression, interceptors=stream_chain)
 
-    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config,
+                           interceptors=unary_chain)
 
