@@ -407,6 +407,17 @@ def test_nothing_healthy_panics_and_asks_discovery_to_re_resolve(clock: FakeCloc
         assert lb.health_statistics()["refresh_requested"] == 2
 
 
+def test_more_outliers_than_may_be_ejected_ask_discovery_to_re_resolve(
+        clock: FakeClock) -> None:
+    with make_lb(clock, n=2) as lb:  # e.g. every address moved after a redeploy
+        calls = []
+        lb._resolver.refresh = lambda: calls.append(clock.now)  # type: ignore[method-assign]
+        report(lb, addr(1), Outcome.CONNECT_FAILURE, 5)
+        assert calls == []
+        report(lb, addr(2), Outcome.CONNECT_FAILURE, 5)  # cannot be ejected: the last one
+        assert calls == [clock.now]
+
+
 def test_panic_threshold_zero_fails_fast_when_nothing_is_healthy(clock: FakeClock) -> None:
     with make_lb(clock, n=2, panic_threshold=0) as lb:
         _mark(lb, addr(1), False)

@@ -186,21 +186,27 @@ class HealthManager:
             for s in states:
                 s.ramp_start = None
         self._set_mode(sel, now)
-        if sel.total and sel.healthy == 0 and now - self._last_refresh >= REFRESH_MIN_INTERVAL:
-            self._last_refresh = now
-            self.counters["refresh_requested"] += 1
-            logger.warning("%s: no endpoint is healthy; asking discovery to re-resolve now",
-                           lb.name)
-            try:
-                lb._resolver.refresh()
-            except Exception:  # a hint: never let it break a rebuild
-                logger.exception("%s: resolver refresh failed", lb.name)
+        if sel.total and sel.healthy == 0:
+            self._request_refresh(now, "no endpoint is healthy")
         lb._health_deadline = self._deadline(states, now)
         if self._new_endpoints:
             self._new_endpoints = False
             if self.checker is not None:
                 self.checker.wake()
         return sel.chosen, sel.weights, sel.mode
+
+    def _request_refresh(self, now: float, why: str) -> None:
+        """Ask discovery to re-resolve early (rate-limited; the addresses may have moved)."""
+        if now - self._last_refresh < REFRESH_MIN_INTERVAL:
+            return
+        lb = self._lb
+        self._last_refresh = now
+        self.counters["refresh_requested"] += 1
+        logger.warning("%s: %s; asking discovery to re-resolve now", lb.name, why)
+        try:
+            lb._resolver.refresh()
+        except Exception:  # a hint: never let it break a rebuild
+            logger.exception("%s: resolver refresh failed", lb.name)
 
     def _update(self, states: Sequence[EndpointState], now: float) -> None:
         """Initialise new endpoints, end expired ejections, log/count transitions."""
@@ -367,6 +373,8 @@ class HealthManager:
         ejected = sum(1 for s in live if s.ejected_until is not None and now < s.ejected_until)
         if not outlier.may_eject(ejected, len(live)):
             self.counters["ejections_overflow"] += 1
+            # more endpoints failing than may be ejected: perhaps they all moved
+            self._request_refresh(now, f"{ejected + 1} of {len(live)} endpoints are outliers")
             if state.outlier is not None:
                 state.outlier.reset_consecutive()
             logger.info("%s: %s is an outlier (%s: %s) but not ejected: %d of %d endpoints "
