@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import clientlb
 from clientlb._cli import main
 
-from ._helpers import HTTPBackend, free_port
+from ._helpers import HTTPBackend, free_port, wait_until
 
 CLIENTLB = str(Path(sys.executable).parent / "clientlb")
 
@@ -43,6 +46,44 @@ def test_resolve_prints_every_endpoint_with_its_attributes(
 def test_resolve_watch_stops_after_its_duration(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["resolve", "127.0.0.1:8001", "--watch", "--duration", "0.3"]) == 0
     assert "127.0.0.1:8001" in capsys.readouterr().out
+
+
+def test_resolve_watch_shows_endpoints_discovery_adds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record added to a real DNS server while watching shows in the live table."""
+    from clientlb import _cli
+
+    from .conftest import require_binary
+    from .dns_server import KnotServer
+
+    created: list[clientlb.LoadBalancer] = []
+
+    def balancer(*args: Any, **kwargs: Any) -> clientlb.LoadBalancer:
+        # Re-resolve every 50 ms instead of the 5 s floor, so that the test is short.
+        lb = clientlb.LoadBalancer(*args, resolver_options={"min_ttl": 0.05,
+                                                            "ttl_jitter": 0.0}, **kwargs)
+        created.append(lb)
+        return lb
+
+    monkeypatch.setattr(_cli, "LoadBalancer", balancer)
+
+    knot = KnotServer(require_binary("knotd", "/usr/sbin/knotd"), tmp_path / "knot",
+                      records="web 1 A 127.0.0.2")
+    try:
+        result: list[int] = []
+        watcher = threading.Thread(target=lambda: result.append(main(
+            ["resolve", f"dns://{knot.server}/web.test:8080", "--watch", "--duration", "2"])))
+        watcher.start()
+        wait_until(lambda: created and created[0].endpoints(), message="the first answer")
+        knot.update(add=[("web", 1, "A", "127.0.0.3")])
+        watcher.join(20)
+    finally:
+        knot.close()
+    assert result == [0]
+    out = capsys.readouterr().out
+    assert "127.0.0.2:8080" in out and "127.0.0.3:8080" in out
+    assert "(2 endpoints)" in out
 
 
 @pytest.mark.parametrize(("args", "message"), [
