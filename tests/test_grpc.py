@@ -439,3 +439,19 @@ def test_grpc_health_checks_keep_calls_off_a_not_serving_endpoint(
                    == "unhealthy", timeout=10, message="b0 unhealthy")
         answers = {channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(9)}
     assert answers == {b"b1", b"b2"}
+
+
+def test_a_closed_channel_refuses_calls_like_grpcio_and_leaves_nothing_in_flight(
+        backends: list[GrpcBackend]) -> None:
+    """After close(), calls raise ValueError as grpcio's do; the shared balancer stays clean."""
+    lb = clientlb.LoadBalancer([b.address for b in backends])
+    channel = clientlb.grpc.insecure_channel(lb)
+    assert channel.unary_unary(UNARY)(b"x", timeout=5)
+    channel.close()
+    with pytest.raises(ValueError, match="closed channel"):
+        channel.unary_unary(UNARY)(b"x", timeout=5)
+    with pytest.raises(ValueError, match="closed channel"):
+        channel.unary_stream(USTREAM)(b"x", timeout=5)
+    assert all(row.in_flight == 0 for row in lb.snapshot().endpoints)
+    assert channel.sub_channels() == {} and "closed" in repr(channel)
+    lb.close()

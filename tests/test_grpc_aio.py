@@ -304,11 +304,16 @@ def test_channel_ready_get_state_and_no_endpoint_error(backends: list[GrpcBacken
             assert set(channel.sub_channels()) == {b.address for b in backends}
         lb = clientlb.LoadBalancer([backends[0].address])
         channel = clientlb.grpc.aio.insecure_channel(lb)
+        assert await channel.unary_unary(UNARY)(b"x", timeout=5)
         await lb.aclose()
         call = channel.unary_unary(UNARY)(b"x")
         with pytest.raises(clientlb.NoEndpointAvailable):
             await call
         assert await call.code() is grpc.StatusCode.UNAVAILABLE
         await channel.close()
+        with pytest.raises(grpc.aio.UsageError):
+            channel.unary_unary(UNARY)(b"x")
+        assert all(row.in_flight == 0 for row in lb.snapshot().endpoints)
+        assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
     asyncio.run(main())

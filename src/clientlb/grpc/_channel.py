@@ -205,6 +205,8 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
     # -- calls ------------------------------------------------------------------------------
 
     def _pick(self, exclude: set[str] | None) -> Pick:
+        if self._closed:  # checked before the pick, so that no pick is left in flight
+            raise ValueError("Cannot invoke RPC on closed channel!")
         try:
             return self._lb.pick(exclude=exclude)
         except NoEndpointAvailable as exc:

@@ -191,6 +191,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return live
 
     def _pick(self, exclude: set[str] | None) -> Pick:
+        if self._closed:  # checked before the pick, so that no pick is left in flight
+            raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         try:
             return self._lb.pick(exclude=exclude)
         except NoEndpointAvailable as exc:
