@@ -232,3 +232,19 @@ def test_connect_refused_endpoint_is_ejected_by_outlier_detection(
         assert errors == 2
         assert lb.snapshot().by_address()[dead].state == "ejected"
         assert lb.health_statistics()["ejections_consecutive_local_origin_failures"] == 1
+
+
+def test_a_drained_endpoint_is_not_probed(http_backends: list[HTTPBackend]) -> None:
+    b0, b1 = http_backends[0], http_backends[1]
+
+    def probes(b: HTTPBackend) -> int:
+        return sum(1 for _, path, _ in list(b.requests) if path == "/healthz")
+
+    with LoadBalancer([b0.address, b1.address],
+                      health_check=HealthCheck(**FAST)) as lb:  # type: ignore[arg-type]
+        wait_until(lambda: probes(b0) >= 1, message="b0 probed")
+        lb.drain(b0.address)
+        drained_at = probes(b0)
+        start = probes(b1)
+        wait_until(lambda: probes(b1) >= start + 5, message="five more probes of b1")
+        assert probes(b0) <= drained_at + 1  # at most the probe that was in flight

@@ -269,12 +269,11 @@ class HealthChecker:
                     raise
                 except Exception as exc:  # a probe must never kill the scheduler
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
-            if self._closed or state.draining:
-                return
-            self.manager.on_probe(state, ok, detail, self)
+            if not self._closed and not state.draining:
+                self.manager.on_probe(state, ok, detail, self)
+        finally:
             now = loop.time()
             ps.next_due = now + self._jittered(self.interval_for(state, ps, now))
-        finally:
             ps.in_flight = False
 
     # -- the probes ----------------------------------------------------------------------

@@ -426,10 +426,11 @@ class HealthManager:
     # -- active health checks -------------------------------------------------------------
 
     def probe_targets(self) -> list[EndpointState]:
-        """The endpoints to probe: every discovered one (any thread)."""
+        """The endpoints to probe: every discovered one not draining (any thread)."""
         lb = self._lb
         states = lb._states
-        return [s for ep in lb._endpoint_set if (s := states.get(ep.address)) is not None]
+        return [s for ep in lb._endpoint_set
+                if (s := states.get(ep.address)) is not None and not s.draining]
 
     def on_probe(self, state: EndpointState, ok: bool, detail: str,
                  source: HealthChecker | None = None) -> None:
