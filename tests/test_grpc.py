@@ -455,3 +455,34 @@ def test_a_closed_channel_refuses_calls_like_grpcio_and_leaves_nothing_in_flight
     assert all(row.in_flight == 0 for row in lb.snapshot().endpoints)
     assert channel.sub_channels() == {} and "closed" in repr(channel)
     lb.close()
+
+
+@pytest.mark.servers
+def test_channel_follows_srv_changes_and_drains_the_endpoint_that_left(
+        backends: list[GrpcBackend], tmp_path: Any) -> None:
+    """The grpc/grpc#30015 case: records change in a real DNS server (Knot); new calls reach
+    the new endpoint, and the one that left has its sub-channel closed."""
+    from .conftest import require_binary
+    from .dns_server import KnotServer
+
+    b0, b1, b2 = backends
+    knot = KnotServer(require_binary("knotd", "/usr/sbin/knotd"), tmp_path / "knot",
+                      records=f"_grpc._tcp.users SRV 0 1 {b0.port} ns.test.\n"
+                              f"_grpc._tcp.users SRV 0 1 {b1.port} ns.test.\n")
+    fast = {"min_ttl": 0.05, "ttl_jitter": 0.0, "timeout": 1.0}
+    try:
+        with clientlb.grpc.insecure_channel(f"srv://{knot.server}/_grpc._tcp.users.test",
+                                            strategy="round_robin",
+                                            resolver_options=fast) as channel:
+            call = channel.unary_unary(UNARY)
+            assert {call(b"x", timeout=5) for _ in range(4)} == {b"b0", b"b1"}
+            assert set(channel.sub_channels()) == {b0.address, b1.address}
+            knot.update(delete=[("_grpc._tcp.users", "SRV", f"0 1 {b0.port} ns.test.")],
+                        add=[("_grpc._tcp.users", 1, "SRV", f"0 1 {b2.port} ns.test.")])
+            wait_until(lambda: {e.port for e in channel.lb.endpoints()} == {b1.port, b2.port},
+                       timeout=10, message="the new SRV set")
+            assert {call(b"x", timeout=5) for _ in range(4)} == {b"b1", b"b2"}
+            wait_until(lambda: set(channel.sub_channels()) == {b1.address, b2.address},
+                       timeout=5, message="b0's sub-channel closed")
+    finally:
+        knot.close()
