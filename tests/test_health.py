@@ -148,13 +148,14 @@ def test_ejection_multiplier_decays_while_the_endpoint_stays_healthy(clock: Fake
             assert st is not None and st.ejected_until is not None
             clock.advance(st.ejected_until - clock.now)
             picked(lb, 3)
-        assert st.ejection_count == 3
+        assert st.ejection_multiplier == 3
         clock.advance(10)  # one sweep interval healthy: forgiven one step
         report(lb, addr(1), Outcome.SUCCESS)
-        assert st.ejection_count == 2
+        assert st.ejection_multiplier == 2
         clock.advance(25)  # two more intervals, swept lazily at once
         report(lb, addr(1), Outcome.SUCCESS)
-        assert st.ejection_count == 0
+        assert st.ejection_multiplier == 0
+        assert lb.snapshot().by_address()[addr(1)].ejection_count == 3  # monotonic
         report(lb, addr(1), Outcome.FAILURE, 5)
         assert st.ejected_until == clock.now + 30  # back to the base time
 

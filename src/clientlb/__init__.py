@@ -25,7 +25,6 @@ from ._errors import (
     DiscoveryError,
     NoEndpointAvailable,
 )
-from ._http import AsyncHTTPTransport, HTTPTransport
 from ._health import (
     FailurePercentage,
     HealthCheck,
@@ -33,6 +32,7 @@ from ._health import (
     SlowStart,
     SuccessRate,
 )
+from ._http import AsyncHTTPTransport, HTTPTransport
 from ._outcome import Outcome
 from ._registry import Registry
 from ._resolver import Resolver

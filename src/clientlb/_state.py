@@ -36,6 +36,7 @@ class EndpointState:
         "ejected_at",
         "ejected_until",
         "ejection_count",
+        "ejection_multiplier",
         "endpoint",
         "load",
         "note",
@@ -52,7 +53,7 @@ class EndpointState:
         self.load = load
         self.added_at = now
         self.ejected_until: float | None = None
-        self.ejection_count = 0
+        self.ejection_count = 0  # ejections since discovered (monotonic)
         self.probe_healthy = True
         self.draining = False
         # Owned by the health package (clientlb._health): when the current
@@ -60,6 +61,7 @@ class EndpointState:
         # state that was logged and why, and the per-endpoint counters of the
         # outlier detector and of the active checker (None until first seen).
         self.ejected_at: float | None = None
+        self.ejection_multiplier = 0  # ejections not yet forgiven (gRFC A50)
         self.ramp_start: float | None = None
         self.reported: Health | None = None
         self.note = ""

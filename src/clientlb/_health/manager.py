@@ -383,13 +383,14 @@ class HealthManager:
             return False
         # the multiplier stops growing once the cap is reached (Envoy)
         cap = max(cfg.base_ejection_time, cfg.max_ejection_time)
-        if cfg.base_ejection_time * state.ejection_count < cap:
-            state.ejection_count += 1
-        duration = cfg.ejection_time(max(1, state.ejection_count))
+        if cfg.base_ejection_time * state.ejection_multiplier < cap:
+            state.ejection_multiplier += 1
+        state.ejection_count += 1
+        duration = cfg.ejection_time(max(1, state.ejection_multiplier))
         state.ejected_at = now
         state.ejected_until = now + duration
         state.note = (f"{detector}: {detail}; ejected for {duration:g}s, "
-                      f"multiplier {state.ejection_count}")
+                      f"multiplier {state.ejection_multiplier}")
         if state.outlier is not None:
             state.outlier.reset_consecutive()
         if state.probe is not None:
@@ -501,7 +502,7 @@ class HealthManager:
                 st.outlier = OutlierStats() if outlier_detection is not None else None
                 if outlier_detection is None and st.ejected_until is not None:
                     st.ejected_until = st.ejected_at = None
-                    st.ejection_count = 0
+                    st.ejection_multiplier = 0
                     st.note = "outlier detection turned off"
             if outlier_detection is not None:
                 lb.add_outcome_listener(self.on_outcome)

@@ -177,8 +177,8 @@ class OutlierDetector:
             # A50: an ejected endpoint (even one whose time is up but that this
             # sweep returns) keeps its multiplier; an un-ejected one is forgiven
             # one step per interval.
-            if s.ejected_until is None and s.ejection_count > 0:
-                s.ejection_count = max(0, s.ejection_count - intervals)
+            if s.ejected_until is None and s.ejection_multiplier > 0:
+                s.ejection_multiplier = max(0, s.ejection_multiplier - intervals)
         cfg = self.config
         if cfg.success_rate is not None:
             self._success_rate(states, now, eject, local=False)
