@@ -81,6 +81,8 @@ def test_bad_resolver_options_are_config_errors_naming_the_field() -> None:
     with pytest.raises(clientlb.ConfigError, match="record_types"):
         clientlb.LoadBalancer("dns://127.0.0.1:1/x.test:80",
                               resolver_options={"record_types": ["MX"]})
+    with pytest.raises(clientlb.ConfigError, match=r"unknown option\(s\) \['min_tll'\].*min_ttl"):
+        clientlb.LoadBalancer("dns://127.0.0.1:1/x.test:80", resolver_options={"min_tll": 1})
     with pytest.raises(clientlb.ConfigError, match="backoff_jitter"):
         clientlb.LoadBalancer("srv://127.0.0.1:1/_a._tcp.x.test",
                               resolver_options={"backoff_jitter": 2})

@@ -10,7 +10,13 @@ timing rules. See docs/discovery.md.
 
 from __future__ import annotations
 
-from .._resolver import RESOLVERS
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from .._errors import ConfigError
+from .._resolver import RESOLVERS, Resolver
+from .._target import Target
 from ._base import LoopResolver, ResolverStats
 from .consul import ConsulResolver
 from .dns import DNSResolver
@@ -20,7 +26,38 @@ from .srv import SRVResolver
 __all__ = ["ConsulResolver", "DNSResolver", "EtcdResolver", "LoopResolver", "ResolverStats",
            "SRVResolver"]
 
-RESOLVERS.setdefault("dns", DNSResolver)
-RESOLVERS.setdefault("srv", SRVResolver)
-RESOLVERS.setdefault("consul", ConsulResolver)
-RESOLVERS.setdefault("etcd", EtcdResolver)
+
+
+def option_names(cls: type[Resolver]) -> list[str]:
+    """The keyword options a resolver class accepts (its ``__init__`` and its bases')."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.kind is inspect.Parameter.KEYWORD_ONLY:
+                names.add(param.name)
+    return sorted(names)
+
+
+def _factory(cls: type[Resolver]) -> Callable[..., Resolver]:
+    """``cls`` with unknown options reported as a ConfigError naming the valid ones."""
+    valid = option_names(cls)
+
+    def create(target: Target, **options: Any) -> Resolver:
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} for {target.scheme}://; valid: "
+                              f"{', '.join(valid)}", field="resolver_options")
+        return cls(target, **options)
+
+    create.__name__ = create.__qualname__ = cls.__name__
+    create.__doc__ = cls.__doc__
+    return create
+
+
+RESOLVERS.setdefault("dns", _factory(DNSResolver))
+RESOLVERS.setdefault("srv", _factory(SRVResolver))
+RESOLVERS.setdefault("consul", _factory(ConsulResolver))
+RESOLVERS.setdefault("etcd", _factory(EtcdResolver))
