@@ -186,3 +186,42 @@ def test_attributes_and_logs_never_carry_a_secret(
     assert "s3cr3t" not in data.to_json()
     assert "s3cr3t" not in caplog.text
     lb.close()
+
+
+def test_an_http_retry_shows_on_the_callers_span_as_attempts_and_a_retry() -> None:
+    """Through clientlb.HTTPTransport: 503 on one endpoint, retried on the other."""
+    import httpx
+
+    from ._helpers import HTTPBackend
+
+    failing, ok = HTTPBackend("failing", status=503), HTTPBackend("ok")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lb = LoadBalancer([failing.address, ok.address], strategy="round_robin", name="users",
+                      rng=random.Random(1))
+    clientlb.Telemetry(meter_provider=MeterProvider()).instrument(lb)
+    try:
+        with httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users") as c, \
+                provider.get_tracer("test").start_as_current_span("GET /"):
+            while True:  # round robin: start on the failing endpoint
+                response = c.get("/")
+                if response.extensions.get("clientlb.tried"):
+                    break
+    finally:
+        lb.close()
+        failing.close()
+        ok.close()
+    assert response.status_code == 200
+    (span,) = exporter.get_finished_spans()
+    # The last request: the retry is decided when the 503's headers arrive, the failed
+    # attempt ends when its body is drained, then the second attempt succeeds.
+    tail = [(e.name, dict(e.attributes or {})) for e in span.events][-3:]
+    assert [name for name, _ in tail] == ["clientlb.retry", "clientlb.attempt",
+                                          "clientlb.attempt"]
+    retry, failed, succeeded = (attrs for _, attrs in tail)
+    assert (retry["clientlb.retry.reason"], retry["clientlb.endpoint"]) == (
+        "http_503", failing.address)
+    assert (failed["server.port"], failed["clientlb.outcome"]) == (failing.port,
+                                                                   "gateway_failure")
+    assert (succeeded["server.port"], succeeded["clientlb.outcome"]) == (ok.port, "success")

@@ -75,6 +75,7 @@ from ._endpoint import Endpoint, EndpointSetDiff
 from ._errors import ConfigError, NoEndpointAvailable
 from ._outcome import Outcome
 from ._retry import RetryState
+from ._telemetry import record_budget_exhausted, record_retry
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
 
@@ -466,6 +467,7 @@ class _Router(Generic[P]):
             return None
         if self.budget is not None and not self.budget.try_withdraw():
             call.note = "retry budget exhausted"
+            record_budget_exhausted(self.lb)  # an event on the caller's span
             return None
         return delay if reached else 0.0
 
@@ -481,6 +483,8 @@ class _Router(Generic[P]):
         if cls not in _NOT_RETRIED and self._may_retry(call, reached):
             delay = self._retry_delay(call, reached, None)
             if delay is not None:
+                record_retry(self.lb, attempt=len(call.tried) + 1, reason=outcome.value,
+                             endpoint=attempt.pick._state.address)
                 return delay
         raise self._final_error(call, cls, exc) from exc
 
@@ -521,6 +525,8 @@ class _Router(Generic[P]):
             if call.tried is None:
                 call.tried = []
             call.tried.append((attempt.pick._state.address, f"{outcome.value}: HTTP {status}"))
+            record_retry(self.lb, attempt=len(call.tried) + 1, reason=f"http_{status}",
+                         endpoint=attempt.pick._state.address)
         return delay
 
     def discard(self, attempt: _Attempt[P]) -> P | None:
