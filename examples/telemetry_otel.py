@@ -33,10 +33,12 @@ clientlb.Telemetry(meter_provider=meters).instrument(lb)
 
 # --8<-- [start:traffic]
 client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://orders")
-with tracers.get_tracer("shop").start_as_current_span("GET /orders"):
-    client.get("/")   # the 503 of orders-2 is retried on orders-1: two attempts
-for _ in range(8):
-    client.get("/")
+tracer = tracers.get_tracer("shop")
+for _ in range(10):
+    with tracer.start_as_current_span("GET /orders"):
+        response = client.get("/")  # a 503 of orders-2 is retried on orders-1
+    if "clientlb.tried" in response.extensions:
+        traced = spans.get_finished_spans()[-1]  # the span of a request that was retried
 # --8<-- [end:traffic]
 
 # --8<-- [start:read]
@@ -49,11 +51,14 @@ for metric in data.resource_metrics[0].scope_metrics[0].metrics:
         if value is None:
             value = f"count={point.count} sum={point.sum * 1000:.1f}ms"
         print(f"{metric.name:<32} {value!s:<24} {attrs}")
-(span,) = spans.get_finished_spans()
-for event in span.events:
+for event in traced.events:
     a = event.attributes or {}
-    print(f"span event {event.name}: attempt {a['clientlb.attempt']} -> "
-          f"{a['server.address']}:{a['server.port']} {a['clientlb.outcome']}")
+    if event.name == "clientlb.attempt":
+        print(f"span event clientlb.attempt: attempt {a['clientlb.attempt']} -> "
+              f"{a['server.address']}:{a['server.port']} {a['clientlb.outcome']}")
+    else:
+        print(f"span event {event.name}: {a.get('clientlb.retry.reason')} on "
+              f"{a.get('clientlb.endpoint')}")
 # --8<-- [end:read]
 
 client.close()

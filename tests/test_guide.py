@@ -64,6 +64,7 @@ def test_telemetry_example_records_metrics_and_span_events() -> None:
     assert re.search(r"clientlb\.requests\s+\d+\s+.*'clientlb\.outcome': 'gateway_failure'", out)
     assert "span event clientlb.attempt: attempt 1" in out
     assert "span event clientlb.attempt: attempt 2" in out
+    assert "span event clientlb.retry: http_503 on 127.0.0.1:" in out
     assert re.search(r"clientlb\.endpoints\s+1\s+.*'ejected'", out)
 
 
