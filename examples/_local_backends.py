@@ -9,6 +9,7 @@ what it answers.
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 import time
 from typing import Any
@@ -28,6 +29,12 @@ class Backend:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without TCP_NODELAY, Nagle's
+                # algorithm and the client's delayed ACK add ~40 ms to every response.
+                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_GET(self) -> None:
                 backend.hits += 1
                 if backend.delay:
@@ -42,7 +49,7 @@ class Backend:
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self) -> None:
         self.server.shutdown()
