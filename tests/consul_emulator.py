@@ -38,6 +38,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import socketserver
 import threading
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -77,11 +78,16 @@ def _matches(entry: dict[str, Any], expression: str) -> bool:
     return True
 
 
+class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 class ConsulEmulator:
     """Start with ``ConsulEmulator()``; ``.address`` is ``127.0.0.1:<port>``."""
 
     def __init__(self, *, datacenter: str = "dc1", agent_node: str = "agent",
-                 tokens: dict[str, set[str]] | None = None, ssl_context: Any = None) -> None:
+                 tokens: dict[str, set[str]] | None = None, ssl_context: Any = None,
+                 uds: str | None = None) -> None:
         self.datacenter = datacenter
         self.datacenters = {datacenter}
         self.agent_node = agent_node
@@ -107,12 +113,19 @@ class ConsulEmulator:
             def do_GET(self) -> None:
                 emulator._handle(self)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        if ssl_context is not None:
-            self.server.socket = ssl_context.wrap_socket(self.server.socket, server_side=True)
-        self.port = int(self.server.server_address[1])
-        self.address = f"127.0.0.1:{self.port}"
+        self.server: socketserver.BaseServer
+        if uds is not None:  # CONSUL_HTTP_ADDR=unix:///path
+            self.server = _UnixHTTPServer(uds, Handler)
+            self.port = 0
+            self.address = f"unix://{uds}"
+        else:
+            tcp = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+            tcp.daemon_threads = True
+            if ssl_context is not None:
+                tcp.socket = ssl_context.wrap_socket(tcp.socket, server_side=True)
+            self.server = tcp
+            self.port = int(tcp.server_address[1])
+            self.address = f"127.0.0.1:{self.port}"
         self._closed = False
         self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
                                         daemon=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,17 @@ def _b64(text: str) -> str:
 
 
 class EtcdServer:
-    def __init__(self, etcd: str, directory: Path) -> None:
+    def __init__(self, etcd: str, directory: Path, *,
+                 tls: tuple[str, str, ssl.SSLContext] | None = None) -> None:
+        """``tls``: (cert file, key file, client context trusting the CA) for https."""
         self.etcd = etcd
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.peer_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.verify: ssl.SSLContext | bool = tls[2] if tls else True
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.token: str | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -45,6 +50,8 @@ class EtcdServer:
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"t={peer}", "--logger", "zap", "--log-level", "error"]
+        if self.tls:
+            args += ["--cert-file", self.tls[0], "--key-file", self.tls[1]]
         with open(self.dir / "etcd.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         wait_until(self._ready, timeout=20, message=f"etcd on port {self.port}")
@@ -54,7 +61,8 @@ class EtcdServer:
         if self.proc.poll() is not None:
             raise AssertionError("etcd exited: " + (self.dir / "etcd.log").read_text())
         try:
-            return httpx.get(self.url + "/health", timeout=0.5).status_code == 200
+            return httpx.get(self.url + "/health", timeout=0.5,
+                             verify=self.verify).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -72,7 +80,8 @@ class EtcdServer:
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         headers = {"Authorization": self.token} if self.token else {}
-        response = httpx.post(self.url + path, json=body, headers=headers, timeout=5)
+        response = httpx.post(self.url + path, json=body, headers=headers, timeout=5,
+                              verify=self.verify)
         doc: dict[str, Any] = response.json()
         assert response.status_code == 200, doc
         return doc

@@ -368,3 +368,21 @@ def test_a_sync_close_inside_the_event_loop_stops_the_resolver_task_cleanly(
         return task.cancelled() and resolver.closed
 
     assert asyncio.run(scenario())
+
+
+def test_agent_on_a_unix_socket_and_token_from_a_file(tmp_path: Path) -> None:
+    socket_path = str(tmp_path / "consul.sock")
+    agent = ConsulEmulator(uds=socket_path, tokens={"from-file-token": {"*"}})
+    try:
+        agent.register("web", "web-1", address="10.0.0.1")
+        token_file = tmp_path / "token"
+        token_file.write_text("from-file-token\n")
+        env = {"CONSUL_HTTP_ADDR": f"unix://{socket_path}",
+               "CONSUL_HTTP_TOKEN_FILE": str(token_file)}
+        with clientlb.LoadBalancer("consul:///web", resolver_options={**FAST, "env": env}) as lb:
+            assert lb.wait_ready()
+            assert addresses(lb) == {"10.0.0.1:80"}
+            assert socket_path in repr(lb.resolver) and "token=set" in repr(lb.resolver)
+        assert {r["token"] for r in agent.requests} == {"from-file-token"}
+    finally:
+        agent.close()

@@ -248,3 +248,33 @@ def test_refresh_lists_again(etcd: EtcdServer) -> None:
         lb.refresh()
         wait_until(lambda: resolver.relists == 2, message="re-list after refresh")
         assert addresses(lb) == {"127.0.0.1:8001"}
+
+
+def test_etcd_over_tls_verifies_the_servers_certificate(tmp_path: Path) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file = tmp_path / "etcd.pem", tmp_path / "etcd.key"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    server = EtcdServer(require_binary("etcd"), tmp_path / "etcd",
+                        tls=(str(cert_file), str(key_file), trusting))
+    try:
+        server.put("tls/a", {"Addr": "127.0.0.1:8001"})
+        with clientlb.LoadBalancer(f"etcd://{server.server}/tls",
+                                   resolver_options={"ssl_context": trusting}) as lb:
+            assert lb.wait_ready()
+            assert addresses(lb) == {"127.0.0.1:8001"}
+            assert "https://127.0.0.1" in repr(lb.resolver)
+        with clientlb.LoadBalancer(f"etcd://{server.server}/tls", first_resolution_timeout=1,
+                                   resolver_options={**FAST, "tls": True}) as untrusted:
+            with pytest.raises(clientlb.NoEndpointAvailable) as info:
+                untrusted.pick()
+            assert "CERTIFICATE_VERIFY_FAILED" in str(info.value.__cause__)
+    finally:
+        server.close()
