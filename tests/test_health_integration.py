@@ -248,3 +248,24 @@ def test_a_drained_endpoint_is_not_probed(http_backends: list[HTTPBackend]) -> N
         start = probes(b1)
         wait_until(lambda: probes(b1) >= start + 5, message="five more probes of b1")
         assert probes(b0) <= drained_at + 1  # at most the probe that was in flight
+
+
+def test_circuit_open_surfaces_through_the_http_transport(
+        http_backends: list[HTTPBackend]) -> None:
+    import threading
+
+    b0 = http_backends[0]
+    b0.hang = threading.Event()
+    lb = LoadBalancer([b0.address], name="users", max_requests=1, retry=None)
+    with lb, httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users",
+                          timeout=10) as c:
+        first = threading.Thread(target=c.get, args=("/slow",))
+        first.start()
+        wait_until(lambda: len(b0.requests) == 1, message="first request in flight")
+        with pytest.raises(clientlb.NoEndpointAvailable, match="circuit open") as info:
+            c.get("/second")
+        assert isinstance(info.value, httpx.TransportError)
+        b0.hang.set()
+        first.join(10)
+        assert c.get("/third").status_code == 200  # the slot was released
+        assert lb.health_statistics()["circuit_open_balancer"] == 1
