@@ -459,6 +459,7 @@ def test_new_endpoints_can_wait_for_their_first_passing_probe(clock: FakeClock) 
     hc = HealthCheck(initial_health="unhealthy")
     with make_lb(clock, health_check=hc) as lb:
         assert {e.state for e in lb.snapshot().endpoints} == {"unhealthy"}
+        assert lb.health_statistics()["refresh_requested"] == 0  # only waiting
         _probe(lb, addr(1), True)  # one pass is enough for a new endpoint
         assert state_of(lb, addr(1)) == "healthy"
         _probe(lb, addr(2), True)

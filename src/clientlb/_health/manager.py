@@ -186,7 +186,9 @@ class HealthManager:
             for s in states:
                 s.ramp_start = None
         self._set_mode(sel, now)
-        if sel.total and sel.healthy == 0:
+        if sel.total and sel.healthy == 0 and not any(
+                s.probe is not None and s.probe.pending and not s.probe_healthy
+                for s in states):  # not while waiting for the first probes
             self._request_refresh(now, "no endpoint is healthy")
         lb._health_deadline = self._deadline(states, now)
         if self._new_endpoints:
