@@ -662,6 +662,15 @@ def test_max_requests_per_endpoint_moves_to_an_endpoint_with_room(clock: FakeClo
 # -- configuration errors -----------------------------------------------------------------------
 
 
+def test_detector_settings_can_be_tables_as_in_a_config_file() -> None:
+    od = OutlierDetection(success_rate={"stdev_factor": 2.5},  # type: ignore[arg-type]
+                          failure_percentage=True)  # type: ignore[arg-type]
+    assert od.success_rate == SuccessRate(stdev_factor=2.5)
+    assert od.failure_percentage == FailurePercentage()
+    with pytest.raises(ConfigError, match=r"outlier_detection\.success_rate: .*'factor'"):
+        OutlierDetection(success_rate={"factor": 2})  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize(("build", "message"), [
     (lambda: OutlierDetection(interval=0), "outlier_detection.interval: must be > 0 seconds"),
     (lambda: OutlierDetection(max_ejection_percent=120),

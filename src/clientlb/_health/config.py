@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import ssl
-from collections.abc import Collection
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from .._errors import ConfigError
@@ -190,13 +190,23 @@ class OutlierDetection:
                  self.enforcing_consecutive_gateway_failures)
         _percent(o, "enforcing_consecutive_local_origin_failures",
                  self.enforcing_consecutive_local_origin_failures)
-        if self.success_rate is not None and not isinstance(self.success_rate, SuccessRate):
-            raise ConfigError(f"must be a SuccessRate or None, got {self.success_rate!r}",
-                              field=f"{o}.success_rate")
-        if self.failure_percentage is not None and not isinstance(
-                self.failure_percentage, FailurePercentage):
-            raise ConfigError(f"must be a FailurePercentage or None, got "
-                              f"{self.failure_percentage!r}", field=f"{o}.failure_percentage")
+        # a table from a configuration file becomes the detector's settings
+        for name, cls in (("success_rate", SuccessRate),
+                          ("failure_percentage", FailurePercentage)):
+            value = getattr(self, name)
+            if isinstance(value, bool):
+                value = cls() if value else None
+            elif isinstance(value, Mapping):
+                try:
+                    value = cls(**value)
+                except TypeError as exc:
+                    raise ConfigError(f"{exc}; expected keys among "
+                                      f"{', '.join(f.name for f in fields(cls))}",
+                                      field=f"{o}.{name}") from None
+            if value is not None and not isinstance(value, cls):
+                raise ConfigError(f"must be a {cls.__name__}, a table of its settings, or "
+                                  f"None, got {value!r}", field=f"{o}.{name}")
+            object.__setattr__(self, name, value)
 
     def ejection_time(self, multiplier: int) -> float:
         """How long an ejection lasts for the given multiplier (>= 1)."""
