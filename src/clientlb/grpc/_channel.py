@@ -52,6 +52,9 @@ _CONNECTIVITY_ORDER = (
     grpc.ChannelConnectivity.SHUTDOWN,
 )
 
+# grpcio's connectivity poller wakes up every 0.2 s; a little more than that.
+_POLL_TICK = 0.3
+
 # (kind, method, request_serializer, response_deserializer, registered)
 _Key = tuple[str, str, Any, Any, bool]
 
@@ -115,10 +118,18 @@ class _SubChannel:
         self._close()
 
     def _close(self) -> None:
-        if self.watcher is not None:
-            self.channel.unsubscribe(self.watcher)
-            self.watcher = None
-        self.channel.close()
+        watcher, self.watcher = self.watcher, None
+        if watcher is None:
+            self.channel.close()
+            return
+        # grpcio polls a watched channel's connectivity in a thread that only
+        # notices an unsubscribe at its next 0.2 s tick; closing the channel under
+        # it raises "Channel closed!" in that thread. Unsubscribe, then close
+        # once the poller has stopped.
+        self.channel.unsubscribe(watcher)
+        timer = threading.Timer(_POLL_TICK, self.channel.close)
+        timer.daemon = True
+        timer.start()
 
     def __repr__(self) -> str:
         status = "closed" if self.closed else "draining" if self.draining else "open"
@@ -366,9 +377,11 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         callback(state)
 
     def _watch(self, sub: _SubChannel, try_to_connect: bool) -> None:
-        if sub.watcher is not None:
-            if try_to_connect:  # a second subscription only to nudge the connection
-                sub.channel.subscribe(lambda _s: None, try_to_connect=True)
+        watcher = sub.watcher
+        if watcher is not None:
+            if try_to_connect:  # subscribe again, this time asking to connect
+                sub.channel.unsubscribe(watcher)
+                sub.channel.subscribe(watcher, try_to_connect=True)
             return
 
         def on_state(state: grpc.ChannelConnectivity) -> None:
