@@ -102,3 +102,20 @@ def test_add_refuses_a_target_managed_by_discovery() -> None:
     lb._target = clientlb.parse_target("dns:///example.com:80")
     with pytest.raises(ConfigError, match=r"add\(\) only edits static targets; dns://"):
         lb.add("127.0.0.1:1")
+
+
+def test_add_inside_an_event_loop_waits_for_the_first_set() -> None:
+    """Before the static list is published (by a task), an edit would be lost: refused."""
+    import asyncio
+
+    async def scenario() -> list[str]:
+        lb = LoadBalancer(["127.0.0.1:1"])
+        with pytest.raises(clientlb.ClientLBError, match=r"await lb\.wait_ready_async\(\)"):
+            lb.add("127.0.0.1:2")
+        assert await lb.wait_ready_async()
+        lb.add("127.0.0.1:2")
+        addresses = [e.address for e in lb.endpoints()]
+        await lb.aclose()
+        return addresses
+
+    assert asyncio.run(scenario()) == ["127.0.0.1:1", "127.0.0.1:2"]

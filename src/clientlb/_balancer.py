@@ -29,7 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from ._errors import ConfigError, NoEndpointAvailable
+from ._errors import ClientLBError, ConfigError, NoEndpointAvailable
 from ._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from ._outcome import Outcome
 from ._resolver import Resolver, create_resolver
@@ -734,6 +734,11 @@ class LoadBalancer:
             raise ConfigError(
                 f"{what}() only edits static targets; {self._target.scheme}:// endpoints come "
                 "from discovery (use set_weight() or drain() instead)", field="target")
+        if not self._ready.is_set():
+            # Created inside an event loop, the static list is published by a task that
+            # has not run yet: an edit now would be overwritten by it.
+            raise ClientLBError(f"{what}() before the balancer's first endpoint set; "
+                                "await lb.wait_ready_async() first")
 
     def in_flight(self) -> int:
         """Calls in flight on every endpoint, including draining ones."""
