@@ -14,10 +14,12 @@ is closed once its in-flight calls have ended (drained), never under them.
 
 Retries (gRFC A6): a unary-unary call that failed before any server saw it
 (connect failure) is sent again at once to an endpoint not yet tried
-(*transparent retry*); with ``retryable_codes=`` a call that failed with one of
-those codes is retried after a jittered exponential backoff, up to
-``max_attempts``, while the balancer's retry budget allows. Streaming calls
-are not retried: their messages cannot be replayed.
+(*transparent retry*); so is a server-streaming call whose first message
+could not be read for that reason (``_streams``). With ``retryable_codes=`` a
+unary-unary call that failed with one of those codes is retried after a
+jittered exponential backoff, up to ``max_attempts``, while the balancer's
+retry budget allows. Client-streaming calls are not retried: their request
+messages cannot be replayed.
 """
 
 from __future__ import annotations
@@ -295,6 +297,31 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         fut.start()
         return fut
 
+    def _open_stream(self, key: _Key, request: Any, timeout: float | None,
+                     kwargs: dict[str, Any], exclude: set[str] | None) -> tuple[Any, str]:
+        """Start one attempt of a server-streaming call: ``(grpc call, address)``."""
+        pick = self._pick(exclude or None)
+        sub = self._sub(pick.endpoint)
+        sub.acquire()
+        if kwargs["wait_for_ready"]:
+            kwargs = {**kwargs, "wait_for_ready": attempt_wait_for_ready(
+                kwargs["wait_for_ready"], self._config.retry, self._lb, exclude,
+                len(exclude or ()))}
+        try:
+            call = sub.callable(key)(request, timeout=timeout, **kwargs)
+        except BaseException:
+            pick.done(Outcome.CANCELLED)
+            sub.release()
+            raise
+        failure_codes = self._failure_codes
+
+        def finished(c: Any) -> None:
+            pick.done(classify(c.code(), c.details(), failure_codes))
+            sub.release()
+
+        call.add_done_callback(finished)
+        return call, pick.endpoint.address
+
     def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any,
                 method: str = "__call__") -> Any:
@@ -483,8 +510,11 @@ class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: igno
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
-        return self._ch._stream(self._key, request, timeout, metadata, credentials,
-                                wait_for_ready, compression)
+        from ._streams import RetryingUnaryStream
+
+        return RetryingUnaryStream(self._ch, self._key, request, timeout, {
+            "metadata": metadata, "credentials": credentials,
+            "wait_for_ready": wait_for_ready, "compression": compression})
 
 
 class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
