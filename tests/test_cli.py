@@ -18,6 +18,7 @@ from clientlb._cli import main
 from ._helpers import HTTPBackend, free_port, wait_until
 
 CLIENTLB = str(Path(sys.executable).parent / "clientlb")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -164,6 +165,23 @@ def test_check_grpc_asks_the_standard_health_service(capsys: pytest.CaptureFixtu
         assert "gRPC NOT_SERVING" in capsys.readouterr().out
     finally:
         server.stop(None)
+
+
+def test_config_validates_a_file_without_starting_anything(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", str(EXAMPLES / "clientlb.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "2 services, telemetry on" in out and "configuration OK" in out
+    assert "ring_hash" in out and "health_check" in out
+
+
+def test_config_reports_the_dotted_path_of_a_mistake(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[services.users]\ntarget = "static://127.0.0.1:0"\n')
+    assert main(["config", str(bad)]) == 2
+    assert capsys.readouterr().err.startswith(
+        "error: services.users.target: '127.0.0.1:0': port must be 1..65535, got 0")
 
 
 def test_demo_compares_strategies_and_writes_a_chart(tmp_path: Path) -> None:

@@ -33,6 +33,16 @@ def test_create_then_get_returns_the_same_balancer(registry: Registry) -> None:
     assert repr(registry) == "<Registry [1 balancers: users]>"
 
 
+def test_snapshots_show_every_balancer_by_name(registry: Registry) -> None:
+    registry.create("users", ["127.0.0.1:1", "127.0.0.1:2"])
+    registry.create("orders", ["127.0.0.1:3"])
+    registry.get("users").drain("127.0.0.1:2")
+    snapshots = registry.snapshots()
+    assert list(snapshots) == ["orders", "users"]
+    assert {e.address: e.state for e in snapshots["users"].endpoints} == {
+        "127.0.0.1:1": "healthy", "127.0.0.1:2": "draining"}
+
+
 def test_create_refuses_a_name_in_use(registry: Registry) -> None:
     registry.create("users", ["127.0.0.1:1"])
     with pytest.raises(ConfigError, match="a balancer named 'users' already exists"):

@@ -4,6 +4,7 @@
 
     clientlb resolve dns:///users.internal:8080 --watch
     clientlb check static://10.0.0.1:80,10.0.0.2:80 --http /healthz
+    clientlb config clientlb.toml
     clientlb demo --duration 20 --plot strategies.png
 
 Exit status (as ``curl`` and ``dig`` users expect from a diagnostic tool):
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=2.0, metavar="S",
                    help="per probe, and for discovery's first answer (default 2)")
 
+    p = sub.add_parser("config", help="validate a TOML/JSON configuration file")
+    p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
+
     p = sub.add_parser("demo", help="race the strategies over local slow and flaky backends")
     p.add_argument("--duration", type=float, default=24.0, metavar="S",
                    help="total seconds of traffic, shared by the strategies (default 24)")
@@ -106,14 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return resolve(args, out)
         if args.command == "check":
             return check(args, out)
+        if args.command == "config":
+            return config(args, out)
         from ._demo import run_demo
 
         return run_demo(args, out)
     except CLIError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return exc.status
     except ClientLBError as exc:  # ConfigError, NoEndpointAvailable, DiscoveryError
-        err.print(f"[bold red]error:[/] {exc}")
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_NOTHING
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -173,6 +179,30 @@ def resolve(args: argparse.Namespace, out: Console) -> int:
         return EXIT_OK
     finally:
         lb.close()
+
+
+# -- config -------------------------------------------------------------------------------
+
+def config(args: argparse.Namespace, out: Console) -> int:
+    """Validate a configuration without creating anything (no discovery, no probes)."""
+    from rich.table import Table
+
+    from ._config import load_config, parse_config
+
+    services, telemetry = parse_config(load_config(args.file))
+    table = Table(title=f"{args.file}: {len(services)} services, telemetry "
+                  f"{'on' if telemetry else 'off'}", title_justify="left")
+    for column in ("service", "target", "strategy", "options"):
+        table.add_column(column)
+    for svc in services:
+        target = str(svc.target) if isinstance(svc.target, str) else ", ".join(
+            e if isinstance(e, str) else e.address for e in svc.target)
+        strategy = svc.options.get("strategy", "peak_ewma")
+        others = ", ".join(sorted(k for k in svc.options if k != "strategy"))
+        table.add_row(svc.name, target, getattr(strategy, "name", str(strategy)), others)
+    out.print(table)
+    out.print("configuration OK")
+    return EXIT_OK
 
 
 # -- check --------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from typing import Any
 from ._endpoint import Endpoint
 from ._errors import ConfigError
 from ._strategies import STRATEGIES, Strategy
+from ._target import parse_target
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -141,6 +142,10 @@ def parse_service(name: str, spec: object, path: str) -> ServiceConfig:
         raise ConfigError("missing; every service needs a target (e.g. 'dns:///name:port')",
                           field=f"{path}.target")
     target = _target(spec["target"], f"{path}.target")
+    try:
+        parse_target(target)  # syntax and scheme now, before any balancer exists
+    except ConfigError as exc:
+        raise repath(exc, f"{path}.target", "target") from None
     options: dict[str, Any] = {}
     for key, value in spec.items():
         if key == "target":

@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._balancer import LoadBalancer
+from ._balancer import BalancerSnapshot, LoadBalancer
 from ._config import load_config, option_value, parse_config, repath
 from ._errors import ConfigError
 from ._target import parse_target
@@ -168,6 +168,12 @@ class Registry:
         """The registered names, sorted."""
         with self._lock:
             return sorted(self._balancers)
+
+    def snapshots(self) -> dict[str, BalancerSnapshot]:
+        """Every balancer's :meth:`~clientlb.LoadBalancer.snapshot`, by name (for an admin page)."""
+        with self._lock:
+            balancers = sorted(self._balancers.items())
+        return {name: lb.snapshot() for name, lb in balancers}
 
     # -- update ---------------------------------------------------------------------------
 
