@@ -3,8 +3,9 @@
 Each resolver is written once, as an ``async`` loop (:meth:`LoopResolver.run`).
 The balancer decides where it runs:
 
-* ``start(sink)`` (a balancer built outside an event loop) runs it on a private
-  event loop in a daemon thread named ``clientlb-<scheme>-resolver``;
+* ``start(sink)`` (a balancer built outside an event loop) runs it as a task on
+  one event loop shared by all such resolvers, in the daemon thread
+  ``clientlb-discovery`` (one thread however many balancers);
 * ``astart(sink)`` (a balancer built inside a running loop) runs it as a task
   on that loop, so dnspython's and httpx's async clients share the
   application's loop.
@@ -80,6 +81,25 @@ class ResolverStats:
     last_success: float | None
 
 
+_shared_lock = threading.Lock()
+_shared: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
+
+
+def _shared_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    """The event loop (in the daemon thread ``clientlb-discovery``) that runs the resolvers
+    of every balancer built outside asyncio: one thread, however many balancers. A new
+    one is started when needed, e.g. in a child process after ``fork()``."""
+    global _shared
+    with _shared_lock:
+        if _shared is None or not _shared[1].is_alive():
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="clientlb-discovery",
+                                      daemon=True)
+            thread.start()
+            _shared = (loop, thread)
+        return _shared
+
+
 class LoopResolver(Resolver):
     """Base class of the resolvers that run an async discovery loop.
 
@@ -126,6 +146,7 @@ class LoopResolver(Resolver):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._done = threading.Event()  # the task has ended (or will never start)
         self._wake: asyncio.Event | None = None
         self._refresh_pending = False
         self._last_attempt: float | None = None
@@ -150,14 +171,13 @@ class LoopResolver(Resolver):
     # -- where it runs ----------------------------------------------------------------------
 
     def start(self, sink: ResolverSink) -> None:
+        loop, thread = _shared_loop()
         with self._lock:
             if self._closed or self._started:
                 return
             self._started = True
-            thread = threading.Thread(target=self._thread_main, args=(sink,), daemon=True,
-                                      name=f"clientlb-{self.scheme}-resolver")
-            self._thread = thread
-        thread.start()
+            self._loop, self._thread = loop, thread
+        loop.call_soon_threadsafe(self._spawn, sink)
 
     async def astart(self, sink: ResolverSink) -> None:
         loop = asyncio.get_running_loop()
@@ -166,23 +186,25 @@ class LoopResolver(Resolver):
                 return
             self._started = True
             self._loop = loop
-            self._task = loop.create_task(self._guarded(sink),
-                                          name=f"clientlb-{self.scheme}-resolver")
+        self._spawn(sink)
 
-    def _thread_main(self, sink: ResolverSink) -> None:
-        loop = asyncio.new_event_loop()
-        try:
-            with self._lock:
-                if self._closed:
-                    return
-                self._loop = loop
-                task = self._task = loop.create_task(self._guarded(sink))
-            with contextlib.suppress(asyncio.CancelledError):
-                loop.run_until_complete(task)
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+    def _spawn(self, sink: ResolverSink) -> None:
+        """Create the resolver task (runs on the resolver's loop)."""
+        if self._closed:
+            self._done.set()
+            return
+        assert self._loop is not None
+        task = self._loop.create_task(self._guarded(sink),
+                                      name=f"clientlb-{self.scheme}-resolver")
+        task.add_done_callback(lambda _: self._done.set())
+        self._task = task
+
+    def _cancel(self) -> None:
+        """Cancel the resolver task (runs on the resolver's loop)."""
+        if self._task is not None:
+            self._task.cancel()
+        else:
+            self._done.set()
 
     async def _guarded(self, sink: ResolverSink) -> None:
         self._wake = asyncio.Event()
@@ -201,31 +223,31 @@ class LoopResolver(Resolver):
                 await self.sleep(self.next_backoff())
 
     def close(self) -> None:
-        thread = self._stop()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        """Stop resolving. From a thread, waits (up to 5 s) until the task has ended."""
+        self._stop()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._done.wait(5)
 
     async def aclose(self) -> None:
-        thread = self._stop()
-        if thread is not None:
-            if thread is not threading.current_thread():
-                await asyncio.to_thread(thread.join, 5)
+        self._stop()
+        if self._thread is not None:
+            if self._thread is not threading.current_thread():
+                await asyncio.to_thread(self._done.wait, 5)
             return
         task = self._task
         if task is not None and task.get_loop() is asyncio.get_running_loop() \
                 and task is not asyncio.current_task():
             await asyncio.gather(task, return_exceptions=True)
 
-    def _stop(self) -> threading.Thread | None:
+    def _stop(self) -> None:
         with self._lock:
             if self._closed:
-                return None
+                return
             self._closed = True
-            loop, task, thread = self._loop, self._task, self._thread
-        if loop is not None and task is not None:
+            loop = self._loop
+        if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(task.cancel)
-        return thread
+                loop.call_soon_threadsafe(self._cancel)
 
     @property
     def closed(self) -> bool:
