@@ -137,6 +137,33 @@ def test_connect_failures_are_retried_transparently_and_killed_server_fails_no_c
         clientlb.Outcome.CONNECT_FAILURE, clientlb.Outcome.GATEWAY_FAILURE}
 
 
+def test_server_streams_are_replayed_when_their_endpoint_cannot_be_reached(
+        backends: list[GrpcBackend]) -> None:
+    """Server-streaming calls to dead ports go to a live endpoint (async for and read())."""
+    dead = [f"127.0.0.1:{free_port()}" for _ in range(2)]
+
+    async def main() -> list[tuple[str, clientlb.Outcome]]:
+        async with clientlb.grpc.aio.insecure_channel(
+                [*dead, backends[0].address], strategy="round_robin",
+                outlier_detection=None) as channel:
+            seen = outcomes_of(channel.lb)
+            stream = channel.unary_stream(USTREAM)
+            for _ in range(3):
+                assert len([p async for p in stream(b"x", timeout=5)]) == 3
+            for _ in range(3):
+                call = stream(b"x", timeout=5)
+                parts = []
+                while (part := await call.read()) is not grpc.aio.EOF:
+                    parts.append(part)
+                assert len(parts) == 3 and await call.code() is grpc.StatusCode.OK
+            await until(lambda: all(r.in_flight == 0 for r in channel.lb.snapshot().endpoints))
+            return seen
+
+    seen = asyncio.run(main())
+    assert {o for a, o in seen if a in dead} == {clientlb.Outcome.CONNECT_FAILURE}
+    assert backends[0].count("UStream") == 6
+
+
 def test_server_answering_unavailable_is_counted_failing_and_ejected(
         backends: list[GrpcBackend]) -> None:
     """UNAVAILABLE answers are gateway failures; outlier detection ejects the endpoint."""

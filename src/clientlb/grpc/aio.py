@@ -10,10 +10,12 @@
 
 The same rules as the sync channel (:mod:`clientlb.grpc`): status codes become
 outcomes, a unary-unary call that never reached a server is retried at once
-on another endpoint (transparent retry), ``retryable_codes=`` adds gRFC A6
-policy retries with jittered backoff within the balancer's retry budget,
-streaming calls are in flight until they end and are not retried, and a
-removed endpoint's sub-channel is closed once its calls have ended.
+on another endpoint (transparent retry; a server-streaming call likewise
+until its first message), ``retryable_codes=`` adds gRFC A6 policy retries of
+unary-unary calls with jittered backoff within the balancer's retry budget,
+streaming calls are in flight until they end, client-streaming calls are
+never replayed, and a removed endpoint's sub-channel is closed once its
+calls have ended.
 
 ``interceptors=`` (grpc.aio has no ``intercept_channel``) run once per
 call, on top of the balancing: unary-unary interceptors wrap the balanced
@@ -198,12 +200,14 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         except NoEndpointAvailable as exc:
             raise NoEndpointRpcError(exc) from exc
 
-    def _stream(self, key: _Key, request: Any, kwargs: dict[str, Any]) -> Any:
-        pick = self._pick(None)
+    def _stream(self, key: _Key, request: Any, kwargs: dict[str, Any],
+                exclude: set[str] | None = None) -> tuple[Any, str]:
+        """Start one streaming attempt: ``(grpc.aio call, address)``."""
+        pick = self._pick(exclude or None)
         sub = self._sub(pick.endpoint)
-        # A stream cannot be replayed, so it is not retried; but an endpoint whose
-        # sub-channel is known to be unable to connect is skipped before sending.
-        tried: set[str] | None = None
+        # An endpoint whose sub-channel is known to be unable to connect is skipped
+        # before anything is sent (client-streaming calls cannot be replayed later).
+        tried = exclude
         for _ in range(self._config.retry.transparent_retries):
             if sub.channel.get_state() is not _FAILING:
                 break
@@ -231,7 +235,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             task.add_done_callback(_BACKGROUND.discard)
 
         call.add_done_callback(finished)
-        return call
+        return call, pick.endpoint.address
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
@@ -388,9 +392,115 @@ class _Streaming:
     def __call__(self, request: Any = None, *, timeout: float | None = None,
                  metadata: Any = None, credentials: Any = None,
                  wait_for_ready: bool | None = None, compression: Any = None) -> Any:
-        return self._ch._stream(self._key, request, {
-            "timeout": timeout, "metadata": metadata, "credentials": credentials,
-            "wait_for_ready": wait_for_ready, "compression": compression})
+        kwargs = {"timeout": timeout, "metadata": metadata, "credentials": credentials,
+                  "wait_for_ready": wait_for_ready, "compression": compression}
+        if self._key[0] == "unary_stream":
+            return _RetryingUnaryStreamCall(self._ch, self._key, request, kwargs)
+        return self._ch._stream(self._key, request, kwargs)[0]
+
+
+class _RetryingUnaryStreamCall(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+    """A server-streaming call, sent again to another endpoint when its first
+    message cannot be read because the endpoint could not be reached
+    (transparent retry: the single request can be replayed while nothing has
+    come back). Otherwise it is the current attempt's call."""
+
+    def __init__(self, channel: BalancedChannel, key: _Key, request: Any,
+                 kwargs: dict[str, Any]) -> None:
+        self._ch = channel
+        self._key = key
+        self._request = request
+        self._kwargs = kwargs
+        self._start = time.monotonic()
+        self._received = False
+        self._tried: set[str] = set()
+        self._transparent = 0
+        self._call, self._address = channel._stream(key, request, kwargs)
+
+    def _may_retry(self, exc: grpc.aio.AioRpcError) -> bool:
+        plan = self._ch._config.retry
+        if self._received or not is_local_origin(exc.code(), exc.details()) \
+                or self._transparent >= plan.transparent_retries \
+                or len(self._ch.lb.endpoints()) <= 1:
+            return False
+        kwargs = self._kwargs
+        if kwargs["timeout"] is not None:
+            remaining = self._start + kwargs["timeout"] - time.monotonic()
+            if remaining <= 0:
+                return False
+            kwargs = {**kwargs, "timeout": remaining}
+        if plan.budget is not None and not plan.budget.try_withdraw():
+            return False
+        self._transparent += 1
+        self._tried.add(self._address)
+        self._call, self._address = self._ch._stream(self._key, self._request, kwargs,
+                                                     self._tried)
+        return True
+
+    def __aiter__(self) -> Any:
+        return self._iterate()
+
+    async def _iterate(self) -> Any:
+        while True:
+            try:
+                async for item in self._call:
+                    self._received = True
+                    yield item
+                return
+            except grpc.aio.AioRpcError as exc:
+                if not self._may_retry(exc):
+                    raise
+
+    async def read(self) -> Any:
+        while True:
+            try:
+                item = await self._call.read()
+            except grpc.aio.AioRpcError as exc:
+                if not self._may_retry(exc):
+                    raise
+                continue
+            if item is not grpc.aio.EOF:
+                self._received = True
+            return item
+
+    def cancelled(self) -> bool:
+        result: bool = self._call.cancelled()
+        return result
+
+    def done(self) -> bool:
+        result: bool = self._call.done()
+        return result
+
+    def time_remaining(self) -> float | None:
+        result: float | None = self._call.time_remaining()
+        return result
+
+    def cancel(self) -> bool:
+        result: bool = self._call.cancel()
+        return result
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        details: str = await self._call.details()
+        return details
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    def __repr__(self) -> str:
+        return f"<aio.UnaryStreamCall {self._key[1]} on {self._address}>"
 
 
 grpc.aio.UnaryStreamMultiCallable.register(_Streaming)
