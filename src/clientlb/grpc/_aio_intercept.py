@@ -9,8 +9,9 @@ runs them around each call. A balanced channel does the same:
   beneath them. This module implements that chain with grpc.aio's public
   contract (``intercept_unary_unary(continuation, client_call_details,
   request)`` returning a call or a response).
-* stream interceptors are installed on each endpoint's sub-channel. Streams
-  are never retried, so there too they run exactly once per call.
+* stream interceptors are installed on each endpoint's sub-channel: once
+  per call, except that a server-streaming call sent again because its
+  first endpoint could not be reached passes through them again.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ calls have ended.
 ``interceptors=`` (grpc.aio has no ``intercept_channel``) run once per
 call, on top of the balancing: unary-unary interceptors wrap the balanced
 call and its retries (see ``_aio_intercept``), stream interceptors run on
-the sub-channel that carries the stream (streams are never retried).
+the sub-channel that carries the stream (again if a server-streaming call is
+retried transparently).
 Everything runs on the event loop that created the channel.
 """
 
