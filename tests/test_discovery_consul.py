@@ -386,3 +386,17 @@ def test_agent_on_a_unix_socket_and_token_from_a_file(tmp_path: Path) -> None:
         assert {r["token"] for r in agent.requests} == {"from-file-token"}
     finally:
         agent.close()
+
+
+def test_balancers_built_outside_asyncio_share_one_discovery_thread(
+        consul: ConsulEmulator) -> None:
+    consul.register("web", "web-1", address="10.0.0.1")
+    consul.register("api", "api-1", address="10.0.0.2")
+    with consul_lb(consul, "web") as web, consul_lb(consul, "api") as api:
+        assert web.wait_ready() and api.wait_ready()
+        threads = {web.resolver._thread, api.resolver._thread}  # type: ignore[attr-defined]
+        assert len(threads) == 1
+        (thread,) = threads
+        assert thread is not None and thread.name == "clientlb-discovery"
+    assert thread.is_alive()  # shared: closing one balancer leaves the others' discovery
+    assert web.resolver.closed and api.resolver.closed  # type: ignore[attr-defined]
