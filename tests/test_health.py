@@ -759,3 +759,13 @@ def test_registry_update_changes_health_options_live() -> None:
         assert lb._health.panic_threshold == 10.0
         reg.update("users", outlier_detection=False)
         assert lb._health.outlier is None
+
+
+def test_drained_then_undrained_endpoint_is_logged_back_in_rotation(
+        lb3: LoadBalancer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clientlb.health")
+    lb3.drain(addr(2))
+    assert addr(2) not in picked(lb3, 30)
+    lb3.undrain(addr(2))
+    assert any("draining -> healthy (back in rotation)" in r.getMessage()
+               for r in caplog.records if r.name == "clientlb.health")

@@ -12,6 +12,7 @@ import collections
 import random
 import socket
 import ssl
+import threading
 from collections.abc import Iterator
 from concurrent import futures
 
@@ -252,8 +253,6 @@ def test_a_drained_endpoint_is_not_probed(http_backends: list[HTTPBackend]) -> N
 
 def test_circuit_open_surfaces_through_the_http_transport(
         http_backends: list[HTTPBackend]) -> None:
-    import threading
-
     b0 = http_backends[0]
     b0.hang = threading.Event()
     lb = LoadBalancer([b0.address], name="users", max_requests=1, retry=None)

@@ -247,19 +247,22 @@ class HealthManager:
 
     def _transition(self, s: EndpointState, previous: Health, h: Health, now: float) -> None:
         name = self._lb.name
+        note = s.note  # why: set by whatever caused the change (kept for introspection)
         if h is _HEALTHY:
             self.counters["became_healthy"] += 1
             if self.slow_start is not None:
                 s.ramp_start = now
+            if previous is Health.DRAINING:
+                note = "back in rotation"
             logger.info("%s: %s %s -> healthy (%s)", name, s.address, previous.value,
-                        s.note or "recovered")
+                        note or "recovered")
         elif h is _EJECTED:
             self.counters["became_ejected"] += 1
-            logger.warning("%s: %s %s -> ejected (%s)", name, s.address, previous.value, s.note)
+            logger.warning("%s: %s %s -> ejected (%s)", name, s.address, previous.value, note)
         elif h is _UNHEALTHY:
             self.counters["became_unhealthy"] += 1
             logger.warning("%s: %s %s -> unhealthy (%s)", name, s.address, previous.value,
-                           s.note)
+                           note or "its health checks are failing")
 
     def _set_mode(self, sel: Selection, now: float) -> None:
         old, new = self.mode, sel.mode
