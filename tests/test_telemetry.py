@@ -225,3 +225,35 @@ def test_an_http_retry_shows_on_the_callers_span_as_attempts_and_a_retry() -> No
     assert (failed["server.port"], failed["clientlb.outcome"]) == (failing.port,
                                                                    "gateway_failure")
     assert (succeeded["server.port"], succeeded["clientlb.outcome"]) == (ok.port, "success")
+
+
+def test_a_grpc_retry_shows_on_the_callers_span() -> None:
+    """Through clientlb.grpc: UNAVAILABLE from one server, retried (retryable_codes)."""
+    grpc = pytest.importorskip("grpc")
+    import clientlb.grpc
+
+    from ._grpc_servers import UNARY, GrpcBackend
+
+    failing, ok = GrpcBackend("failing"), GrpcBackend("ok")
+    failing.status = grpc.StatusCode.UNAVAILABLE
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lb = LoadBalancer([failing.address, ok.address], strategy="round_robin", name="echo",
+                      outlier_detection=None)
+    clientlb.Telemetry(meter_provider=MeterProvider()).instrument(lb)
+    channel = clientlb.grpc.insecure_channel(lb, retryable_codes=[grpc.StatusCode.UNAVAILABLE])
+    try:
+        with provider.get_tracer("test").start_as_current_span("rpc"):
+            for _ in range(2):  # round robin: one of the two calls starts on "failing"
+                assert channel.unary_unary(UNARY)(b"x", timeout=5) == b"ok"
+    finally:
+        channel.close()
+        lb.close()
+        failing.server.stop(None)
+        ok.server.stop(None)
+    (span,) = exporter.get_finished_spans()
+    retries = [dict(e.attributes or {}) for e in span.events if e.name == "clientlb.retry"]
+    assert retries  # each call that started on "failing" was retried once, as attempt 2
+    assert {(r["clientlb.retry.reason"], r["clientlb.attempt"]) for r in retries} == {
+        ("unavailable", 2)}

@@ -35,6 +35,7 @@ from .._endpoint import Endpoint
 from .._errors import ConfigError, NoEndpointAvailable
 from .._outcome import Outcome
 from .._retry import RetryBudget, RetryPolicy, RetryState
+from .._telemetry import record_budget_exhausted, record_retry
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
@@ -200,18 +201,27 @@ def retry_decision(plan: RetryPlan, lb: LoadBalancer, code: grpc.StatusCode | No
     """After a failed attempt: ``(-1, state)`` to retry at once (transparent),
     ``(seconds, state)`` to retry after a backoff, ``(None, state)`` to give up."""
     budget = plan.budget
+    reason = code.name.lower() if code is not None else "unknown"
     if is_local_origin(code, details):
-        if transparent < plan.transparent_retries and len(lb.endpoints()) > 1 and (
-                budget is None or budget.try_withdraw()):
-            return -1.0, state
+        if transparent < plan.transparent_retries and len(lb.endpoints()) > 1:
+            if budget is None or budget.try_withdraw():
+                # the attempt about to start: the first, the transparent and policy retries
+                record_retry(lb, attempt=transparent + (state.attempt_number if state else 1)
+                             + 1, reason=f"transparent_{reason}")
+                return -1.0, state
+            record_budget_exhausted(lb)
         return None, state
     if plan.policy is None or code not in plan.retryable_codes:
         return None, state
     if state is None:
         state = plan.policy.start(lb.rng)
     delay = state.next_delay()
-    if delay is None or (budget is not None and not budget.try_withdraw()):
+    if delay is None:
         return None, state
+    if budget is not None and not budget.try_withdraw():
+        record_budget_exhausted(lb)
+        return None, state
+    record_retry(lb, attempt=transparent + state.attempt_number, reason=reason)
     return delay, state
 
 
