@@ -3,7 +3,8 @@
 Run by hand (it starts Debian's nginx and HAProxy itself, on loopback ports,
 with temporary configurations)::
 
-    .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--rounds 3] [--smoke]
+    .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--rounds 3]
+        [--mode both|sync|async] [--smoke]
 
 Four nginx backends answer ``200 ok`` from memory. In one run, for the
 sequential ``httpx.Client`` and for ``httpx.AsyncClient`` at concurrency 32:
@@ -198,6 +199,38 @@ async def run_async(make: Callable[[], object], url: Callable[[int], str], n: in
         return done / (time.perf_counter() - start), (time.process_time() - cpu) / done
 
 
+def worker(config: str, ports: list[int], n: int) -> None:
+    """``--worker``: warm up, then ``n`` sequential requests of one configuration (run under
+    callgrind by ``--instructions``)."""
+    cfg = configs(ports[:4], ports[4], ports[5], is_async=False)
+    make, url = next(v for k, v in cfg.items() if k.startswith(config))
+    client = make()
+    assert isinstance(client, httpx.Client)
+    with client:
+        for i in range(50 + n):
+            client.get(url(i))
+
+
+def instructions(ports: list[int], low: int, high: int) -> dict[str, float]:
+    """Client instructions per request under callgrind: (I(high) - I(low)) / (high - low),
+    so that start-up and imports cancel out. Repeatable whatever the machine's load."""
+    out: dict[str, float] = {}
+    for config in ("(a)", "(b)", "(c) clientlb round_robin", "(c) clientlb peak_ewma"):
+        counts = []
+        for n in (low, high):
+            with tempfile.NamedTemporaryFile(suffix=".callgrind") as f:
+                subprocess.run(
+                    ["valgrind", "--tool=callgrind", f"--callgrind-out-file={f.name}",
+                     sys.executable, __file__, "--worker", config,
+                     ",".join(map(str, ports)), str(n)],
+                    check=True, capture_output=True)
+                summary = next(line for line in Path(f.name).read_text().splitlines()
+                               if line.startswith(("summary:", "totals:")))
+                counts.append(int(summary.split()[1]))
+        out[config] = (counts[1] - counts[0]) / (high - low)
+    return out
+
+
 def table(title: str, results: dict[str, tuple[float, float]]) -> str:
     b, b_cpu = results["(b) direct, rotating by hand"]
     a, _ = results["(a) direct, one backend"]
@@ -215,14 +248,23 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--mode", choices=("both", "sync", "async"), default="both")
     parser.add_argument("--smoke", action="store_true",
                         help="a few seconds: 64 requests, one round (CI keeps the script alive)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count client instructions per request under callgrind "
+                             "(sequential (a), (b), (c); a few minutes)")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        config, ports, n = args.worker
+        worker(config, [int(p) for p in ports.split(",")], int(n))
+        return
     if args.smoke:
         args.requests, args.rounds = 64, 1
     with tempfile.TemporaryDirectory() as tmp, servers(Path(tmp)) as (backends, ngx, hap):
         out = []
-        for is_async in (False, True):
+        for is_async in {"both": (False, True), "sync": (False,), "async": (True,)}[args.mode]:
             cfg = configs(backends, ngx, hap, is_async)
             best: dict[str, tuple[float, float]] = dict.fromkeys(cfg, (0.0, float("inf")))
             for _ in range(args.rounds):
@@ -237,6 +279,14 @@ def main() -> None:
                      else "httpx.Client, sequential")
             out.append(table(title, best))
             print(out[-1] + "\n", flush=True)
+        if args.instructions:
+            counts = instructions([*backends, ngx, hap], 100, 400)
+            base = counts["(b)"]
+            print("### client instructions per request (callgrind, sequential)\n")
+            print("| configuration | instructions/request | (b) ÷ this |\n|---|---:|---:|")
+            for name, count in counts.items():
+                print(f"| {name} | {count:,.0f} | {base / count:.3f} |")
+            print()
     print(f"python {platform.python_version()}, httpx {httpx.__version__}, "
           f"{os.cpu_count()} CPUs, {args.requests} requests × best of {args.rounds} rounds")
 
