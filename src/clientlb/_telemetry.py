@@ -39,7 +39,8 @@ Span events: when the caller's current span is recording, every attempt
 adds a ``clientlb.attempt`` event (service, endpoint, attempt number within
 that span, outcome, duration); a retry layer that calls :func:`record_retry`
 adds ``clientlb.retry`` (attempt, reason, failed endpoint), and
-:func:`record_budget_exhausted` adds ``clientlb.retry.budget_exhausted``.
+:func:`record_budget_exhausted` adds ``clientlb.retry.budget_exhausted`` — the
+HTTP, gRPC and TCP integrations call both.
 
 Cost: the outcome listener looks up attribute sets pre-built per endpoint
 and outcome, increments a request count under a lock (the count is reported
