@@ -50,6 +50,25 @@ def test_calls_spread_over_every_endpoint_per_strategy(backends: list[GrpcBacken
         assert set(answers.values()) == {20}
 
 
+@pytest.mark.parametrize("strategy", ["ring_hash", "maglev"])
+def test_hash_key_from_metadata_sends_a_key_to_the_same_endpoint(
+        backends: list[GrpcBackend], strategy: str) -> None:
+    """hash_key="x-user" feeds consistent hashing: one user, one backend; many users, all."""
+    with clientlb.grpc.insecure_channel([b.address for b in backends], strategy=strategy,
+                                        hash_key="x-user") as channel:
+        call = channel.unary_unary(UNARY)
+        by_user = {u: call(b"x", timeout=5, metadata=(("x-user", f"user-{u}"),))
+                   for u in range(60)}
+        assert set(by_user.values()) == {b"b0", b"b1", b"b2"}
+        for u in range(0, 60, 7):
+            assert call(b"x", timeout=5, metadata=(("x-user", f"user-{u}"),)) == by_user[u]
+            parts = list(channel.unary_stream(USTREAM)(
+                b"x", timeout=5, metadata=(("x-user", f"user-{u}"),)))
+            assert parts[0].split(b":")[0] == by_user[u]
+    with pytest.raises(clientlb.ConfigError, match="hash_key"):
+        clientlb.grpc.insecure_channel(["127.0.0.1:1"], hash_key=42)  # type: ignore[arg-type]
+
+
 def test_a_shared_balancer_is_used_and_left_open(
         backends: list[GrpcBackend]) -> None:
     """A shared LoadBalancer can be handed to the channel; the channel does not close it."""

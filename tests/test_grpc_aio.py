@@ -63,6 +63,27 @@ def test_calls_spread_over_every_endpoint_per_strategy(backends: list[GrpcBacken
         assert set(answers.values()) == {20}
 
 
+def test_hash_key_callable_pins_a_request_field_to_one_endpoint(
+        backends: list[GrpcBackend]) -> None:
+    """A hash_key callable of the request drives ring_hash from asyncio."""
+    def by_request(method: str, request: Any, metadata: Any) -> bytes:
+        return bytes(request)
+
+    async def main() -> None:
+        async with clientlb.grpc.aio.insecure_channel(
+                [b.address for b in backends], strategy="ring_hash",
+                hash_key=by_request) as channel:
+            call = channel.unary_unary(UNARY)
+            first = {k: await call(k, timeout=5) for k in (b"a", b"b", b"c", b"d", b"e")}
+            again = {k: await call(k, timeout=5) for k in first}
+            assert first == again
+            for k, owner in first.items():
+                parts = [p async for p in channel.unary_stream(USTREAM)(k, timeout=5)]
+                assert parts[0].split(b":")[0] == owner
+
+    asyncio.run(main())
+
+
 def test_all_four_call_shapes_and_call_objects(backends: list[GrpcBackend]) -> None:
     """Four shapes, metadata, compression, code()/trailing_metadata() on the call object."""
     async def main() -> None:

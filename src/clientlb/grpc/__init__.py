@@ -34,6 +34,7 @@ from .._errors import ConfigError
 from ._channel import BalancedChannel
 from ._common import (
     DEFAULT_FAILURE_CODES,
+    HashKey,
     Hedging,
     NoEndpointRpcError,
     build_config,
@@ -66,6 +67,7 @@ def insecure_channel(
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
     hedging: Hedging | None = None,
+    hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
     """A plaintext ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
@@ -93,6 +95,10 @@ def insecure_channel(
             server (connect failure) is sent to another endpoint (default 3,
             or 0 when the balancer was built with ``retry=None``).
         hedging: a :class:`Hedging` policy for idempotent unary-unary methods.
+        hash_key: the pick key for ``ring_hash``/``maglev``: a metadata key
+            (``"x-user-id"``) or ``callable(method, request, metadata)``
+            (``request`` is None for client-streaming calls). Default none:
+            hashing strategies then pick at random.
 
     Raises:
         ConfigError: for a bad target, option or policy.
@@ -101,7 +107,7 @@ def insecure_channel(
     try:
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging)
+                              hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
     except BaseException:
         if owns:
@@ -127,6 +133,7 @@ def secure_channel(
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
     hedging: Hedging | None = None,
+    hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
@@ -145,7 +152,7 @@ def secure_channel(
     try:
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging)
+                              hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
     except BaseException:
         if owns:

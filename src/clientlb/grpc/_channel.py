@@ -217,11 +217,15 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _pick(self, exclude: set[str] | None) -> Pick:
+    def _hash(self, method: str, request: Any, metadata: Any) -> Any:
+        hash_key = self._config.hash_key
+        return None if hash_key is None else hash_key(method, request, metadata)
+
+    def _pick(self, exclude: set[str] | None, hkey: Any = None) -> Pick:
         if self._closed:  # checked before the pick, so that no pick is left in flight
             raise ValueError("Cannot invoke RPC on closed channel!")
         try:
-            return self._lb.pick(exclude=exclude)
+            return self._lb.pick(hkey, exclude=exclude)
         except NoEndpointAvailable as exc:
             raise NoEndpointRpcError(exc) from exc
 
@@ -242,8 +246,9 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         rstate: RetryState | None = None
         transparent = 0
         call_timeout = timeout
+        hkey = None if self._config.hash_key is None else self._hash(key[1], request, metadata)
         while True:
-            pick = self._pick(tried)
+            pick = self._pick(tried, hkey)
             sub = self._sub(pick.endpoint)
             sub.acquire()
             wfr = wait_for_ready and attempt_wait_for_ready(wait_for_ready, plan, self._lb,
@@ -298,9 +303,10 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         return fut
 
     def _open_stream(self, key: _Key, request: Any, timeout: float | None,
-                     kwargs: dict[str, Any], exclude: set[str] | None) -> tuple[Any, str]:
+                     kwargs: dict[str, Any], exclude: set[str] | None,
+                     hkey: Any = None) -> tuple[Any, str]:
         """Start one attempt of a server-streaming call: ``(grpc call, address)``."""
-        pick = self._pick(exclude or None)
+        pick = self._pick(exclude or None, hkey)
         sub = self._sub(pick.endpoint)
         sub.acquire()
         if kwargs["wait_for_ready"]:
@@ -325,7 +331,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
     def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any,
                 method: str = "__call__") -> Any:
-        pick = self._pick(None)
+        pick = self._pick(None, self._hash(key[1], None, metadata))
         sub = self._sub(pick.endpoint)
         sub.acquire()
         try:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,6 +40,7 @@ from .._telemetry import record_budget_exhausted, record_retry
 __all__ = [
     "DEFAULT_FAILURE_CODES",
     "ChannelConfig",
+    "HashKey",
     "Hedging",
     "NoEndpointRpcError",
     "RetryPlan",
@@ -50,6 +51,7 @@ __all__ = [
     "is_local_origin",
     "logical_name",
     "make_lb",
+    "metadata_hash_key",
     "retry_decision",
 ]
 
@@ -243,6 +245,24 @@ def attempt_wait_for_ready(wait_for_ready: bool | None, plan: RetryPlan, lb: Loa
     return wait_for_ready
 
 
+#: ``hash_key(method, request, metadata)`` → the pick key of ``ring_hash``/``maglev``
+#: (``request`` is None for client-streaming calls).
+HashKey = Callable[[str, Any, Any], "str | bytes | int | None"]
+
+
+def metadata_hash_key(name: str) -> HashKey:
+    """A ``hash_key`` reading one metadata entry (Envoy's header hash policy)."""
+    name = name.lower()
+
+    def key(method: str, request: Any, metadata: Any) -> str | bytes | None:
+        for k, v in metadata or ():
+            if k == name:
+                return v  # type: ignore[no-any-return]
+        return None
+
+    return key
+
+
 @dataclass(frozen=True)
 class ChannelConfig:
     """Everything a balanced channel needs beyond its balancer."""
@@ -250,12 +270,22 @@ class ChannelConfig:
     failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES
     retry: RetryPlan = field(default_factory=RetryPlan)
     hedging: Hedging | None = None
+    hash_key: HashKey | None = None
 
 
 def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: object,
                  max_attempts: int | None, transparent_retries: int | None,
-                 hedging: Hedging | None) -> ChannelConfig:
+                 hedging: Hedging | None, hash_key: object = None) -> ChannelConfig:
     """Validate the channel's own options (``ConfigError`` names the field)."""
+    if isinstance(hash_key, str):
+        if not hash_key:
+            raise ConfigError("hash_key must be a metadata key or a callable, got ''",
+                              field="hash_key")
+        hash_key = metadata_hash_key(hash_key)
+    elif hash_key is not None and not callable(hash_key):
+        raise ConfigError(f"hash_key must be a metadata key (str) or a callable "
+                          f"(method, request, metadata) -> key, got {hash_key!r}",
+                          field="hash_key")
     codes = _check_codes(failure_codes, "failure_codes")
     retryable = _check_codes(retryable_codes, "retryable_codes")
     if hedging is not None and not isinstance(hedging, Hedging):
@@ -284,7 +314,8 @@ def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: ob
         policy = replace(policy, attempts=5)  # gRFC A6: maxAttempts above 5 is treated as 5
     plan = RetryPlan(retryable_codes=retryable, policy=policy if retryable else None,
                      transparent_retries=t, budget=lb.retry_budget)
-    return ChannelConfig(failure_codes=codes, retry=plan, hedging=hedging)
+    return ChannelConfig(failure_codes=codes, retry=plan, hedging=hedging,
+                         hash_key=hash_key)
 
 
 def make_lb(lb_or_target: object, lb_options: dict[str, Any]) -> tuple[LoadBalancer, bool]:

@@ -52,10 +52,11 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
         budget = channel._config.retry.budget
         if budget is not None:
             budget.deposit()
+        self._hkey = channel._hash(key[1], request, metadata)
 
     def start(self) -> None:
         try:
-            pick = self._ch._pick(self._tried or None)
+            pick = self._ch._pick(self._tried or None, self._hkey)
             sub = self._ch._sub(pick.endpoint)
         except (NoEndpointRpcError, ValueError) as exc:
             self._finish(None, exc)

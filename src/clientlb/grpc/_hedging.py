@@ -43,8 +43,10 @@ def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | N
     def remaining() -> float | None:
         return None if timeout is None else max(start + timeout - time.monotonic(), 0.0)
 
+    hkey = ch._hash(key[1], request, metadata)
+
     def launch() -> None:
-        pick = ch._pick(tried or None)
+        pick = ch._pick(tried or None, hkey)
         tried.add(pick.endpoint.address)
         sub = ch._sub(pick.endpoint)
         sub.acquire()

@@ -39,7 +39,9 @@ class RetryingUnaryStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._received = False
         self._tried: set[str] = set()
         self._transparent = 0
-        self._call, self._address = channel._open_stream(key, request, timeout, kwargs, None)
+        self._hkey = channel._hash(key[1], request, kwargs["metadata"])
+        self._call, self._address = channel._open_stream(key, request, timeout, kwargs, None,
+                                                         self._hkey)
 
     def __iter__(self) -> RetryingUnaryStream:
         return self
@@ -71,7 +73,7 @@ class RetryingUnaryStream(grpc.Call, grpc.Future):  # type: ignore[misc]
         self._transparent += 1
         self._tried.add(self._address)
         self._call, self._address = self._ch._open_stream(self._key, self._request, timeout,
-                                                          self._kwargs, self._tried)
+                                                          self._kwargs, self._tried, self._hkey)
         return True
 
     # -- grpc.Call / grpc.Future of the current attempt ----------------------------------

@@ -46,6 +46,7 @@ from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     DEFAULT_FAILURE_CODES,
     ChannelConfig,
+    HashKey,
     Hedging,
     NoEndpointRpcError,
     attempt_wait_for_ready,
@@ -193,18 +194,22 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         live.update((a, "open") for a in self._subs)
         return live
 
-    def _pick(self, exclude: set[str] | None) -> Pick:
+    def _hash(self, method: str, request: Any, metadata: Any) -> Any:
+        hash_key = self._config.hash_key
+        return None if hash_key is None else hash_key(method, request, metadata)
+
+    def _pick(self, exclude: set[str] | None, hkey: Any = None) -> Pick:
         if self._closed:  # checked before the pick, so that no pick is left in flight
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         try:
-            return self._lb.pick(exclude=exclude)
+            return self._lb.pick(hkey, exclude=exclude)
         except NoEndpointAvailable as exc:
             raise NoEndpointRpcError(exc) from exc
 
     def _stream(self, key: _Key, request: Any, kwargs: dict[str, Any],
-                exclude: set[str] | None = None) -> tuple[Any, str]:
+                exclude: set[str] | None = None, hkey: Any = None) -> tuple[Any, str]:
         """Start one streaming attempt: ``(grpc.aio call, address)``."""
-        pick = self._pick(exclude or None)
+        pick = self._pick(exclude or None, hkey)
         sub = self._sub(pick.endpoint)
         # An endpoint whose sub-channel is known to be unable to connect is skipped
         # before anything is sent (client-streaming calls cannot be replayed later).
@@ -214,7 +219,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
                 break
             pick.done(Outcome.CONNECT_FAILURE)
             tried = (tried or set()) | {pick.endpoint.address}
-            pick = self._pick(tried)
+            pick = self._pick(tried, hkey)
             sub = self._sub(pick.endpoint)
         sub.in_flight += 1
         try:
@@ -397,7 +402,8 @@ class _Streaming:
                   "wait_for_ready": wait_for_ready, "compression": compression}
         if self._key[0] == "unary_stream":
             return _RetryingUnaryStreamCall(self._ch, self._key, request, kwargs)
-        return self._ch._stream(self._key, request, kwargs)[0]
+        return self._ch._stream(self._key, request, kwargs, None,
+                                self._ch._hash(self._key[1], None, metadata))[0]
 
 
 class _RetryingUnaryStreamCall(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
@@ -416,7 +422,8 @@ class _RetryingUnaryStreamCall(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
         self._received = False
         self._tried: set[str] = set()
         self._transparent = 0
-        self._call, self._address = channel._stream(key, request, kwargs)
+        self._hkey = channel._hash(key[1], request, kwargs["metadata"])
+        self._call, self._address = channel._stream(key, request, kwargs, None, self._hkey)
 
     def _may_retry(self, exc: grpc.aio.AioRpcError) -> bool:
         plan = self._ch._config.retry
@@ -435,7 +442,7 @@ class _RetryingUnaryStreamCall(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
         self._transparent += 1
         self._tried.add(self._address)
         self._call, self._address = self._ch._stream(self._key, self._request, kwargs,
-                                                     self._tried)
+                                                     self._tried, self._hkey)
         return True
 
     def __aiter__(self) -> Any:
@@ -536,6 +543,7 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         self._sub: _SubChannel | None = None
         self._call: Any = None
         self._hedging: Hedging | None = None
+        self._hkey = channel._hash(key[1], request, kwargs["metadata"])
         hedging = channel._config.hedging
         if hedging is not None and hedging.applies_to(key[1]):
             self._hedging = hedging
@@ -555,7 +563,7 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         return self._start + self._timeout - time.monotonic()
 
     def _launch(self, tried: set[str] | None, transparent: int = 0) -> None:
-        pick = self._ch._pick(tried)
+        pick = self._ch._pick(tried, self._hkey)
         sub = self._ch._sub(pick.endpoint)
         sub.in_flight += 1
         kwargs = self._kwargs
@@ -818,6 +826,7 @@ def insecure_channel(
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
     hedging: Hedging | None = None,
+    hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
     """A plaintext ``grpc.aio.Channel`` picking an endpoint per call.
@@ -829,7 +838,7 @@ def insecure_channel(
     try:
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging)
+                              hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
         unary_chain, stream_chain = split_interceptors(interceptors)
     except BaseException:
@@ -858,6 +867,7 @@ def secure_channel(
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
     hedging: Hedging | None = None,
+    hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
@@ -871,7 +881,7 @@ def secure_channel(
     try:
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging)
+                              hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
         unary_chain, stream_chain = split_interceptors(interceptors)
     except BaseException:
