@@ -82,6 +82,7 @@ def test_backend_whose_healthz_fails_gets_no_traffic(
         http_backends: list[HTTPBackend], client: httpx.Client) -> None:
     b0, b1, b2 = http_backends
     with LoadBalancer([b.address for b in http_backends], strategy="round_robin",
+                      name="users",
                       health_check=HealthCheck(**FAST)) as lb:  # type: ignore[arg-type]
         b0.health_status = 503
         wait_until(lambda: lb.snapshot().by_address()[b0.address].state == "unhealthy",
@@ -92,7 +93,7 @@ def test_backend_whose_healthz_fails_gets_no_traffic(
         assert served(b0) == before
         assert served(b1) + served(b2) >= 30
         # the probe carries the logical name as Host
-        assert any(path == "/healthz" and host == lb.name for _, path, host in b0.requests)
+        assert any(path == "/healthz" and host == "users" for _, path, host in b0.requests)
         b0.health_status = 200
         wait_until(lambda: lb.snapshot().by_address()[b0.address].state == "healthy",
                    message="b0 healthy again")
@@ -108,6 +109,9 @@ def test_every_backend_failing_its_probe_panics_and_spreads(
         for b in http_backends:
             b.health_status = 500
         wait_until(lambda: lb.mode == "panic", message="panic")
+        # a static list without name=: each endpoint is asked under its own address
+        b0 = http_backends[0]
+        assert {host for _, path, host in b0.requests if path == "/healthz"} == {b0.address}
         before = [served(b) for b in http_backends]
         for _ in range(30):
             call(lb, client)

@@ -78,10 +78,13 @@ def _url_host(ep: Endpoint) -> str:
 class HealthChecker:
     """Runs the probes of one balancer; see the module documentation."""
 
-    def __init__(self, manager: HealthManager, config: HealthCheck, service: str) -> None:
+    def __init__(self, manager: HealthManager, config: HealthCheck,
+                 service: str | None) -> None:
         self.manager = manager
         self.config = config
-        self.host = config.host or service
+        #: the logical name sent as Host / TLS server name; None (a static list
+        #: without a ``name=``): each endpoint's own address, as curl would
+        self.host: str | None = config.host or service
         self._rng = _random.Random()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -161,7 +164,8 @@ class HealthChecker:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self._thread = threading.Thread(
-                target=self._thread_main, name=f"clientlb-health-{self.host}", daemon=True)
+                target=self._thread_main, name=f"clientlb-health-{self.host or 'static'}",
+                daemon=True)
             self._thread.start()
             return
         self._loop = loop
@@ -293,8 +297,10 @@ class HealthChecker:
         scheme = "https" if self._ssl is not None else "http"
         port = cfg.port or ep.port
         url = f"{scheme}://{_url_host(ep)}:{port}{cfg.path}"
-        extensions = {"sni_hostname": self.host} if self._ssl is not None else {}
-        response = await client.get(url, headers={"Host": self.host}, extensions=extensions)
+        host = self.host
+        extensions = {"sni_hostname": host} if self._ssl is not None and host else {}
+        headers = {"Host": host} if host else {}  # else httpx sends the address
+        response = await client.get(url, headers=headers, extensions=extensions)
         await response.aclose()
         passed = response.status_code in cfg.expected_statuses
         return passed, f"HTTP {response.status_code}"
@@ -303,7 +309,7 @@ class HealthChecker:
         port = self.config.port or ep.port
         kwargs: dict[str, Any] = {}
         if self._ssl is not None:
-            kwargs = {"ssl": self._ssl, "server_hostname": self.host}
+            kwargs = {"ssl": self._ssl, "server_hostname": self.host or ep.host}
         _, writer = await asyncio.open_connection(ep.host, port, **kwargs)
         writer.close()
         with contextlib.suppress(Exception):
@@ -332,8 +338,9 @@ class HealthChecker:
             if channel is None:
                 if self._ssl is not None or self.config.tls:
                     creds = grpc.ssl_channel_credentials()
-                    channel = grpc.secure_channel(
-                        address, creds, options=[("grpc.ssl_target_name_override", self.host)])
+                    options = ([("grpc.ssl_target_name_override", self.host)]
+                               if self.host else [])
+                    channel = grpc.secure_channel(address, creds, options=options)
                 else:
                     channel = grpc.insecure_channel(address)
                 self._grpc_channels[address] = channel

@@ -128,7 +128,7 @@ class HealthManager:
         self.local_zone = local_zone
         self.outlier = (OutlierDetector(outlier_detection, lb.rng)
                         if outlier_detection is not None else None)
-        self.checker = (HealthChecker(self, health_check, lb.name)
+        self.checker = (HealthChecker(self, health_check, self._logical_name())
                         if health_check is not None else None)
         self.circuit = None
         limits = (check_limit("max_requests", max_requests),
@@ -149,6 +149,14 @@ class HealthManager:
             lb.add_outcome_listener(self.on_outcome)
         if self.circuit is not None and self.circuit.max_requests is not None:
             lb.add_outcome_listener(self.circuit.release)
+
+    def _logical_name(self) -> str | None:
+        """The service name probes present (None: a static list without ``name=``)."""
+        lb = self._lb
+        target = lb.target
+        if target.scheme == "static" and lb.name == target.service:
+            return None
+        return lb.name
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -470,7 +478,8 @@ class HealthManager:
             raise ConfigError(f"must be a clientlb.HealthCheck or None, got {health_check!r}",
                               field="health_check")
         lb = self._lb
-        new = HealthChecker(self, health_check, lb.name) if health_check is not None else None
+        new = (HealthChecker(self, health_check, self._logical_name())
+               if health_check is not None else None)
         with lb._lock:
             old, self.checker, self.health_check = self.checker, new, health_check
             for st in lb._states.values():
