@@ -769,3 +769,12 @@ def test_drained_then_undrained_endpoint_is_logged_back_in_rotation(
     lb3.undrain(addr(2))
     assert any("draining -> healthy (back in rotation)" in r.getMessage()
                for r in caplog.records if r.name == "clientlb.health")
+
+
+def test_three_host_pool_with_67_percent_ejects_two_and_never_the_third(
+        clock: FakeClock) -> None:
+    with make_lb(clock, n=3, outlier_detection=OutlierDetection(max_ejection_percent=67)) as lb:
+        for i in (1, 2, 3):
+            report(lb, addr(i), Outcome.FAILURE, 5)
+        assert [state_of(lb, addr(i)) for i in (1, 2, 3)] == ["ejected", "ejected", "healthy"]
+        assert lb.mode == "panic"  # 1 of 3 healthy: spread over all three meanwhile
