@@ -95,6 +95,32 @@ def test_ejections_are_observed_per_endpoint(lb: LoadBalancer, reader: InMemoryM
     assert ejections == {8001: 2, 8002: 0}
 
 
+def test_health_events_are_counted_by_kind(reader: InMemoryMetricReader,
+                                           telemetry: clientlb.Telemetry,
+                                           clock: FakeClock) -> None:
+    lb = LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"], name="users",
+                      strategy="round_robin", clock=clock, rng=random.Random(1),
+                      outlier_detection=clientlb.OutlierDetection(consecutive_failures=2))
+    telemetry.instrument(lb)
+    for _ in range(2):
+        lb.pick(prefer="127.0.0.1:8001").done(Outcome.FAILURE)
+    events = {p.attributes["clientlb.event"]: p.value
+              for p in points(reader, "clientlb.health.events")}
+    assert events["ejections_total"] == 1
+    assert events["ejections_consecutive_failures"] == 1
+    assert events["panic_entered"] == 0
+    lb.close()
+
+
+def test_malformed_discovery_records_are_counted(lb: LoadBalancer,
+                                                 reader: InMemoryMetricReader) -> None:
+    class Stats:
+        malformed = 3
+
+    lb.resolver.statistics = lambda: Stats()  # type: ignore[attr-defined]
+    assert [p.value for p in points(reader, "clientlb.discovery.malformed")] == [3]
+
+
 def test_discovery_updates_and_errors_are_counted(lb: LoadBalancer,
                                                   reader: InMemoryMetricReader) -> None:
     lb.publish(EndpointSet([clientlb.Endpoint("127.0.0.1", 8003)], version=2))

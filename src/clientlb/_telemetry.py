@@ -20,6 +20,10 @@ instrument                          kind       attributes
 ``clientlb.retry.budget_exhausted`` counter    service (retries the budget refused)
 ``clientlb.discovery.updates``      counter    service
 ``clientlb.discovery.errors``       counter    service, ``error.type``
+``clientlb.discovery.malformed``    counter    service (records skipped as malformed)
+``clientlb.health.events``          counter    service, ``clientlb.event`` (ejections by
+                                               detector, probes, panic entered/exited,
+                                               circuit breaker rejections, ...)
 ==================================  =========  ===============================================
 
 Attribute names follow OpenTelemetry's semantic conventions where one
@@ -82,6 +86,7 @@ OUTCOME = "clientlb.outcome"
 STATE = "clientlb.endpoint.state"
 RETRY_REASON = "clientlb.retry.reason"
 ATTEMPT = "clientlb.attempt"
+EVENT = "clientlb.event"
 
 _STATES = tuple(h.value for h in Health)
 
@@ -212,6 +217,12 @@ class Telemetry:
         meter.create_observable_counter(
             "clientlb.ejections", callbacks=[self._observe_ejections], unit="{ejection}",
             description="Outlier ejections per endpoint since it was discovered.")
+        meter.create_observable_counter(
+            "clientlb.discovery.malformed", callbacks=[self._observe_malformed],
+            unit="{record}", description="Discovery records skipped because malformed.")
+        meter.create_observable_counter(
+            "clientlb.health.events", callbacks=[self._observe_health], unit="{event}",
+            description="Health events of each balancer (lb.health_statistics()).")
 
     # -- instrumenting --------------------------------------------------------------------
 
@@ -298,6 +309,20 @@ class Telemetry:
             budget = getattr(lb, "retry_budget", None)  # present with the retry layer
             if budget is not None:
                 yield Observation(int(budget.statistics()[key]), bound.service_attrs)
+
+    def _observe_malformed(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            statistics = getattr(lb.resolver, "statistics", None)  # discovery resolvers
+            if statistics is not None:
+                yield Observation(int(statistics().malformed), bound.service_attrs)
+
+    def _observe_health(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            statistics = getattr(lb, "health_statistics", None)
+            if statistics is None:
+                continue
+            for event, n in statistics().items():
+                yield Observation(int(n), {SERVICE: bound.service, EVENT: event})
 
     def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
