@@ -778,3 +778,14 @@ def test_three_host_pool_with_67_percent_ejects_two_and_never_the_third(
             report(lb, addr(i), Outcome.FAILURE, 5)
         assert [state_of(lb, addr(i)) for i in (1, 2, 3)] == ["ejected", "ejected", "healthy"]
         assert lb.mode == "panic"  # 1 of 3 healthy: spread over all three meanwhile
+
+
+def test_a_refused_ejection_is_logged_once_per_interval_not_per_failure(
+        clock: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="clientlb.health")
+    with make_lb(clock, n=2) as lb:
+        report(lb, addr(1), Outcome.FAILURE, 5)
+        report(lb, addr(2), Outcome.FAILURE, 50)  # ten refused ejections
+        assert lb.health_statistics()["ejections_overflow"] == 10
+        refused = [r for r in caplog.records if "but not ejected" in r.getMessage()]
+        assert len(refused) == 1

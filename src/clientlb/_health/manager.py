@@ -145,6 +145,7 @@ class HealthManager:
         self._last_refresh = -_INF
         self._seen_first_set = False
         self._new_endpoints = False
+        self._overflow_logged: dict[str, float] = {}
         if self.outlier is not None:
             lb.add_outcome_listener(self.on_outcome)
         if self.circuit is not None and self.circuit.max_requests is not None:
@@ -390,9 +391,14 @@ class HealthManager:
             self._request_refresh(now, f"{ejected + 1} of {len(live)} endpoints are outliers")
             if state.outlier is not None:
                 state.outlier.reset_consecutive()
-            logger.info("%s: %s is an outlier (%s: %s) but not ejected: %d of %d endpoints "
-                        "already ejected (max_ejection_percent=%g%%)", lb.name, state.address,
-                        detector, detail, ejected, len(live), cfg.max_ejection_percent)
+            # logged at most once per sweep interval per endpoint: a pool that
+            # keeps failing must not flood the log at the request rate
+            if now - self._overflow_logged.get(state.address, -_INF) >= cfg.interval:
+                self._overflow_logged[state.address] = now
+                logger.info("%s: %s is an outlier (%s: %s) but not ejected: %d of %d "
+                            "endpoints already ejected (max_ejection_percent=%g%%)", lb.name,
+                            state.address, detector, detail, ejected, len(live),
+                            cfg.max_ejection_percent)
             return False
         # the multiplier stops growing once the cap is reached (Envoy)
         cap = max(cfg.base_ejection_time, cfg.max_ejection_time)
