@@ -264,7 +264,13 @@ async def _probe_all(checkers: list[Any], config: Any, endpoints: Sequence[Endpo
     verify: ssl.SSLContext | bool = first._ssl if first._ssl is not None else True
     async with httpx.AsyncClient(verify=verify, timeout=config.timeout, trust_env=False,
                                  follow_redirects=False) as client:
+        limit = asyncio.Semaphore(config.max_concurrency)  # a big pool is not flooded
+
         async def one(checker: Any, ep: Endpoint) -> tuple[bool, str, float]:
+            async with limit:
+                return await probe(checker, ep)
+
+        async def probe(checker: Any, ep: Endpoint) -> tuple[bool, str, float]:
             start = time.perf_counter()
             try:
                 ok, detail = await asyncio.wait_for(checker.probe(client, ep), config.timeout)
