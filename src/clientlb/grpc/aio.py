@@ -704,11 +704,13 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         self._finished = True
         self._response = response
         self._error = error
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-        callbacks, self._callbacks = self._callbacks, []
-        for cb in callbacks:
-            cb(self)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self._callbacks:
+            callbacks, self._callbacks = self._callbacks, []
+            for cb in callbacks:
+                cb(self)
 
     async def _run(self) -> Any:
         try:
@@ -739,8 +741,13 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                 raise self._error
             return self._response
         if self._driver is None:
-            self._driver = "inline"
-            response = yield from self._run().__await__()
+            self._driver = "inline"  # drive the attempts in the awaiting task itself
+            try:
+                response = yield from self._drive().__await__()
+            except BaseException as exc:
+                self._finish(None, exc)
+                raise
+            self._finish(response, None)
             return response
         yield from self._wait_finished().__await__()
         if self._error is not None:
