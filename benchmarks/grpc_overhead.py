@@ -13,7 +13,8 @@ sequentially from one thread (sync grpcio), then with 32 concurrent calls
 from elsewhere on a shared machine hits them alike; each rate is its calls
 over its own measured time. Target: (b) >= 0.9 x (a).
 
-Run by hand: ``.venv/bin/python benchmarks/grpc_overhead.py [--seconds 6] [--slice 0.25]``.
+Run by hand: ``.venv/bin/python benchmarks/grpc_overhead.py [--seconds 6] [--slice 0.25]``;
+``--smoke`` runs it for a few seconds only, to check that it works.
 """
 
 from __future__ import annotations
@@ -122,11 +123,15 @@ def main() -> None:
     parser.add_argument("--slice", type=float, default=0.25,
                         help="variants alternate every SLICE seconds (default 0.25)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--smoke", action="store_true",
+                        help="a run of a few seconds that only checks the script works")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(_serve(args.serve))
         return
+    if args.smoke:
+        args.seconds, args.slice = 0.5, 0.25
     proc, addresses = start_servers(4)
     try:
         channels = {

@@ -50,3 +50,13 @@ def test_every_python_block_of_the_grpc_chapter_is_a_snippet_of_a_tested_example
             source = (ROOT / path).read_text()
             assert f"# --8<-- [start:{section}]" in source, line
             assert f"# --8<-- [end:{section}]" in source, line
+
+
+def test_grpc_overhead_benchmark_runs_in_smoke_mode() -> None:
+    """benchmarks/grpc_overhead.py --smoke prints its table (no timing is asserted)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "grpc_overhead.py"),
+                             "--smoke"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 7  # header + 3 sync + 3 aio variants
+    assert "| grpc.aio, concurrency 32 | clientlb round_robin |" in result.stdout
