@@ -184,6 +184,16 @@ def test_config_reports_the_dotted_path_of_a_mistake(
         "error: services.users.target: '127.0.0.1:0': port must be 1..65535, got 0")
 
 
+def test_demo_reports_an_unwritable_chart_without_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chart = tmp_path / "missing-directory" / "demo.png"
+    assert main(["demo", "--duration", "0.4", "--strategies", "random",
+                 "--plot", str(chart)]) == 2  # refused before the run, not after
+    err = capsys.readouterr().err
+    assert err.startswith("error: --plot: the directory ") and "missing-directory" in err
+    assert "Traceback" not in err
+
+
 def test_demo_compares_strategies_and_writes_a_chart(tmp_path: Path) -> None:
     chart = tmp_path / "demo.png"
     result = run("demo", "--duration", "3", "--strategies", "round_robin,peak_ewma",

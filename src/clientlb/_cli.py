@@ -9,8 +9,9 @@
 
 Exit status (as ``curl`` and ``dig`` users expect from a diagnostic tool):
 0 when the command did what was asked (for ``check``: at least one endpoint
-passed), 1 when the answer is "nothing there" (no endpoint, nothing healthy),
-2 for a bad command line or target, 130 on Ctrl-C. Errors are one line on
+passed), 1 when the answer is "nothing there" (no endpoint, nothing healthy)
+or the system refused (a file, a port), 2 for a bad command line or target,
+130 on Ctrl-C. Errors are one line on
 stderr, never a traceback. Needs the ``cli`` extra (``rich``).
 """
 
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ClientLBError as exc:  # ConfigError, NoEndpointAvailable, DiscoveryError
         err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_NOTHING
+    except OSError as exc:  # a port, a file: the system said no
+        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return EXIT_NOTHING
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED

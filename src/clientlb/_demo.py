@@ -119,7 +119,7 @@ class _Backends:
         line = self.proc.stdout.readline()
         if not line:
             self.close()
-            raise RuntimeError("the demo backends did not start")
+            raise OSError("the demo backends did not start (see the messages above)")
         self.ports: dict[str, int] = json.loads(line)
         self.names = {f"127.0.0.1:{port}": name for name, port in self.ports.items()}
 
@@ -276,6 +276,9 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
+        folder = os.path.dirname(os.path.abspath(args.plot))
+        if not os.path.isdir(folder):  # say so now, not after the whole run
+            raise CLIError(f"--plot: the directory {folder} does not exist")
     _show_warnings(out)
     backends = _Backends()
     try:
