@@ -43,6 +43,9 @@ from ._common import (
     classify,
     retry_decision,
 )
+from ._future import RetryingFuture
+from ._hedging import hedged_call
+from ._streams import RetryingUnaryStream
 
 __all__ = ["BalancedChannel"]
 
@@ -234,8 +237,6 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
                   with_call: bool) -> Any:
         hedging = self._config.hedging
         if hedging is not None and hedging.applies_to(key[1]):
-            from ._hedging import hedged_call
-
             return hedged_call(self, key, request, timeout, metadata, credentials,
                                wait_for_ready, compression, with_call)
         start = time.monotonic() if timeout is not None else 0.0
@@ -295,8 +296,6 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
 
     def _future(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any) -> Any:
-        from ._future import RetryingFuture
-
         fut = RetryingFuture(self, key, request, timeout, metadata, credentials,
                              wait_for_ready, compression)
         fut.start()
@@ -516,8 +515,6 @@ class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: igno
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
-        from ._streams import RetryingUnaryStream
-
         return RetryingUnaryStream(self._ch, self._key, request, timeout, {
             "metadata": metadata, "credentials": credentials,
             "wait_for_ready": wait_for_ready, "compression": compression})
