@@ -283,3 +283,17 @@ def test_a_grpc_retry_shows_on_the_callers_span() -> None:
     assert retries  # each call that started on "failing" was retried once, as attempt 2
     assert {(r["clientlb.retry.reason"], r["clientlb.attempt"]) for r in retries} == {
         ("unavailable", 2)}
+
+
+def test_span_events_can_be_turned_off(clock: FakeClock) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lb = LoadBalancer(["127.0.0.1:8001"], clock=clock)
+    clientlb.Telemetry(meter_provider=MeterProvider(), span_events=False).instrument(lb)
+    with provider.get_tracer("test").start_as_current_span("call"):
+        lb.pick().done()
+        record_retry(lb, attempt=2, reason="connect_failure")
+    (span,) = exporter.get_finished_spans()
+    assert span.events == ()
+    lb.close()

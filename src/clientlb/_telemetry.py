@@ -64,7 +64,6 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
-from opentelemetry.trace import TracerProvider
 
 from ._endpoint import EndpointSetDiff
 from ._outcome import Outcome
@@ -172,13 +171,11 @@ class Telemetry:
 
     Args:
         meter_provider: defaults to the global one (``metrics.get_meter_provider()``).
-        tracer_provider: only used to check the span API is wired; span events go to
-            the *caller's current span*, whatever provider made it.
-        span_events: add ``clientlb.attempt`` events to the current span (default True).
+        span_events: add ``clientlb.attempt`` and ``clientlb.retry`` events to the
+            caller's current span, whatever tracer provider made it (default True).
     """
 
     def __init__(self, *, meter_provider: MeterProvider | None = None,
-                 tracer_provider: TracerProvider | None = None,
                  span_events: bool = True) -> None:
         from . import __version__
 
