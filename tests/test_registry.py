@@ -258,3 +258,16 @@ def test_reload_turns_active_health_checks_on_in_place() -> None:
         assert changes["updated"] == ["users"]
         assert reg.get("users") is lb
         assert lb._health.health_check == clientlb.HealthCheck(kind="tcp")
+
+
+def test_reload_undoes_its_new_balancers_when_one_cannot_be_built(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with Registry.from_config(_config(users={"target": "127.0.0.1:1",
+                                             "strategy": "random"})) as reg:
+        monkeypatch.delitem(clientlb._resolver.RESOLVERS, "dns")  # a scheme not available
+        with pytest.raises(ConfigError, match=r"^services\.search\.target: the dns:// scheme"):
+            reg.reload(_config(users={"target": "127.0.0.1:1", "strategy": "round_robin"},
+                               orders={"target": "127.0.0.1:2"},
+                               search={"target": "dns:///search.internal:80"}))
+        assert reg.names() == ["users"]
+        assert reg.get("users").strategy.name == "random"

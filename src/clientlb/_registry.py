@@ -284,11 +284,18 @@ class Registry:
                 plans.append((name, changes))
         created = [name for name in wanted if name not in current]
         deleted = [name for name in current if name not in wanted]
+        made: list[str] = []
+        try:  # new balancers first: if one cannot be built, undo them and change nothing
+            for name in created:
+                svc = wanted[name]
+                self._create(name, svc.target, svc.options, path=f"services.{name}")
+                made.append(name)
+        except BaseException:
+            for name in made:
+                self.delete(name, timeout=0)
+            raise
         for name, changes in plans:
             self.update(name, **changes)
-        for name in created:
-            svc = wanted[name]
-            self._create(name, svc.target, svc.options, path=f"services.{name}")
         for name in deleted:
             self.delete(name, timeout=drain_timeout)
         result = {"created": created, "updated": [n for n, _ in plans], "deleted": deleted}
