@@ -53,6 +53,7 @@ __all__ = [
     "make_lb",
     "metadata_hash_key",
     "retry_decision",
+    "take_retry",
 ]
 
 StatusCode = grpc.StatusCode
@@ -225,6 +226,16 @@ def retry_decision(plan: RetryPlan, lb: LoadBalancer, code: grpc.StatusCode | No
         return None, state
     record_retry(lb, attempt=transparent + state.attempt_number, reason=reason)
     return delay, state
+
+
+def take_retry(lb: LoadBalancer, budget: RetryBudget | None, *, attempt: int,
+               reason: str) -> bool:
+    """Withdraw one retry (or hedge) from the budget and note it on the caller's span."""
+    if budget is not None and not budget.try_withdraw():
+        record_budget_exhausted(lb)
+        return False
+    record_retry(lb, attempt=attempt, reason=reason)
+    return True
 
 
 def attempt_wait_for_ready(wait_for_ready: bool | None, plan: RetryPlan, lb: LoadBalancer,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ._common import classify, is_local_origin
+from ._common import classify, is_local_origin, take_retry
 
 if TYPE_CHECKING:
     from ._channel import BalancedChannel, _Key
@@ -75,7 +75,7 @@ def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | N
     def may_hedge() -> bool:
         # Every hedge is a retry for the balancer's budget (gRFC A6 throttling).
         if allowed[0] and len(calls) < hedging.max_attempts:
-            allowed[0] = budget is None or budget.try_withdraw()
+            allowed[0] = take_retry(ch.lb, budget, attempt=len(calls) + 1, reason="hedge")
             return allowed[0]
         return False
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from ._common import is_local_origin
+from ._common import is_local_origin, take_retry
 
 if TYPE_CHECKING:
     from ._channel import BalancedChannel, _Key
@@ -68,7 +68,8 @@ class RetryingUnaryStream(grpc.Call, grpc.Future):  # type: ignore[misc]
             timeout = self._start + timeout - time.monotonic()
             if timeout <= 0:
                 return False
-        if plan.budget is not None and not plan.budget.try_withdraw():
+        if not take_retry(self._ch.lb, plan.budget, attempt=self._transparent + 2,
+                          reason="transparent_unavailable"):
             return False
         self._transparent += 1
         self._tried.add(self._address)

@@ -58,6 +58,7 @@ from ._common import (
     logical_name,
     make_lb,
     retry_decision,
+    take_retry,
 )
 
 __all__ = ["BalancedChannel", "Hedging", "insecure_channel", "secure_channel"]
@@ -437,7 +438,8 @@ class _RetryingUnaryStreamCall(grpc.aio.UnaryStreamCall):  # type: ignore[misc]
             if remaining <= 0:
                 return False
             kwargs = {**kwargs, "timeout": remaining}
-        if plan.budget is not None and not plan.budget.try_withdraw():
+        if not take_retry(self._ch.lb, plan.budget, attempt=self._transparent + 2,
+                          reason="transparent_unavailable"):
             return False
         self._transparent += 1
         self._tried.add(self._address)
@@ -663,7 +665,8 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             # Every hedge is a retry for the balancer's budget (gRFC A6 throttling).
             nonlocal allowed
             if allowed and len(attempts) < hedging.max_attempts:
-                allowed = budget is None or budget.try_withdraw()
+                allowed = take_retry(self._ch._lb, budget, attempt=len(attempts) + 1,
+                                     reason="hedge")
                 return allowed
             return False
 
