@@ -371,7 +371,9 @@ def test_hedging_answers_from_the_fast_endpoint_when_one_is_slow(
         call = channel.unary_unary(UNARY)
         answers = [call(b"x", timeout=5) for _ in range(4)]
         answers.append(call.with_call(b"x", timeout=5)[0])
+        hedges = channel.lb.retry_budget.statistics()["retries"]  # type: ignore[union-attr]
     assert set(answers) == {b"b1"}
+    assert hedges >= 2  # every hedge is drawn from the balancer's retry budget
     assert clientlb.Outcome.CANCELLED in {o for a, o in seen if a == backends[0].address}
 
 
