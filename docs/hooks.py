@@ -6,6 +6,8 @@
   text, each with an INFO line, instead of failing ``mkdocs build --strict``.
   Only the names in :data:`PENDING` get this treatment: any other broken
   link still fails the build.
+* **Sphinx roles in docstrings.** ``:class:`X``` and ``Example::`` are tidied in
+  the generated API reference.
 * **The examples are part of the site.** Every file of ``examples/`` is
   copied into the site under ``examples/``, and a relative link written for
   the repository (``../examples/grpc_quickstart.py`` from ``docs/``) is
@@ -55,6 +57,19 @@ def on_config(config: Any) -> Any:
     if config.nav:
         config.nav = _prune(config.nav, Path(config.docs_dir))
     return config
+
+
+# The docstrings are written for Sphinx-style readers (``:class:`~clientlb.Pick```,
+# ``Example::``); mkdocstrings renders those roles literally, so tidy the HTML.
+_ROLE = re.compile(r":(?:class|meth|func|mod|data|attr|exc|obj):(?=<code>)")
+_TILDE = re.compile(r"<code>~(?:[A-Za-z_][\w]*\.)*([A-Za-z_][\w]*)</code>")
+
+
+def on_post_page(output: str, page: Any, config: Any) -> str:
+    output = _ROLE.sub("", output)
+    output = _TILDE.sub(r"<code>\1</code>", output)  # ``~a.b.C`` reads as ``C``
+    output = output.replace("<p>::</p>", "").replace("::</p>", ":</p>")
+    return output
 
 
 def on_files(files: Any, config: Any) -> Any:
