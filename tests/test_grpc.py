@@ -543,3 +543,17 @@ def test_the_logical_name_becomes_authority_and_tls_name() -> None:
     assert logical_name(dns, None) == "users.internal:50051"
     for balancer in (lb, named, dns):
         balancer.close()
+
+
+def test_channel_ready_future_connects_endpoints_that_arrive_later(
+        backends: list[GrpcBackend]) -> None:
+    """grpc.channel_ready_future on an empty balancer matures once an endpoint is added."""
+    lb = clientlb.LoadBalancer([backends[0].address])
+    lb.remove(backends[0].address)
+    with clientlb.grpc.insecure_channel(lb) as channel:
+        ready = grpc.channel_ready_future(channel)
+        assert not ready.done()
+        lb.add(backends[1].address)
+        ready.result(timeout=5)
+        assert channel.sub_channels() == {backends[1].address: "open"}
+    lb.close()

@@ -365,3 +365,23 @@ def test_channel_ready_get_state_and_no_endpoint_error(backends: list[GrpcBacken
         assert channel.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
     asyncio.run(main())
+
+
+def test_channel_ready_waits_for_endpoints_that_arrive_later(
+        backends: list[GrpcBackend]) -> None:
+    """With no endpoint yet, channel_ready() waits (without spinning the loop) for one."""
+    async def main() -> None:
+        lb = clientlb.LoadBalancer([backends[0].address])
+        await lb.wait_ready_async()
+        lb.remove(backends[0].address)
+        channel = clientlb.grpc.aio.insecure_channel(lb)
+        ready = asyncio.ensure_future(channel.channel_ready())
+        await asyncio.sleep(0.05)  # the loop stays free while it waits
+        assert not ready.done()
+        lb.add(backends[1].address)
+        await asyncio.wait_for(ready, 5)
+        assert channel.get_state() is grpc.ChannelConnectivity.READY
+        await channel.close()
+        await lb.aclose()
+
+    asyncio.run(main())

@@ -158,6 +158,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         self._failure_codes = config.failure_codes
         self._subs: dict[str, _SubChannel] = {}
         self._draining: list[_SubChannel] = []
+        self._connect_all = False
         self._lock = threading.Lock()
         self._closed = False
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
@@ -195,6 +196,12 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         return sub
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
+        if diff.added and self._connect_all:  # someone asked to connect everything
+            for ep in diff.added:
+                try:
+                    self._watch(self._sub(ep), True)
+                except ValueError:  # closed meanwhile
+                    return
         if not diff.removed:
             return
         with self._lock:
@@ -396,6 +403,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             self._subscribers.append(callback)
             state = self._state
         if try_to_connect:
+            self._connect_all = True  # endpoints discovered later are connected too
             try:
                 for ep in self._lb.endpoints():
                     self._sub(ep)

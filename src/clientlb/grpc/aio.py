@@ -137,6 +137,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._failure_codes = config.failure_codes
         self._subs: dict[str, _SubChannel] = {}
         self._draining: list[_SubChannel] = []
+        self._changed: asyncio.Event | None = None
+        self._connect_all = False
         self._closed = False
         self._rng = lb.rng
         try:
@@ -170,23 +172,26 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return sub
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
-        if not diff.removed:
-            return
         loop = self._loop
         if loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._apply_removals(diff.removed)
+            self._apply_diff(diff)
         elif not loop.is_closed():
-            loop.call_soon_threadsafe(self._apply_removals, diff.removed)
+            loop.call_soon_threadsafe(self._apply_diff, diff)
 
-    def _apply_removals(self, removed: Sequence[Endpoint]) -> None:
+    def _apply_diff(self, diff: EndpointSetDiff) -> None:
         self._draining = [s for s in self._draining if not s.closed]
-        for ep in removed:
+        for ep in diff.removed:
             sub = self._subs.pop(ep.address, None)
             if sub is not None:
                 self._draining.append(sub)
                 sub.drain()
+        if diff.added and self._connect_all and not self._closed:
+            for ep in diff.added:  # someone asked to connect everything: these too
+                self._sub(ep).channel.get_state(try_to_connect=True)
+        if self._changed is not None:
+            self._changed.set()  # wake wait_for_state_change: the set of endpoints moved
 
     def sub_channels(self) -> dict[str, str]:
         """``{address: "open" | "draining"}`` of the sub-channels not closed yet."""
@@ -276,6 +281,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         ``try_to_connect`` opens and connects a sub-channel to every endpoint.
         """
         if try_to_connect and not self._closed:
+            self._connect_all = True  # endpoints discovered later are connected too
             for ep in self._lb.endpoints():
                 self._sub(ep)
         if self._closed:
@@ -284,16 +290,24 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         return next((s for s in _ORDER if s in states), grpc.ChannelConnectivity.IDLE)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        """Wait until the aggregate state differs from ``last_observed_state``.
+
+        Wakes up on any sub-channel's change and on any change of the endpoint
+        set (so a target that resolved to nothing yet is waited for, not spun on).
+        """
+        if self._changed is None:
+            self._changed = asyncio.Event()
         while self.get_state() is last_observed_state:
-            subs = list(self._subs.values())
-            if not subs:
+            if self._closed:
+                return
+            if not self._subs:
                 for ep in self._lb.endpoints():
                     self._sub(ep)
-                subs = list(self._subs.values())
-                if not subs:
-                    return
-            waits = [asyncio.ensure_future(s.channel.wait_for_state_change(
-                s.channel.get_state())) for s in subs]
+            changed = self._changed
+            changed.clear()
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
+            waits += [asyncio.ensure_future(s.channel.wait_for_state_change(
+                s.channel.get_state())) for s in self._subs.values()]
             try:
                 await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -313,6 +327,8 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             return
         self._closed = True
         self._lb.remove_listener(self._on_diff)
+        if self._changed is not None:
+            self._changed.set()
         subs = [*self._subs.values(), *self._draining]
         self._subs.clear()
         self._draining.clear()
