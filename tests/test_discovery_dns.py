@@ -184,8 +184,9 @@ def test_dns_nxdomain_is_authoritative_and_empties_the_set(knot: KnotServer) -> 
 def test_dns_unreachable_server_fails_the_first_pick_with_the_discovery_error() -> None:
     port = free_port()  # nothing listens there
     with clientlb.LoadBalancer(f"dns://127.0.0.1:{port}/web.test:80",
-                               first_resolution_timeout=0.5,
+                               first_resolution_timeout=0.2,
                                resolver_options={**FAST, "timeout": 0.3}) as lb:
+        wait_until(lambda: lb.resolver.statistics().errors >= 1)  # type: ignore[attr-defined]
         with pytest.raises(clientlb.NoEndpointAvailable) as info:
             lb.pick()
         assert isinstance(info.value.__cause__, clientlb.DiscoveryError)
@@ -396,6 +397,8 @@ def test_every_endpoint_failing_re_resolves_before_the_ttl(knot: KnotServer) -> 
             # record and the health layer asks again after its 5 s minimum interval.)
             wait_until(lambda: addresses(lb) == {backend.address}, timeout=15,
                        message="re-resolved to the moved service")
+            wait_until(lambda: lb.pick().endpoint.address == backend.address,
+                       message="the new picker")  # endpoints() may lead the picker swap
             with lb.pick() as p:
                 assert get(p.endpoint) == "moved"
             assert lb.resolver.statistics().refreshes >= 1  # type: ignore[attr-defined]
