@@ -43,6 +43,15 @@ def addresses(lb: clientlb.LoadBalancer) -> set[str]:
     return {ep.address for ep in lb.endpoints()}
 
 
+def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
+    """True once the published picker has nothing to pick (endpoints() may lead it)."""
+    try:
+        lb.pick().done()
+    except clientlb.NoEndpointAvailable:
+        return True
+    return False
+
+
 def consul_lb(consul: ConsulEmulator, query: str = "web", **options: object
               ) -> clientlb.LoadBalancer:
     return clientlb.LoadBalancer(f"consul://{consul.address}/{query}",
@@ -224,6 +233,7 @@ def test_an_empty_answer_is_authoritative(consul: ConsulEmulator) -> None:
         assert lb.wait_ready() and len(lb.endpoints()) == 1
         consul.deregister("web", "web-1")
         wait_until(lambda: lb.endpoints() == (), timeout=5)
+        wait_until(lambda: picks_nothing(lb))
         with pytest.raises(clientlb.NoEndpointAvailable):
             lb.pick()
 

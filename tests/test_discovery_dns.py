@@ -45,6 +45,15 @@ def addresses(lb: clientlb.LoadBalancer) -> set[str]:
     return {ep.address for ep in lb.endpoints()}
 
 
+def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
+    """True once the published picker has nothing to pick (endpoints() may lead it)."""
+    try:
+        lb.pick().done()
+    except clientlb.NoEndpointAvailable:
+        return True
+    return False
+
+
 def get(endpoint: clientlb.Endpoint) -> str:
     return httpx.get(f"http://{endpoint.address}/", timeout=5).text.strip()
 
@@ -177,6 +186,7 @@ def test_dns_nxdomain_is_authoritative_and_empties_the_set(knot: KnotServer) -> 
         wait_until(lambda: len(lb.endpoints()) == 1)
         knot.update(delete=[("gone",)])
         wait_until(lambda: lb.endpoints() == (), timeout=5, message="NXDOMAIN applied")
+        wait_until(lambda: picks_nothing(lb))
         with pytest.raises(clientlb.NoEndpointAvailable, match="no endpoint"):
             lb.pick()
 

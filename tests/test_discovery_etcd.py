@@ -49,6 +49,15 @@ def addresses(lb: clientlb.LoadBalancer) -> set[str]:
     return {ep.address for ep in lb.endpoints()}
 
 
+def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
+    """True once the published picker has nothing to pick (endpoints() may lead it)."""
+    try:
+        lb.pick().done()
+    except clientlb.NoEndpointAvailable:
+        return True
+    return False
+
+
 def test_prefix_range_covers_exactly_the_keys_under_the_prefix() -> None:
     key, end = prefix_range("services/users")
     assert key == b"services/users/"
@@ -100,6 +109,7 @@ def test_etcd_put_and_delete_are_followed_within_a_second(etcd: EtcdServer) -> N
         wait_until(lambda: lb.endpoints()[0].weight == 5, timeout=5, message="weight change")
         etcd.delete("follow/b")
         wait_until(lambda: lb.endpoints() == (), timeout=5, message="empty")
+        wait_until(lambda: picks_nothing(lb))
         with pytest.raises(clientlb.NoEndpointAvailable):
             lb.pick()
 
