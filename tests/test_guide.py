@@ -94,3 +94,12 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert "CookieAffinity" in strategies  # the snippets were included, not left as text
     assert (tmp_path / "examples" / "guide_strategies.py").is_file()  # linked from the page
     assert 'href="../../examples/guide_strategies.py"' in strategies
+
+
+def test_the_telemetry_chapter_lists_every_instrument() -> None:
+    source = (ROOT / "src" / "clientlb" / "_telemetry.py").read_text()
+    created = set(re.findall(r'create_\w+\(\s*"(clientlb\.[\w.]+)"', source))
+    assert len(created) >= 10
+    chapter = (DOCS / "telemetry.md").read_text()
+    documented = set(re.findall(r"^\| `(clientlb\.[\w.]+)` \|", chapter, flags=re.M))
+    assert created == documented
