@@ -206,3 +206,12 @@ def test_demo_compares_strategies_and_writes_a_chart(tmp_path: Path) -> None:
     for header in ("fast-1", "slow", "flaky", "p50", "p99", "err", "retry", "eject"):
         assert header in out
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_default_demo_fits_in_30_seconds() -> None:
+    """24 s of traffic plus about 2 s to start the backends and print the comparison."""
+    from clientlb._cli import build_parser
+
+    args = build_parser().parse_args(["demo"])
+    assert args.duration <= 25
+    assert args.strategies.split(",") == ["round_robin", "random", "least_request", "peak_ewma"]
