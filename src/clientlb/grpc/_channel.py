@@ -91,9 +91,13 @@ class _SubChannel:
             self.callables[key] = c
         return c
 
-    def acquire(self) -> None:
+    def acquire(self) -> bool:
+        """Count one more call; False when the sub-channel was closed meanwhile."""
         with self._lock:
+            if self.closed:
+                return False
             self.in_flight += 1
+            return True
 
     def release(self) -> None:
         with self._lock:
@@ -239,6 +243,20 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         except NoEndpointAvailable as exc:
             raise NoEndpointRpcError(exc) from exc
 
+    def _acquire(self, exclude: set[str] | None, hkey: Any) -> tuple[Pick, _SubChannel]:
+        """Pick an endpoint and count the call on its sub-channel.
+
+        An endpoint that leaves between the pick and the call may have its
+        sub-channel closed in that instant: then pick again (a new pick never
+        gets that sub-channel back).
+        """
+        while True:
+            pick = self._pick(exclude, hkey)
+            sub = self._sub(pick.endpoint)
+            if sub.acquire():
+                return pick, sub
+            pick.done(Outcome.CANCELLED)
+
     def _blocking(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                   credentials: Any, wait_for_ready: bool | None, compression: Any,
                   with_call: bool) -> Any:
@@ -256,9 +274,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         call_timeout = timeout
         hkey = None if self._config.hash_key is None else self._hash(key[1], request, metadata)
         while True:
-            pick = self._pick(tried, hkey)
-            sub = self._sub(pick.endpoint)
-            sub.acquire()
+            pick, sub = self._acquire(tried, hkey)
             wfr = wait_for_ready and attempt_wait_for_ready(wait_for_ready, plan, self._lb,
                                                             tried, transparent)
             try:
@@ -312,9 +328,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
                      kwargs: dict[str, Any], exclude: set[str] | None,
                      hkey: Any = None) -> tuple[Any, str]:
         """Start one attempt of a server-streaming call: ``(grpc call, address)``."""
-        pick = self._pick(exclude or None, hkey)
-        sub = self._sub(pick.endpoint)
-        sub.acquire()
+        pick, sub = self._acquire(exclude or None, hkey)
         if kwargs["wait_for_ready"]:
             kwargs = {**kwargs, "wait_for_ready": attempt_wait_for_ready(
                 kwargs["wait_for_ready"], self._config.retry, self._lb, exclude,
@@ -337,9 +351,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
     def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any,
                 method: str = "__call__") -> Any:
-        pick = self._pick(None, self._hash(key[1], None, metadata))
-        sub = self._sub(pick.endpoint)
-        sub.acquire()
+        pick, sub = self._acquire(None, self._hash(key[1], None, metadata))
         try:
             call = getattr(sub.callable(key), method)(
                 request, timeout=timeout, metadata=metadata, credentials=credentials,

@@ -56,12 +56,10 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def start(self) -> None:
         try:
-            pick = self._ch._pick(self._tried or None, self._hkey)
-            sub = self._ch._sub(pick.endpoint)
+            pick, sub = self._ch._acquire(self._tried or None, self._hkey)
         except (NoEndpointRpcError, ValueError) as exc:
             self._finish(None, exc)
             return
-        sub.acquire()
         try:
             kwargs = self._kwargs
             if kwargs["wait_for_ready"]:

@@ -46,10 +46,8 @@ def hedged_call(ch: BalancedChannel, key: _Key, request: Any, timeout: float | N
     hkey = ch._hash(key[1], request, metadata)
 
     def launch() -> None:
-        pick = ch._pick(tried or None, hkey)
+        pick, sub = ch._acquire(tried or None, hkey)
         tried.add(pick.endpoint.address)
-        sub = ch._sub(pick.endpoint)
-        sub.acquire()
         try:
             call = sub.callable(key).future(
                 request, timeout=remaining(), metadata=metadata, credentials=credentials,
