@@ -385,3 +385,20 @@ def test_channel_ready_waits_for_endpoints_that_arrive_later(
         await lb.aclose()
 
     asyncio.run(main())
+
+
+def test_a_call_never_awaited_gives_its_slot_back(backends: list[GrpcBackend]) -> None:
+    """A fire-and-forget call (never awaited) leaves nothing in flight once dropped, so its
+    endpoint's sub-channel can still drain and close."""
+    async def main() -> None:
+        lb = clientlb.LoadBalancer([backends[0].address])
+        async with clientlb.grpc.aio.insecure_channel(lb) as channel:
+            call = channel.unary_unary(UNARY)(b"x", timeout=5)
+            await until(lambda: backends[0].count() == 1)
+            del call
+            await until(lambda: channel.lb.snapshot().endpoints[0].in_flight == 0)
+            lb.remove(backends[0].address)
+            await until(lambda: channel.sub_channels() == {})
+        await lb.aclose()
+
+    asyncio.run(main())

@@ -28,6 +28,7 @@ Everything runs on the event loop that created the channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -825,6 +826,14 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
 
     async def wait_for_connection(self) -> None:
         await self._wait_finished()
+
+    def __del__(self) -> None:
+        # A call that was never awaited nor observed still ran on grpc's side; give its
+        # endpoint's in-flight slot back (the Pick reports itself cancelled when freed).
+        if self._driver is None and not self._finished and self._sub is not None:
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(Exception):  # no running loop at interpreter exit
+                sub.release()
 
     def __repr__(self) -> str:
         state = "done" if self._finished else "running"
