@@ -68,6 +68,16 @@ def test_telemetry_example_records_metrics_and_span_events() -> None:
     assert re.search(r"clientlb\.endpoints\s+1\s+.*'ejected'", out)
 
 
+def test_prometheus_example_exposes_the_metrics_for_scraping() -> None:
+    out = run_example("telemetry_prometheus.py")
+    assert re.search(r'^clientlb_requests_total\{clientlb_outcome="gateway_failure",'
+                     r'clientlb_service="web",error_type="gateway_failure",.*\} 5\.0$', out,
+                     flags=re.M)
+    assert 'clientlb_endpoints{clientlb_endpoint_state="ejected",clientlb_service="web"} 1.0' \
+        in out
+    assert re.search(r'^clientlb_retries_total\{clientlb_service="web"\} [1-9]', out, flags=re.M)
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_every_python_block_is_a_snippet_of_a_tested_example(page: str) -> None:
     """No hand-written Python in the guide: each block includes a file under examples/."""

@@ -109,6 +109,7 @@ def test_health_events_are_counted_by_kind(reader: InMemoryMetricReader,
     assert events["ejections_total"] == 1
     assert events["ejections_consecutive_failures"] == 1
     assert events["panic_entered"] == 0
+    assert not [e for e in events if e.startswith("endpoints_")]  # gauges, not counters
     lb.close()
 
 

@@ -319,7 +319,8 @@ class Telemetry:
             if statistics is None:
                 continue
             for event, n in statistics().items():
-                yield Observation(int(n), {SERVICE: bound.service, EVENT: event})
+                if not event.startswith("endpoints_"):  # gauges: see clientlb.endpoints
+                    yield Observation(int(n), {SERVICE: bound.service, EVENT: event})
 
     def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
