@@ -59,6 +59,9 @@ _CONNECTIVITY_ORDER = (
 
 # grpcio's connectivity poller wakes up every 0.2 s; a little more than that.
 _POLL_TICK = 0.3
+# gRPC's initial reconnect backoff (connection-backoff.md): an endpoint that failed to
+# connect less than this ago is still failing; client-streaming calls skip it.
+_RECONNECT_BACKOFF = 1.0
 
 # (kind, method, request_serializer, response_deserializer, registered)
 _Key = tuple[str, str, Any, Any, bool]
@@ -68,7 +71,7 @@ class _SubChannel:
     """One endpoint's grpcio channel, its cached multicallables and in-flight count."""
 
     __slots__ = ("_lock", "address", "callables", "channel", "closed", "draining",
-                 "in_flight", "state", "watcher")
+                 "failed_at", "in_flight", "state", "watcher")
 
     def __init__(self, address: str, channel: grpc.Channel) -> None:
         self.address = address
@@ -78,6 +81,8 @@ class _SubChannel:
         self.draining = False
         self.closed = False
         self.state: grpc.ChannelConnectivity | None = None
+        #: when a call last failed to connect through it (monotonic), or None
+        self.failed_at: float | None = None
         self.watcher: Callable[[grpc.ChannelConnectivity], None] | None = None
         self._lock = threading.Lock()
 
@@ -289,7 +294,10 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
                                compression=compression)
             except grpc.RpcError as exc:
                 code, details = exc.code(), exc.details()
-                pick.done(classify(code, details, self._failure_codes))
+                outcome = classify(code, details, self._failure_codes)
+                if outcome is Outcome.CONNECT_FAILURE:
+                    sub.failed_at = time.monotonic()
+                pick.done(outcome)
                 sub.release()
                 delay, rstate = retry_decision(plan, self._lb, code, details, transparent,
                                                rstate)
@@ -342,7 +350,10 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         failure_codes = self._failure_codes
 
         def finished(c: Any) -> None:
-            pick.done(classify(c.code(), c.details(), failure_codes))
+            outcome = classify(c.code(), c.details(), failure_codes)
+            if outcome is Outcome.CONNECT_FAILURE:
+                sub.failed_at = time.monotonic()
+            pick.done(outcome)
             sub.release()
 
         call.add_done_callback(finished)
@@ -351,7 +362,19 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
     def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
                 credentials: Any, wait_for_ready: bool | None, compression: Any,
                 method: str = "__call__") -> Any:
-        pick, sub = self._acquire(None, self._hash(key[1], None, metadata))
+        hkey = self._hash(key[1], None, metadata)
+        pick, sub = self._acquire(None, hkey)
+        # Requests from an iterator cannot be replayed, so a client-streaming call is
+        # never retried; but an endpoint that just failed to connect is skipped first.
+        tried: set[str] | None = None
+        for _ in range(self._config.retry.transparent_retries):
+            failed_at = sub.failed_at
+            if failed_at is None or time.monotonic() - failed_at > _RECONNECT_BACKOFF:
+                break
+            pick.done(Outcome.CANCELLED)
+            sub.release()
+            tried = (tried or set()) | {pick.endpoint.address}
+            pick, sub = self._acquire(tried, hkey)
         try:
             call = getattr(sub.callable(key), method)(
                 request, timeout=timeout, metadata=metadata, credentials=credentials,
@@ -371,7 +394,10 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         failure_codes = self._failure_codes
 
         def finished(c: Any) -> None:
-            pick.done(classify(c.code(), c.details(), failure_codes))
+            outcome = classify(c.code(), c.details(), failure_codes)
+            if outcome is Outcome.CONNECT_FAILURE:
+                sub.failed_at = time.monotonic()
+            pick.done(outcome)
             sub.release()
 
         call.add_done_callback(finished)

@@ -81,7 +81,10 @@ class RetryingFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
         def attempt_done(c: Any) -> None:
             code, details = c.code(), c.details()
-            pick.done(classify(code, details, self._ch._failure_codes))
+            outcome = classify(code, details, self._ch._failure_codes)
+            if outcome is Outcome.CONNECT_FAILURE:
+                sub.failed_at = time.monotonic()
+            pick.done(outcome)
             sub.release()
             if code is grpc.StatusCode.OK or self._cancelled:
                 self._finish(c, None)
