@@ -44,6 +44,20 @@ def test_resolve_prints_every_endpoint_with_its_attributes(
     assert "healthy" in out and "(2 endpoints)" in out
 
 
+def test_resolve_and_check_print_json_for_scripts(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["resolve", "static://127.0.0.1:8001,[::1]:8002", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [(e["host"], e["port"], e["state"]) for e in data["endpoints"]] == [
+        ("127.0.0.1", 8001, "healthy"), ("::1", 8002, "healthy")]
+    dead = free_port()
+    assert main(["check", f"127.0.0.1:{dead}", "--tcp", "--json"]) == 1
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    assert (result["address"], result["passed"], result["detail"]) == (
+        f"127.0.0.1:{dead}", False, "connection refused")
+
+
 def test_resolve_watch_stops_after_its_duration(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["resolve", "127.0.0.1:8001", "--watch", "--duration", "0.3"]) == 0
     assert "127.0.0.1:8001" in capsys.readouterr().out

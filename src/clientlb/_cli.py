@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long for discovery's first answer (default 5)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="with --watch: stop after S seconds")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("check", help="probe every endpoint of a target once")
     p.add_argument("target")
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "target's service name)")
     p.add_argument("--timeout", type=float, default=2.0, metavar="S",
                    help="per probe, and for discovery's first answer (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = sub.add_parser("config", help="validate a TOML/JSON configuration file")
     p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
@@ -130,6 +133,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _print_json(data: object) -> None:
+    # Plain print, not rich: a script reading this must never see a wrapped line.
+    print(json.dumps(data, indent=2))
+
+
 # -- resolve ------------------------------------------------------------------------------
 
 def _open(target: str, timeout: float) -> LoadBalancer:
@@ -164,8 +172,18 @@ def _metadata(ep: Endpoint) -> str:
 
 
 def resolve(args: argparse.Namespace, out: Console) -> int:
+    if args.watch and args.json:
+        raise CLIError("--json and --watch cannot be combined")
     lb = _open(args.target, args.timeout)
     try:
+        if args.json:
+            snap = lb.snapshot().by_address()
+            rows = [{"address": ep.address, "host": ep.host, "port": ep.port,
+                     "weight": ep.weight, "priority": ep.priority, "zone": ep.zone,
+                     "state": snap[ep.address].state if ep.address in snap else None,
+                     "metadata": dict(ep.metadata)} for ep in lb.endpoints()]
+            _print_json({"target": str(lb.target), "endpoints": rows})
+            return EXIT_OK if rows else EXIT_NOTHING
         if not args.watch:
             out.print(endpoints_table(lb))
             return EXIT_OK if lb.endpoints() else EXIT_NOTHING
@@ -245,6 +263,12 @@ def check(args: argparse.Namespace, out: Console) -> int:
             checker.close()
     finally:
         lb.close()
+    if args.json:
+        _print_json({"target": str(lb.target), "probe": what, "results": [
+            {"address": ep.address, "passed": ok, "detail": detail,
+             "seconds": round(elapsed, 6)}
+            for ep, (ok, detail, elapsed) in zip(endpoints, results, strict=True)]})
+        return EXIT_OK if any(ok for ok, _, _ in results) else EXIT_NOTHING
     table = Table(title=f"{what} on {lb.target}", title_justify="left")
     for column in ("address", "result", "detail", "time"):
         table.add_column(column, justify="right" if column == "time" else "left")
