@@ -286,6 +286,38 @@ def test_a_grpc_retry_shows_on_the_callers_span() -> None:
         ("unavailable", 2)}
 
 
+def test_a_transparent_grpc_retry_shows_on_the_callers_span() -> None:
+    """A call to a dead port never reached a server: retried at once elsewhere."""
+    pytest.importorskip("grpc")
+    import clientlb.grpc
+
+    from ._grpc_servers import UNARY, GrpcBackend
+    from ._helpers import free_port
+
+    ok = GrpcBackend("ok")
+    dead = f"127.0.0.1:{free_port()}"
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lb = LoadBalancer([dead, ok.address], strategy="round_robin", name="echo",
+                      outlier_detection=None)
+    clientlb.Telemetry(meter_provider=MeterProvider()).instrument(lb)
+    channel = clientlb.grpc.insecure_channel(lb)
+    try:
+        with provider.get_tracer("test").start_as_current_span("rpc"):
+            for _ in range(2):  # round robin: one of the two calls starts on the dead port
+                assert channel.unary_unary(UNARY)(b"x", timeout=5) == b"ok"
+    finally:
+        channel.close()
+        lb.close()
+        ok.server.stop(None)
+    (span,) = exporter.get_finished_spans()
+    retries = [dict(e.attributes or {}) for e in span.events if e.name == "clientlb.retry"]
+    assert retries
+    assert {(r["clientlb.retry.reason"], r["clientlb.attempt"]) for r in retries} == {
+        ("transparent_unavailable", 2)}
+
+
 def test_span_events_can_be_turned_off(clock: FakeClock) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
