@@ -59,8 +59,8 @@ __all__ = [
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
-    *,
     compression: grpc.Compression | None = None,
+    *,
     server_name: str | None = None,
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
@@ -71,6 +71,9 @@ def insecure_channel(
     **lb_options: Any,
 ) -> BalancedChannel:
     """A plaintext ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
+
+    Takes ``grpc.insecure_channel``'s arguments in the same places, so that
+    replacing one by the other is enough.
 
     Args:
         lb_or_target: a :class:`~clientlb.LoadBalancer` (shared, not closed

@@ -852,9 +852,9 @@ def _consume(task: asyncio.Task[Any]) -> None:
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
-    *,
     compression: grpc.Compression | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
+    *,
     server_name: str | None = None,
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
