@@ -750,3 +750,16 @@ def test_http2_over_tls_keeps_the_logical_authority(ca: trustme.CA, tmp_path: An
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
         loop.close()
+
+
+def test_an_endpoint_removed_between_pick_and_connect_gets_no_lasting_pool(
+        backends: list[Backend]) -> None:
+    """The race of a discovery update with a request: its pool serves that call only."""
+    lb = make_lb([b.address for b in backends[:2]])
+    transport = clientlb.HTTPTransport(lb)
+    pick = lb.pick()
+    lb.remove(pick.endpoint.address)
+    route = transport._router._route(pick, None)
+    assert route.retiring and not transport._router._routes
+    assert transport._router.release(route) is route.pool  # closed after the call
+    pick.done()

@@ -365,7 +365,11 @@ class _Router(Generic[P]):
             if route is None:
                 if self.closed:
                     raise RuntimeError("the transport is closed")
-                route = self._routes[key] = _Route(key, pick.endpoint, self._pool_factory())
+                route = _Route(key, pick.endpoint, self._pool_factory())
+                if pick._state.draining:  # removed since the pick: a pool for this one call
+                    route.retiring = True
+                else:
+                    self._routes[key] = route
             route.in_flight += 1
         return route
 
