@@ -80,7 +80,7 @@ def bench_publish(strategy: str, n: int = 10_000) -> tuple[float, float, float]:
         i = 0
         while (stop is None and i < count) or (stop is not None and not stop.is_set()):
             t0 = clock()
-            lb.pick("k%d" % (i & 1023)).done()
+            lb.pick(f"k{i & 1023}").done()
             out.append(clock() - t0)
             i += 1
         return out
