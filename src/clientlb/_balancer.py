@@ -260,6 +260,8 @@ class LoadBalancer:
         self._states: dict[str, EndpointState] = {}
         self._draining: dict[str, EndpointState] = {}
         self._endpoint_set = EndpointSet()
+        # what endpoints() shows: swapped only once the picker for it is in place
+        self._visible_endpoints: tuple[Endpoint, ...] = ()
         self._picker: Picker | None = None
         self._weights: dict[str, float] = {}
         self._mode = "waiting"
@@ -324,6 +326,7 @@ class LoadBalancer:
             self._endpoint_set = endpoints
             self._discovery_error = None
             self._rebuild_locked(now)
+            self._visible_endpoints = endpoints.endpoints
             if diff:
                 logger.info("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
                             len(diff.added), len(diff.removed), len(diff.changed),
@@ -569,7 +572,7 @@ class LoadBalancer:
 
     def endpoints(self) -> tuple[Endpoint, ...]:
         """Every discovered endpoint, whatever its health."""
-        return self._endpoint_set.endpoints
+        return self._visible_endpoints
 
     def state_of(self, address: str) -> EndpointState | None:
         """The live state of an endpoint (``host:port``), including draining ones."""
