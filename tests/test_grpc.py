@@ -389,6 +389,9 @@ def test_retryable_codes_retry_on_another_endpoint_within_the_budget(
         assert set(answers) <= {b"b1", b"b2"}
         stats = channel.lb.retry_budget.statistics()  # type: ignore[union-attr]
         assert stats["retries"] == backends[0].count() >= 1
+        futures = [call.future(b"x", timeout=5) for _ in range(6)]  # retries on a timer
+        assert {f.result() for f in futures} <= {b"b1", b"b2"}
+        assert all(f.code() is grpc.StatusCode.OK and f.done() for f in futures)
     with clientlb.grpc.insecure_channel([backends[0].address]) as channel, \
             pytest.raises(grpc.RpcError):
         channel.unary_unary(UNARY)(b"x", timeout=5)  # not retryable by default
@@ -618,3 +621,20 @@ def test_client_streams_skip_an_endpoint_that_just_failed_to_connect(
                 unary(b"x", timeout=5)  # until one attempt hit the dead port
             assert channel.stream_unary(SUNARY)(iter([b"a"]), timeout=5) == b"b0:1"
             assert list(channel.stream_stream(SSTREAM)(iter([b"a"]), timeout=5)) == [b"a@b0"]
+
+
+def test_a_future_can_be_cancelled_and_reports_it(backends: list[GrpcBackend]) -> None:
+    """future().cancel() cancels the attempt on the wire; the endpoint is not blamed."""
+    backends[0].delay = 2.0
+    with clientlb.grpc.insecure_channel([backends[0].address]) as channel:
+        seen = outcomes_of(channel.lb)
+        future = channel.unary_unary(UNARY).future(b"x", timeout=5)
+        wait_until(lambda: backends[0].count() == 1, timeout=5, message="call arrived")
+        done: list[Any] = []
+        future.add_done_callback(done.append)
+        assert future.cancel()
+        wait_until(lambda: future.done(), timeout=5, message="cancelled future done")
+        assert future.cancelled() and done == [future]
+        with pytest.raises(grpc.FutureCancelledError):
+            future.result()
+    assert seen == [(backends[0].address, clientlb.Outcome.CANCELLED)]

@@ -402,3 +402,25 @@ def test_a_call_never_awaited_gives_its_slot_back(backends: list[GrpcBackend]) -
         await lb.aclose()
 
     asyncio.run(main())
+
+
+def test_retryable_codes_and_hedging_skip_an_overloaded_endpoint(
+        backends: list[GrpcBackend]) -> None:
+    """RESOURCE_EXHAUSTED declared retryable: plain calls retry after a backoff, hedged
+    calls hedge at once; both answer from the other endpoints and draw on the budget."""
+    backends[0].status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    async def main() -> None:
+        for hedging in (None, clientlb.grpc.Hedging(delay=1.0)):
+            async with clientlb.grpc.aio.insecure_channel(
+                    [b.address for b in backends], strategy="round_robin",
+                    retryable_codes={grpc.StatusCode.RESOURCE_EXHAUSTED},
+                    hedging=hedging) as channel:
+                call = channel.unary_unary(UNARY)
+                answers = {await call(b"x", timeout=5) for _ in range(6)}
+                assert answers == {b"b1", b"b2"}
+                budget = channel.lb.retry_budget
+                assert budget is not None and budget.statistics()["retries"] >= 1
+
+    asyncio.run(main())
+    assert backends[0].count() >= 2
