@@ -10,6 +10,7 @@ Cases, on a 10-endpoint static target with the default strategy:
 * ``api (no SDK)`` — instrumented, no SDK installed: the API's no-op instruments;
 * ``sdk metrics`` — an SDK ``MeterProvider`` with a (never collected) reader: every
   outcome is aggregated for real;
+* ``sdk, durations=False`` — the same without the duration histogram;
 * ``sdk + span`` — the same inside recording spans (a new one every 64 calls, to stay
   under the SDK's 128-event limit): one span event per attempt. The cost of the spans
   themselves (measured alone) is subtracted.
@@ -85,17 +86,20 @@ def main() -> None:
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     clientlb.Telemetry(meter_provider=provider).instrument(sdk)
     cases.append(("sdk metrics", sdk, nothing))
+    lean = clientlb.LoadBalancer(TARGET, outlier_detection=None)
+    clientlb.Telemetry(meter_provider=provider, durations=False).instrument(lean)
+    cases.append(("sdk, durations=False", lean, nothing))
     cases.append(("sdk + span", sdk, span))
 
     span_alone = per_call(None, args.n, args.repeat, span)
     base = None
-    print(f"{'case':<14} {'ns/call':>9} {'overhead':>9}")
+    print(f"{'case':<22} {'ns/call':>9} {'overhead':>9}")
     for name, lb, around in cases:
         ns = per_call(lb, args.n, args.repeat, around)
         if around is span:
             ns -= span_alone
         base = ns if base is None else base
-        print(f"{name:<14} {ns:>9.0f} {ns - base:>+9.0f}")
+        print(f"{name:<22} {ns:>9.0f} {ns - base:>+9.0f}")
     for _, lb, _ in cases:
         lb.close()
 

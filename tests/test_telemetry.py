@@ -330,3 +330,15 @@ def test_span_events_can_be_turned_off(clock: FakeClock) -> None:
     (span,) = exporter.get_finished_spans()
     assert span.events == ()
     lb.close()
+
+
+def test_durations_can_be_turned_off_and_requests_are_still_counted(
+        clock: FakeClock) -> None:
+    reader = InMemoryMetricReader()
+    lb = LoadBalancer(["127.0.0.1:8001"], clock=clock)
+    clientlb.Telemetry(meter_provider=MeterProvider(metric_readers=[reader]),
+                       durations=False).instrument(lb)
+    lb.pick().done()
+    assert points(reader, "clientlb.request.duration") == []
+    assert [p.value for p in points(reader, "clientlb.requests")] == [1]
+    lb.close()

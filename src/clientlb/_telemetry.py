@@ -143,7 +143,8 @@ class _Bound:
             series.counts[outcome] += 1
         attrs = series.attrs[outcome]
         t = self.telemetry
-        t._duration.record(latency, attrs)
+        if t._durations:
+            t._duration.record(latency, attrs)
         if t._span_events:
             span = trace.get_current_span()
             if span.is_recording():
@@ -173,14 +174,18 @@ class Telemetry:
         meter_provider: defaults to the global one (``metrics.get_meter_provider()``).
         span_events: add ``clientlb.attempt`` and ``clientlb.retry`` events to the
             caller's current span, whatever tracer provider made it (default True).
+        durations: record ``clientlb.request.duration`` (default True). The
+            histogram is the one SDK call per outcome; ``False`` brings the cost
+            with an SDK down to that without one, for the hottest paths.
     """
 
     def __init__(self, *, meter_provider: MeterProvider | None = None,
-                 span_events: bool = True) -> None:
+                 span_events: bool = True, durations: bool = True) -> None:
         from . import __version__
 
         meter = metrics.get_meter("clientlb", __version__, meter_provider)
         self._span_events = span_events
+        self._durations = durations
         self._bound: weakref.WeakKeyDictionary[LoadBalancer, _Bound] = (
             weakref.WeakKeyDictionary())
         self._lock = threading.Lock()
