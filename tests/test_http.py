@@ -120,7 +120,7 @@ def test_transport_options_are_checked_and_passed_through(backends: list[Backend
     transport = clientlb.HTTPTransport(lb, limits=httpx.Limits(max_connections=1), http1=True)
     with httpx.Client(transport=transport) as client:
         assert client.get("http://users/").status_code == 200
-        pool = next(iter(transport._router._routes.values())).pool
+        pool = transport._router.routes()[0].pool
         assert pool._max_connections == 1
 
 
@@ -133,14 +133,14 @@ def test_pool_of_a_removed_endpoint_is_closed_once_its_last_response_closes(
     with httpx.Client(transport=transport) as client:
         with client.stream("GET", "http://users/stream") as response:
             first = response.extensions["clientlb.endpoint"]
-            route = next(r for r in transport._router._routes.values() if r.address == first)
+            route = next(r for r in transport._router.routes() if r.address == first)
             lb.remove(first)
             assert route.retiring and route.pool.connections  # still streaming
             a.gate.set()
             b.gate.set()
             assert response.read() == b"firstsecond"
         assert route.pool.connections == []  # closed with the response
-        assert all(r.address != first for r in transport._router._routes.values())
+        assert all(r.address != first for r in transport._router.routes())
         assert client.get("http://users/").extensions["clientlb.endpoint"] != first
     assert "pools=0" in repr(transport)
 
@@ -602,7 +602,7 @@ def test_async_pools_of_removed_endpoints_are_closed(backends: list[Backend]) ->
         async with httpx.AsyncClient(transport=transport) as client:
             for _ in range(3):
                 await client.get("http://users/")
-            pools = {r.address: r.pool for r in transport._router._routes.values()}
+            pools = {r.address: r.pool for r in transport._router.routes()}
             lb.remove(backends[0].address)  # the pool is closed on the loop, soon
             for _ in range(100):
                 if not pools[backends[0].address].connections:
@@ -763,3 +763,33 @@ def test_an_endpoint_removed_between_pick_and_connect_gets_no_lasting_pool(
     assert route.retiring and not transport._router._routes
     assert transport._router.release(route) is route.pool  # closed after the call
     pick.done()
+
+
+@pytest.mark.parametrize(("pool_shards", "expected"), [(4, [4, 4, 2]), (2, [5, 5]), (1, [10])])
+def test_a_busy_endpoint_spreads_its_requests_over_pool_shards(
+        backends: list[Backend], pool_shards: int, expected: list[int]) -> None:
+    """10 requests held in flight on one endpoint: a new pool at every 4, up to pool_shards."""
+    backend = backends[0]
+    backend.hang = threading.Event()
+
+    async def main() -> None:
+        lb = make_lb([backend.address])
+        transport = clientlb.AsyncHTTPTransport(lb, pool_shards=pool_shards)
+        async with httpx.AsyncClient(transport=transport) as client:
+            calls = [asyncio.create_task(client.get("http://users/")) for _ in range(10)]
+            for _ in range(500):
+                if backend.served() == 10:
+                    break
+                await asyncio.sleep(0.01)
+            assert [r.in_flight for r in transport._router.routes()] == expected
+            assert backend.hang is not None
+            backend.hang.set()
+            assert {r.status_code for r in await asyncio.gather(*calls)} == {200}
+            assert sum(r.in_flight for r in transport._router.routes()) == 0
+
+    asyncio.run(main())
+
+
+def test_pool_shards_is_checked() -> None:
+    with pytest.raises(clientlb.ConfigError, match=r"pool_shards must be an integer 1\.\.64"):
+        clientlb.HTTPTransport(make_lb(["127.0.0.1:9"]), pool_shards=0)

@@ -196,6 +196,9 @@ def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
 
 P = TypeVar("P")  # httpcore.ConnectionPool or httpcore.AsyncConnectionPool
 
+#: An endpoint gets another pool when each of its pools has this many requests in flight.
+_SHARD_AT = 4
+
 
 class _Route(Generic[P]):
     """One endpoint's connection pool (per TLS name) and the responses using it."""
@@ -287,9 +290,13 @@ class _Router(Generic[P]):
 
     def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
                  server_name: str | None, hash_key: HashKey | None,
-                 affinity: Affinity | None, is_async: bool) -> None:
+                 affinity: Affinity | None, pool_shards: int, is_async: bool) -> None:
         if not isinstance(lb, LoadBalancer):
             raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
+        if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
+                or not 1 <= pool_shards <= 64:
+            raise ConfigError(f"pool_shards must be an integer 1..64, got {pool_shards!r}",
+                              field="pool_shards")
         if server_name is not None and (not isinstance(server_name, str) or not server_name):
             raise ConfigError(f"server_name must be a non-empty string, got {server_name!r}",
                               field="server_name")
@@ -311,7 +318,9 @@ class _Router(Generic[P]):
                                    (ep.address for ep in lb.endpoints()))
         self._pool_factory = pool_factory
         self._is_async = is_async
-        self._routes: dict[tuple[str, str | None], _Route[P]] = {}
+        # (address, TLS name) → that endpoint's pools: one, or up to pool_shards under load.
+        self._routes: dict[tuple[str, str | None], list[_Route[P]]] = {}
+        self.pool_shards = pool_shards
         self._lock = threading.Lock()
         self.to_close: list[P] = []  # pools of removed endpoints, idle, awaiting (a)close
         self.on_retired: Callable[[], None] | None = None  # async: wakes the event loop
@@ -338,10 +347,10 @@ class _Router(Generic[P]):
         gone = {ep.address for ep in diff.removed}
         with self._lock:
             for key in [k for k in self._routes if k[0] in gone]:
-                route = self._routes.pop(key)
-                route.retiring = True
-                if route.in_flight == 0:
-                    self.to_close.append(route.pool)
+                for route in self._routes.pop(key):
+                    route.retiring = True
+                    if route.in_flight == 0:
+                        self.to_close.append(route.pool)
         if not self._is_async:
             self.close_retired_sync()
         elif self.on_retired is not None and self.to_close:
@@ -361,17 +370,43 @@ class _Router(Generic[P]):
     def _route(self, pick: Pick, sni: str | None) -> _Route[P]:
         key = (pick._state.address, sni)
         with self._lock:
-            route = self._routes.get(key)
-            if route is None:
+            shards = self._routes.get(key)
+            if shards is None:
                 if self.closed:
                     raise RuntimeError("the transport is closed")
                 route = _Route(key, pick.endpoint, self._pool_factory())
                 if pick._state.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
                 else:
-                    self._routes[key] = route
+                    self._routes[key] = [route]
+            else:
+                route = shards[0]
+                if route.in_flight >= _SHARD_AT:
+                    route = self._least_loaded(shards, pick)
             route.in_flight += 1
         return route
+
+    def _least_loaded(self, shards: list[_Route[P]], pick: Pick) -> _Route[P]:
+        """Under concurrency, spread an endpoint's requests over up to pool_shards pools.
+
+        httpcore's pools rescan every request and connection they hold at each
+        request and response, so their cost grows with the square of the
+        requests in one pool; several smaller pools per busy endpoint keep it
+        down (benchmarks/http_overhead.py).
+        """
+        best = shards[0]
+        for route in shards:
+            if route.in_flight < best.in_flight:
+                best = route
+        if best.in_flight >= _SHARD_AT and len(shards) < self.pool_shards:
+            best = _Route(best.key, pick.endpoint, self._pool_factory())
+            shards.append(best)
+        return best
+
+    def routes(self) -> list[_Route[P]]:
+        """Every live pool of the transport (for introspection and tests)."""
+        with self._lock:
+            return [r for shards in self._routes.values() for r in shards]
 
     def release(self, route: _Route[P]) -> P | None:
         """One response on ``route`` ended; its pool when it is now to be closed."""
@@ -384,13 +419,14 @@ class _Router(Generic[P]):
     def all_pools(self) -> list[P]:
         with self._lock:
             self.closed = True
-            pools = [r.pool for r in self._routes.values()] + self.to_close
+            pools = [r.pool for shards in self._routes.values() for r in shards]
+            pools += self.to_close
             self._routes.clear()
             self.to_close = []
         return pools
 
     def stats(self) -> tuple[int, int]:
-        routes = list(self._routes.values())
+        routes = self.routes()
         return len(routes), sum(r.in_flight for r in routes)
 
     # -- a request --------------------------------------------------------------------------
@@ -651,6 +687,10 @@ class HTTPTransport(httpx.BaseTransport):
             (``clientlb.hash_by_header("X-User")``), for ``ring_hash``/``maglev``.
         affinity: :class:`CookieAffinity` or :class:`HeaderAffinity` for
             sticky sessions.
+        pool_shards: how many connection pools a busy endpoint may get (default
+            4): another one opens when each has 4 requests in flight, as
+            httpcore's pool cost grows with the requests it holds. ``limits``
+            apply per pool; ``pool_shards=1`` keeps one pool per endpoint.
         **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
             ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
             ``local_address``, ``retries``, ``socket_options``).
@@ -661,12 +701,14 @@ class HTTPTransport(httpx.BaseTransport):
 
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
-                 affinity: Affinity | None = None, **options: Any) -> None:
+                 affinity: Affinity | None = None, pool_shards: int = 4,
+                 **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[httpcore.ConnectionPool] = _Router(
             self._lb, pool_factory=lambda: httpcore.ConnectionPool(**kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity, is_async=False)
+            server_name=server_name, hash_key=hash_key, affinity=affinity,
+            pool_shards=pool_shards, is_async=False)
 
     @property
     def lb(self) -> LoadBalancer:
@@ -775,12 +817,14 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
-                 affinity: Affinity | None = None, **options: Any) -> None:
+                 affinity: Affinity | None = None, pool_shards: int = 4,
+                 **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[httpcore.AsyncConnectionPool] = _Router(
             self._lb, pool_factory=lambda: httpcore.AsyncConnectionPool(**kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity, is_async=True)
+            server_name=server_name, hash_key=hash_key, affinity=affinity,
+            pool_shards=pool_shards, is_async=True)
         self._ready = False
         self._closers: set[asyncio.Task[None]] = set()
 
