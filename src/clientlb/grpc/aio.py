@@ -140,6 +140,7 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         self._draining: list[_SubChannel] = []
         self._changed: asyncio.Event | None = None
         self._connect_all = False
+        self._ready = False
         self._closed = False
         self._rng = lb.rng
         try:
@@ -152,6 +153,11 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
     @property
     def lb(self) -> LoadBalancer:
         return self._lb
+
+    def _check_ready(self) -> bool:
+        """Whether the balancer's first resolution finished (remembered once true)."""
+        self._ready = self._lb.wait_ready(0)
+        return self._ready
 
     # -- sub-channels ---------------------------------------------------------------------
 
@@ -567,7 +573,7 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         if hedging is not None and hedging.applies_to(key[1]):
             self._hedging = hedging
             self._ensure_driver()
-        elif not channel._lb.wait_ready(0):
+        elif not (channel._ready or channel._check_ready()):
             self._ensure_driver()  # the first resolution is still running: await it first
         else:
             try:
