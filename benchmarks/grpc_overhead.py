@@ -13,6 +13,10 @@ sequentially from one thread (sync grpcio), then with 32 concurrent calls
 from elsewhere on a shared machine hits them alike; each rate is its calls
 over its own measured time. Target: (b) >= 0.9 x (a).
 
+Last, clientlb's own cost per call is measured without I/O: the channel's
+sub-channels are replaced by fakes that answer at once, so what remains is
+the pick, the outcome, the retry-budget deposit and the bookkeeping.
+
 Run by hand: ``.venv/bin/python benchmarks/grpc_overhead.py [--seconds 6] [--slice 0.25]``;
 ``--smoke`` runs it for a few seconds only, to check that it works.
 """
@@ -103,6 +107,64 @@ async def aio_slice(call: Any, seconds: float, concurrency: int) -> tuple[int, f
     return count, time.perf_counter() - start
 
 
+class _FakeCall:
+    """An already-answered grpc.aio call: awaiting it returns at once."""
+
+    def __await__(self) -> Any:
+        return b"x"
+        yield  # pragma: no cover - makes this a generator
+
+
+class _FakeChannel:
+    """Stands in for one endpoint's grpcio channel: calls answer at once, no I/O."""
+
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return lambda request, **kw: b"x"
+
+    def close(self) -> None:
+        pass
+
+
+class _FakeAioChannel(_FakeChannel):
+    def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return lambda request, **kw: _FakeCall()
+
+    async def close(self, grace: float | None = None) -> None:  # type: ignore[override]
+        pass
+
+
+def own_cost(strategy: str, n: int) -> tuple[float, float]:
+    """µs per call spent in clientlb itself (pick, outcome, budget, sub-channel
+    bookkeeping), with sub-channels replaced by fakes that answer at once."""
+    addresses = [f"127.0.0.1:{port}" for port in (1, 2, 3, 4)]
+    channel = clientlb.grpc.insecure_channel(addresses, strategy=strategy)
+    channel._factory = lambda endpoint: _FakeChannel()  # benchmark only
+    call = channel.unary_unary(METHOD)
+    for _ in range(1000):
+        call(b"x")
+    start = time.perf_counter()
+    for _ in range(n):
+        call(b"x")
+    sync_us = (time.perf_counter() - start) / n * 1e6
+    channel.close()
+
+    async def run() -> float:
+        aio_channel = clientlb.grpc.aio.insecure_channel(addresses, strategy=strategy)
+        await aio_channel.lb.wait_ready_async()
+        aio_channel._factory = lambda endpoint: _FakeAioChannel()
+        aio_call = aio_channel.unary_unary(METHOD)
+        for _ in range(1000):
+            await aio_call(b"x")
+        start = time.perf_counter()
+        for _ in range(n):
+            await aio_call(b"x")
+        elapsed = (time.perf_counter() - start) / n * 1e6
+        await aio_channel.close()
+        return elapsed
+
+    return sync_us, asyncio.run(run())
+
+
 def interleave(slices: dict[str, Callable[[], tuple[int, float]]], total: float,
                slice_seconds: float) -> dict[str, float]:
     """Run the variants in alternating short slices; calls/s of each over all its slices."""
@@ -188,6 +250,16 @@ def main() -> None:
         base = table["grpcio round_robin"]
         for name, rate in table.items():
             print(f"| {title} | {name} | {rate:,.0f} | {rate / base:.2f} |")
+    n = 2000 if args.smoke else 50000
+    print()
+    print("clientlb's own cost per unary call, sub-channels replaced by fakes that answer "
+          "at once (no I/O):")
+    print()
+    print("| strategy | sync µs/call | grpc.aio µs/call |")
+    print("|---|---:|---:|")
+    for strategy in ("round_robin", "peak_ewma"):
+        sync_us, aio_us = own_cost(strategy, n)
+        print(f"| {strategy} | {sync_us:.1f} | {aio_us:.1f} |")
 
 
 if __name__ == "__main__":

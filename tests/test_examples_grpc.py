@@ -58,5 +58,6 @@ def test_grpc_overhead_benchmark_runs_in_smoke_mode() -> None:
                              "--smoke"], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(rows) == 7  # header + 3 sync + 3 aio variants
+    assert len(rows) == 7 + 3  # header + 3 sync + 3 aio variants; header + 2 strategies
     assert "| grpc.aio, concurrency 32 | clientlb round_robin |" in result.stdout
+    assert "| strategy | sync µs/call | grpc.aio µs/call |" in result.stdout
