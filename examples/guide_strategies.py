@@ -13,7 +13,7 @@ import httpx
 from _local_backends import start
 
 import clientlb
-from clientlb._state import EndpointState  # what pickers return
+from clientlb import EndpointState  # what pickers return
 
 backends = start("app-1", "app-2", "app-3")
 addresses = [x.address for x in backends]

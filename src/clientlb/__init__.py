@@ -38,6 +38,7 @@ from ._registry import Registry
 from ._resolver import Resolver
 from ._resolvers import ResolverStats  # importing registers dns/srv/consul/etcd
 from ._retry import RetryBudget, RetryPolicy
+from ._state import EndpointState, Health
 from ._strategies import (
     STRATEGIES,
     LeastRequest,
@@ -80,9 +81,11 @@ __all__ = [
     "EndpointSet",
     "EndpointSetDiff",
     "EndpointSnapshot",
+    "EndpointState",
     "FailurePercentage",
     "HTTPTransport",
     "HeaderAffinity",
+    "Health",
     "HealthCheck",
     "LeastRequest",
     "LoadBalancer",
