@@ -424,3 +424,27 @@ def test_retryable_codes_and_hedging_skip_an_overloaded_endpoint(
 
     asyncio.run(main())
     assert backends[0].count() >= 2
+
+
+def test_endpoint_removed_while_the_loop_is_not_running_is_drained_later(
+        backends: list[GrpcBackend]) -> None:
+    """A diff from outside the running loop (same thread, loop paused) never raises into
+    the balancer; the sub-channel closes when the loop runs again."""
+    lb = clientlb.LoadBalancer([b.address for b in backends[:2]], strategy="round_robin")
+    loop = asyncio.new_event_loop()
+    try:
+        async def start() -> Any:
+            channel = clientlb.grpc.aio.insecure_channel(lb)
+            for _ in range(2):
+                await channel.unary_unary(UNARY)(b"x", timeout=5)
+            return channel
+
+        channel = loop.run_until_complete(start())
+        assert set(channel.sub_channels()) == {backends[0].address, backends[1].address}
+        lb.remove(backends[0].address)  # the loop is not running now
+        loop.run_until_complete(until(
+            lambda: set(channel.sub_channels()) == {backends[1].address}))
+        loop.run_until_complete(channel.close())
+    finally:
+        loop.close()
+        lb.close()

@@ -48,6 +48,7 @@ from ._common import (
 __all__ = [
     "DEFAULT_FAILURE_CODES",
     "BalancedChannel",
+    "HashKey",
     "Hedging",
     "NoEndpointRpcError",
     "classify",

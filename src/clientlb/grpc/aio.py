@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import threading
 import time
 from collections.abc import Callable, Collection, Generator, Sequence
 from typing import Any
@@ -147,7 +146,6 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None
-        self._loop_thread = threading.get_ident() if self._loop is not None else None
         lb.add_diff_listener(self._on_diff)
 
     @property
@@ -169,7 +167,6 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
             raise grpc.aio.UsageError("Cannot invoke RPC on closed channel!")
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._loop_thread = threading.get_ident()
         sub = _SubChannel(endpoint.address, self._factory(endpoint))
         current = self._lb.state_of(endpoint.address)
         if current is None or current.draining:
@@ -182,9 +179,13 @@ class BalancedChannel(grpc.aio.Channel):  # type: ignore[misc]
         loop = self._loop
         if loop is None:
             return
-        if threading.get_ident() == self._loop_thread:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
             self._apply_diff(diff)
-        elif not loop.is_closed():
+        elif not loop.is_closed():  # another thread, or this one outside the loop
             loop.call_soon_threadsafe(self._apply_diff, diff)
 
     def _apply_diff(self, diff: EndpointSetDiff) -> None:
