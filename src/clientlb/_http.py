@@ -11,9 +11,12 @@ attempt connects to a picked endpoint, while the ``Host`` header keeps the
 logical name and, for ``https``, the logical name (or ``server_name=``) is the
 TLS SNI and the name the certificate is verified against — httpcore's
 ``sni_hostname`` request extension. Every endpoint has its own httpcore
-connection pool (``limits`` apply per endpoint); the pool of an endpoint that
-leaves the target is closed once its last response is closed (a diff
-listener). The options of ``httpx.HTTPTransport`` (``verify``, ``cert``,
+connection pool, and a busy one up to ``pool_shards`` (default 4) pools: one
+more each time all of them hold 4 requests, because httpcore rescans every
+request and connection of a pool at each event, so a crowded pool costs far
+more CPU than several small ones (``limits`` apply per pool). The pools of an
+endpoint that leaves the target are closed once their last response is closed
+(a diff listener). The options of ``httpx.HTTPTransport`` (``verify``, ``cert``,
 ``trust_env``, ``http1``, ``http2``, ``limits``, ``local_address``,
 ``retries``, ``socket_options``) pass through; ``proxy`` and ``uds`` are
 refused, as they would bypass the endpoints. Several services share one
