@@ -793,3 +793,19 @@ def test_a_busy_endpoint_spreads_its_requests_over_pool_shards(
 def test_pool_shards_is_checked() -> None:
     with pytest.raises(clientlb.ConfigError, match=r"pool_shards must be an integer 1\.\.64"):
         clientlb.HTTPTransport(make_lb(["127.0.0.1:9"]), pool_shards=0)
+
+
+def test_a_retry_policy_changed_through_the_registry_applies_to_a_live_transport(
+        backends: list[Backend]) -> None:
+    dead = dead_address()
+    registry = clientlb.Registry()
+    lb = registry.create("users", [dead, backends[0].address], strategy="round_robin",
+                         outlier_detection=None, retry=FAST)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        assert [client.get("http://users/").status_code for _ in range(2)] == [200, 200]
+        registry.update("users", retry=None)
+        assert "retry=off" in repr(client._transport)
+        with pytest.raises(httpx.ConnectError):
+            for _ in range(2):
+                client.get("http://users/")
+    registry.delete("users")

@@ -77,7 +77,7 @@ from ._balancer import LoadBalancer, Pick
 from ._endpoint import Endpoint, EndpointSetDiff
 from ._errors import ConfigError, NoEndpointAvailable
 from ._outcome import Outcome
-from ._retry import RetryState
+from ._retry import RetryBudget, RetryPolicy, RetryState
 from ._telemetry import record_budget_exhausted, record_retry
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
@@ -234,12 +234,15 @@ class _Attempt(Generic[P]):
 class _Call:
     """A logical request across its attempts."""
 
-    __slots__ = ("body", "extensions", "key", "note", "prefer", "request", "retry", "target",
-                 "token", "tried")
+    __slots__ = ("body", "budget", "extensions", "key", "note", "policy", "prefer", "request",
+                 "retry", "target", "token", "tried")
 
     def __init__(self, request: httpx.Request, key: Any, prefer: str | None,
-                 token: str | None) -> None:
+                 token: str | None, policy: RetryPolicy | None,
+                 budget: RetryBudget | None) -> None:
         self.request = request
+        self.policy = policy
+        self.budget = budget
         self.key = key
         self.prefer = prefer
         self.token = token
@@ -310,8 +313,6 @@ class _Router(Generic[P]):
             raise ConfigError("affinity must be a CookieAffinity or HeaderAffinity, got "
                               f"{affinity!r}", field="affinity")
         self.lb = lb
-        self.policy = lb.retry_policy
-        self.budget = lb.retry_budget
         self.server_name = server_name
         self.hash_key = hash_key
         self.affinity = affinity
@@ -441,9 +442,11 @@ class _Router(Generic[P]):
             token = self.affinity.token_of(request)
             if token is not None and self.tokens is not None:
                 prefer = self.tokens.address(token)
-        if self.budget is not None:
-            self.budget.deposit()
-        return _Call(request, key, prefer, token)
+        lb = self.lb
+        budget = lb.retry_budget  # read per request: Registry.update(retry=...) is live
+        if budget is not None:
+            budget.deposit()
+        return _Call(request, key, prefer, token, lb.retry_policy, budget)
 
     def attempt(self, call: _Call) -> _Attempt[P]:
         """Pick an endpoint (avoiding those tried) and build the httpcore request."""
@@ -481,7 +484,7 @@ class _Router(Generic[P]):
         return _Attempt(pick, route, core)
 
     def _may_retry(self, call: _Call, reached: bool) -> bool:
-        policy = self.policy
+        policy = call.policy
         if policy is None:
             return False
         opt_in = call.extensions.get("clientlb.retry")
@@ -501,14 +504,14 @@ class _Router(Generic[P]):
         return True
 
     def _retry_delay(self, call: _Call, reached: bool, retry_after: float | None) -> float | None:
-        assert self.policy is not None
+        assert call.policy is not None
         state = call.retry
         if state is None:
-            state = call.retry = self.policy.start(self.lb.rng)
+            state = call.retry = call.policy.start(self.lb.rng)
         delay = state.next_delay(retry_after)
         if delay is None:
             return None
-        if self.budget is not None and not self.budget.try_withdraw():
+        if call.budget is not None and not call.budget.try_withdraw():
             call.note = "retry budget exhausted"
             record_budget_exhausted(self.lb)  # an event on the caller's span
             return None
@@ -553,7 +556,7 @@ class _Router(Generic[P]):
         if status < 500:
             return None
         attempt.outcome = outcome = classify_status(status)
-        policy = self.policy
+        policy = call.policy
         if policy is None or status not in policy.statuses:
             return None
         if not self._may_retry(call, True):
@@ -610,7 +613,8 @@ class _Router(Generic[P]):
 
     def describe(self, kind: str) -> str:
         pools, in_flight = self.stats()
-        retry = "off" if self.policy is None else f"{self.policy.attempts} attempts"
+        policy = self.lb.retry_policy
+        retry = "off" if policy is None else f"{policy.attempts} attempts"
         return (f"<{kind} {self.lb.name!r} strategy={self.lb.strategy.name} pools={pools} "
                 f"in_flight={in_flight} retry={retry}>")
 
