@@ -4,7 +4,8 @@ Run by hand (it starts Debian's nginx and HAProxy itself, on loopback ports,
 with temporary configurations)::
 
     .venv/bin/python benchmarks/http_overhead.py [--requests 3000] [--rounds 3]
-        [--mode both|sync|async] [--smoke]
+        [--mode both|sync|async] [--instructions] [--smoke]
+    .venv/bin/python benchmarks/http_overhead.py --micro     # no servers, a few seconds
 
 Four nginx backends answer ``200 ok`` from memory. In one run, for the
 sequential ``httpx.Client`` and for ``httpx.AsyncClient`` at concurrency 32:
@@ -231,6 +232,39 @@ def instructions(ports: list[int], low: int, high: int) -> dict[str, float]:
     return out
 
 
+def micro(n: int = 50000) -> None:
+    """``--micro``: the transports' own work per request, against an in-memory pool that
+    answers at once (no network): httpx.HTTPTransport against clientlb.HTTPTransport."""
+    import httpcore
+
+    class MemoryPool:
+        def handle_request(self, request: httpcore.Request) -> httpcore.Response:
+            return httpcore.Response(200, headers=[(b"Content-Length", b"3")], content=b"ok\n")
+
+        def close(self) -> None:
+            pass
+
+    lb = clientlb.LoadBalancer([f"127.0.0.1:{8000 + i}" for i in range(4)], name="svc",
+                               strategy="round_robin")
+    balanced = clientlb.HTTPTransport(lb)
+    balanced._router._pool_factory = MemoryPool  # type: ignore[assignment]
+    plain = httpx.HTTPTransport()
+    plain._pool = MemoryPool()  # type: ignore[assignment]
+    cases = [("httpx.HTTPTransport", plain, httpx.Request("GET", "http://127.0.0.1:8000/")),
+             ("clientlb.HTTPTransport", balanced, httpx.Request("GET", "http://svc/"))]
+    best = {name: float("inf") for name, _, _ in cases}
+    for _ in range(3):
+        for name, transport, request in cases:
+            for _ in range(1000):
+                transport.handle_request(request).close()
+            start = time.perf_counter()
+            for _ in range(n):
+                transport.handle_request(request).close()
+            best[name] = min(best[name], (time.perf_counter() - start) / n)
+    for name, seconds in best.items():
+        print(f"{name:>24}: {seconds * 1e6:.2f} µs per request (in-memory pool)")
+
+
 def table(title: str, results: dict[str, tuple[float, float]]) -> str:
     b, b_cpu = results["(b) direct, rotating by hand"]
     a, _ = results["(a) direct, one backend"]
@@ -254,8 +288,13 @@ def main() -> None:
     parser.add_argument("--instructions", action="store_true",
                         help="also count client instructions per request under callgrind "
                              "(sequential (a), (b), (c); a few minutes)")
+    parser.add_argument("--micro", action="store_true",
+                        help="only the transports' own work, against an in-memory pool")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.micro:
+        micro()
+        return
     if args.worker:
         config, ports, n = args.worker
         worker(config, [int(p) for p in ports.split(",")], int(n))
