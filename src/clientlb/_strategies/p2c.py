@@ -52,10 +52,11 @@ class P2CPicker(Picker):
             return states[0]
         sample = self._sample
         if sample is None:
-            u = self._random()
-            i = int(u * n)
-            # second candidate uniform over the n-1 others
-            j = (i + 1 + int(self._random() * (n - 1))) % n
+            # one draw for both candidates: the integer part picks the first,
+            # the fraction (53-bit precision) the second among the n-1 others
+            u = self._random() * n
+            i = int(u)
+            j = (i + 1 + int((u - i) * (n - 1))) % n
             a, b = states[i], states[j]
             cost = self._cost
             return b if cost(b, now) < cost(a, now) else a

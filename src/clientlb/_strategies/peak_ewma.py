@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random as _random
 from collections.abc import Sequence
+from math import exp as _exp
 from typing import ClassVar
 
 from .._errors import ConfigError
@@ -30,7 +31,11 @@ __all__ = ["PeakEwma"]
 
 
 def _cost(state: EndpointState, now: float) -> float:
-    return state.load.peak_ewma_cost(now)
+    # EndpointLoad.peak_ewma_cost, inlined: this runs twice per pick
+    load = state.load
+    elapsed = now - load.stamp
+    ewma = load.ewma if elapsed <= 0 else load.ewma * _exp(-elapsed / load.decay)
+    return ewma * (load.in_flight + 1)
 
 
 class PeakEwma(Strategy):
