@@ -435,7 +435,9 @@ class LoadBalancer:
         if self._circuit is not None:
             state = self._circuit.admit(state, picker, key, now, self._weights,
                                         self._states, exclude)
-        state.load.acquire()
+        load = state.load  # EndpointLoad.acquire, inlined on the hot path
+        with load._lock:
+            load.in_flight += 1
         return Pick(self, state, now)
 
     def _pick_excluding(self, picker: Picker, key: Key | None, now: float,

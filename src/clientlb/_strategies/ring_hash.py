@@ -58,7 +58,12 @@ class _RingPicker(Picker):
         self._random = rng.random
 
     def pick(self, key: Key | None, now: float) -> EndpointState:
-        h = hash_key(key) if key is not None else int(self._random() * 18446744073709551616.0)
+        if key.__class__ is str:  # the common case, without hash_key's dispatch
+            h = _xxh64(key.encode())
+        elif key is None:
+            h = int(self._random() * 18446744073709551616.0)
+        else:
+            h = hash_key(key)
         ring = self._ring
         i = bisect.bisect_left(ring, h << _IDX_BITS)
         if i == len(ring):
