@@ -5,6 +5,7 @@ Run: python examples/guide_strategies.py
 
 from __future__ import annotations
 
+import collections
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -48,10 +49,12 @@ client.close()
 # --8<-- [start:least_request]
 lb = clientlb.LoadBalancer(addresses, strategy="least_request", name="app",
                            rng=random.Random(7))
-busy = [lb.pick(), lb.pick()]      # two long calls in flight...
-taken = {p.endpoint.address for p in busy}
-with lb.pick() as p:               # ...so the next call goes to the idle backend
-    print("least request picked the idle backend:", p.endpoint.address not in taken)
+busy = [lb.pick(prefer=addresses[0]) for _ in range(2)]  # two long calls on app-1...
+sent = collections.Counter()
+for _ in range(20):                # ...so new calls go to the idle backends
+    with lb.pick() as p:
+        sent[p.endpoint.address] += 1
+print("calls sent to the busy backend:", sent[addresses[0]])  # 0
 for call in busy:
     call.done()
 # --8<-- [end:least_request]
