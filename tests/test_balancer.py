@@ -78,6 +78,9 @@ def test_unknown_outcome_string_is_rejected() -> None:
     p = lb.pick()
     with pytest.raises(ValueError):
         p.done("exploded")
+    assert not p.finished  # still in flight: a correct report can follow
+    p.done("failure")
+    assert lb.snapshot().endpoints[0].failures == 1
 
 
 def test_dropped_pick_is_counted_as_cancelled() -> None:

@@ -98,9 +98,9 @@ class Pick:
         """
         if self._finished:
             return
-        self._finished = True
         if outcome.__class__ is not Outcome:
-            outcome = Outcome(outcome)
+            outcome = Outcome(outcome)  # a bad string raises before the pick is finished
+        self._finished = True
         lb = self._lb
         now = lb._clock()
         if latency is None:
