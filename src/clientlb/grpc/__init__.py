@@ -37,12 +37,9 @@ from ._common import (
     HashKey,
     Hedging,
     NoEndpointRpcError,
-    build_config,
-    channel_options,
     classify,
     endpoint_target,
-    logical_name,
-    make_lb,
+    prepare_channel,
 )
 
 __all__ = [
@@ -107,16 +104,10 @@ def insecure_channel(
     Raises:
         ConfigError: for a bad target, option or policy.
     """
-    lb, owns = make_lb(lb_or_target, lb_options)
-    try:
-        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
-                              max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging, hash_key=hash_key)
-        opts = channel_options(options, logical_name(lb, server_name))
-    except BaseException:
-        if owns:
-            lb.close()
-        raise
+    lb, owns, config, opts = prepare_channel(
+        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
+        retryable_codes=retryable_codes, max_attempts=max_attempts,
+        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
 
     def factory(endpoint: Endpoint) -> grpc.Channel:
         return grpc.insecure_channel(endpoint_target(endpoint), options=opts,
@@ -152,16 +143,10 @@ def secure_channel(
     if not isinstance(credentials, grpc.ChannelCredentials):
         raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
                           field="credentials")
-    lb, owns = make_lb(lb_or_target, lb_options)
-    try:
-        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
-                              max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging, hash_key=hash_key)
-        opts = channel_options(options, logical_name(lb, server_name))
-    except BaseException:
-        if owns:
-            lb.close()
-        raise
+    lb, owns, config, opts = prepare_channel(
+        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
+        retryable_codes=retryable_codes, max_attempts=max_attempts,
+        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
 
     def factory(endpoint: Endpoint) -> grpc.Channel:
         return grpc.secure_channel(endpoint_target(endpoint), credentials, options=opts,

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,11 +48,13 @@ __all__ = [
     "attempt_wait_for_ready",
     "channel_options",
     "classify",
+    "close_on_error",
     "endpoint_target",
     "is_local_origin",
     "logical_name",
     "make_lb",
     "metadata_hash_key",
+    "prepare_channel",
     "retry_decision",
     "take_retry",
 ]
@@ -384,6 +387,38 @@ def channel_options(options: Sequence[tuple[str, Any]] | None, name: str | None
                 host = host.rsplit(":", 1)[0]
             opts.append(("grpc.ssl_target_name_override", host))
     return tuple(opts)
+
+
+@contextmanager
+def close_on_error(lb: LoadBalancer, owns: bool) -> Iterator[None]:
+    """Close the balancer the channel owns if building the channel fails."""
+    try:
+        yield
+    except BaseException:
+        if owns:
+            lb.close()
+        raise
+
+
+def prepare_channel(lb_or_target: object, lb_options: dict[str, Any],
+                    options: Sequence[tuple[str, Any]] | None, server_name: str | None, *,
+                    failure_codes: object, retryable_codes: object, max_attempts: int | None,
+                    transparent_retries: int | None, hedging: Hedging | None,
+                    hash_key: object) -> tuple[LoadBalancer, bool, ChannelConfig,
+                                               tuple[tuple[str, Any], ...]]:
+    """What every channel constructor does first: ``(lb, owns_lb, config, options)``.
+
+    Builds (or takes) the balancer, validates the channel's options and adds
+    the authority/TLS-name overrides; a balancer built here is closed again
+    if anything is invalid.
+    """
+    lb, owns = make_lb(lb_or_target, lb_options)
+    with close_on_error(lb, owns):
+        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
+                              max_attempts=max_attempts, transparent_retries=transparent_retries,
+                              hedging=hedging, hash_key=hash_key)
+        opts = channel_options(options, logical_name(lb, server_name))
+    return lb, owns, config, opts
 
 
 def endpoint_target(endpoint: Endpoint) -> str:

@@ -50,13 +50,11 @@ from ._common import (
     Hedging,
     NoEndpointRpcError,
     attempt_wait_for_ready,
-    build_config,
-    channel_options,
     classify,
+    close_on_error,
     endpoint_target,
     is_local_origin,
-    logical_name,
-    make_lb,
+    prepare_channel,
     retry_decision,
     take_retry,
 )
@@ -876,17 +874,12 @@ def insecure_channel(
     Arguments as :func:`clientlb.grpc.insecure_channel`, plus ``interceptors``
     (grpc.aio client interceptors, run once per call, above the retries).
     """
-    lb, owns = make_lb(lb_or_target, lb_options)
-    try:
-        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
-                              max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging, hash_key=hash_key)
-        opts = channel_options(options, logical_name(lb, server_name))
+    lb, owns, config, opts = prepare_channel(
+        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
+        retryable_codes=retryable_codes, max_attempts=max_attempts,
+        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
+    with close_on_error(lb, owns):
         unary_chain, stream_chain = split_interceptors(interceptors)
-    except BaseException:
-        if owns:
-            lb.close()
-        raise
 
     def factory(endpoint: Endpoint) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(endpoint_target(endpoint), options=opts,
@@ -919,17 +912,12 @@ def secure_channel(
     if not isinstance(credentials, grpc.ChannelCredentials):
         raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
                           field="credentials")
-    lb, owns = make_lb(lb_or_target, lb_options)
-    try:
-        config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
-                              max_attempts=max_attempts, transparent_retries=transparent_retries,
-                              hedging=hedging, hash_key=hash_key)
-        opts = channel_options(options, logical_name(lb, server_name))
+    lb, owns, config, opts = prepare_channel(
+        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
+        retryable_codes=retryable_codes, max_attempts=max_attempts,
+        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
+    with close_on_error(lb, owns):
         unary_chain, stream_chain = split_interceptors(interceptors)
-    except BaseException:
-        if owns:
-            lb.close()
-        raise
 
     def factory(endpoint: Endpoint) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(endpoint_target(endpoint), credentials, options=opts,
