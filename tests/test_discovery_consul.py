@@ -23,6 +23,7 @@ from clientlb._resolvers import ConsulResolver
 from clientlb._resolvers.consul import endpoint_from_entry
 from clientlb._target import parse_target
 
+from ._discovery_helpers import addresses, picks_nothing
 from ._helpers import HTTPBackend, wait_until
 from .consul_emulator import ConsulEmulator
 
@@ -37,19 +38,6 @@ def consul() -> Iterator[ConsulEmulator]:
         yield emulator
     finally:
         emulator.close()
-
-
-def addresses(lb: clientlb.LoadBalancer) -> set[str]:
-    return {ep.address for ep in lb.endpoints()}
-
-
-def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
-    """True once the published picker has nothing to pick (endpoints() may lead it)."""
-    try:
-        lb.pick().done()
-    except clientlb.NoEndpointAvailable:
-        return True
-    return False
 
 
 def consul_lb(consul: ConsulEmulator, query: str = "web", **options: object

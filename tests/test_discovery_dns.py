@@ -18,6 +18,7 @@ from clientlb._resolvers._backoff import Backoff, BackoffPolicy, ttl_delay
 from clientlb._resolvers.srv import srv_weights
 from clientlb._target import parse_target
 
+from ._discovery_helpers import addresses, picks_nothing
 from ._helpers import FakeClock, HTTPBackend, free_port, wait_until
 from .conftest import require_binary
 from .dns_server import KnotServer
@@ -39,19 +40,6 @@ two   A     127.0.0.1
         yield server
     finally:
         server.close()
-
-
-def addresses(lb: clientlb.LoadBalancer) -> set[str]:
-    return {ep.address for ep in lb.endpoints()}
-
-
-def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
-    """True once the published picker has nothing to pick (endpoints() may lead it)."""
-    try:
-        lb.pick().done()
-    except clientlb.NoEndpointAvailable:
-        return True
-    return False
 
 
 def get(endpoint: clientlb.Endpoint) -> str:

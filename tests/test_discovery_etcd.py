@@ -16,6 +16,7 @@ import clientlb
 from clientlb._resolvers import EtcdResolver
 from clientlb._resolvers.etcd import endpoint_from_value, prefix_range
 
+from ._discovery_helpers import addresses, picks_nothing
 from ._helpers import HTTPBackend, wait_until
 from .conftest import require_binary
 from .etcd_server import EtcdServer
@@ -43,19 +44,6 @@ def own_etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         yield server
     finally:
         server.close()
-
-
-def addresses(lb: clientlb.LoadBalancer) -> set[str]:
-    return {ep.address for ep in lb.endpoints()}
-
-
-def picks_nothing(lb: clientlb.LoadBalancer) -> bool:
-    """True once the published picker has nothing to pick (endpoints() may lead it)."""
-    try:
-        lb.pick().done()
-    except clientlb.NoEndpointAvailable:
-        return True
-    return False
 
 
 def test_prefix_range_covers_exactly_the_keys_under_the_prefix() -> None:
