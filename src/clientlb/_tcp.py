@@ -149,7 +149,33 @@ def _tracked(sock: object) -> _Lease:
     return lease
 
 
-class BalancedSocket(socket.socket):
+class _LeaseMixin:
+    """What both balanced socket classes add to theirs: see :class:`BalancedSocket`."""
+
+    __slots__ = ()
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return _tracked(self).pick.endpoint
+
+    @property
+    def connect_latency(self) -> float:
+        return _tracked(self).connect_latency
+
+    def set_outcome(self, outcome: Outcome | str) -> None:
+        """The outcome reported when the connection closes (default: success)."""
+        _set_outcome(_lease_of(self), outcome)
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]  # the socket class after this one
+        finally:
+            lease = _lease_of(self)
+            if lease is not None:
+                lease.release()
+
+
+class BalancedSocket(_LeaseMixin, socket.socket):
     """A connected ``socket.socket`` whose ``close()`` completes its balancer pick.
 
     ``endpoint`` is the backend it is connected to, ``connect_latency`` the
@@ -163,54 +189,14 @@ class BalancedSocket(socket.socket):
 
     _clientlb_lease: _Lease | None
 
-    @property
-    def endpoint(self) -> Endpoint:
-        return _tracked(self).pick.endpoint
 
-    @property
-    def connect_latency(self) -> float:
-        return _tracked(self).connect_latency
-
-    def set_outcome(self, outcome: Outcome | str) -> None:
-        """The outcome reported when the connection closes (default: success)."""
-        _set_outcome(_lease_of(self), outcome)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            lease = _lease_of(self)
-            if lease is not None:
-                lease.release()
-
-
-class BalancedSSLSocket(_ssl.SSLSocket):
+class BalancedSSLSocket(_LeaseMixin, _ssl.SSLSocket):
     """A TLS ``ssl.SSLSocket`` whose ``close()`` completes its balancer pick.
 
     Same attributes as :class:`BalancedSocket`.
     """
 
     _clientlb_lease: _Lease | None = None
-
-    @property
-    def endpoint(self) -> Endpoint:
-        return _tracked(self).pick.endpoint
-
-    @property
-    def connect_latency(self) -> float:
-        return _tracked(self).connect_latency
-
-    def set_outcome(self, outcome: Outcome | str) -> None:
-        """The outcome reported when the connection closes (default: success)."""
-        _set_outcome(_lease_of(self), outcome)
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            lease = _lease_of(self)
-            if lease is not None:
-                lease.release()
 
 
 _ssl_classes: dict[type[_ssl.SSLSocket], type[BalancedSSLSocket]] = {}
