@@ -305,6 +305,15 @@ class Registry:
 
     # -- delete ---------------------------------------------------------------------------
 
+    def _detach(self, name: str) -> LoadBalancer | None:
+        """Take ``name`` out of the registry (and its telemetry); None when absent."""
+        with self._lock:
+            lb = self._balancers.pop(name, None)
+            self._specs.pop(name, None)
+        if lb is not None and self._telemetry is not None:
+            self._telemetry.uninstrument(lb)
+        return lb
+
     def delete(self, name: str, *, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> bool:
         """Remove ``name``: refuse new picks at once, wait for in-flight calls, close.
 
@@ -312,13 +321,9 @@ class Registry:
         never cut). Returns True when they all finished in time, False when
         some were still running, and False too when no such balancer exists.
         """
-        with self._lock:
-            lb = self._balancers.pop(name, None)
-            self._specs.pop(name, None)
+        lb = self._detach(name)
         if lb is None:
             return False
-        if self._telemetry is not None:
-            self._telemetry.uninstrument(lb)
         lb.close()
         deadline = time.monotonic() + timeout
         while lb.in_flight() > 0 and time.monotonic() < deadline:
@@ -330,13 +335,9 @@ class Registry:
 
     async def adelete(self, name: str, *, timeout: float = DEFAULT_DRAIN_TIMEOUT) -> bool:
         """:meth:`delete` for asyncio: waits without blocking the event loop."""
-        with self._lock:
-            lb = self._balancers.pop(name, None)
-            self._specs.pop(name, None)
+        lb = self._detach(name)
         if lb is None:
             return False
-        if self._telemetry is not None:
-            self._telemetry.uninstrument(lb)
         await lb.aclose()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
