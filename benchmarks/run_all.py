@@ -40,9 +40,18 @@ def overhead(smoke: bool) -> str:
                          ("grpc_overhead.py", ["--seconds", "3"])):
         cmd = [sys.executable, str(HERE / script), *(["--smoke"] if smoke else args)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-        tables = [line for line in done.stdout.splitlines() if line.startswith(("|", "###"))]
-        out.append(f"`{script} {' '.join(cmd[2:])}`:\n\n" + "\n".join(
-            line.replace("### ", "") if line.startswith("###") else line for line in tables))
+        lines: list[str] = []
+        for line in done.stdout.splitlines():
+            if line.startswith("###"):  # a table's title, as a paragraph of its own
+                lines += ["", line.removeprefix("### ") + ":", ""]
+            elif line.startswith("|"):
+                if lines and lines[-1] and not lines[-1].startswith("|"):
+                    lines.append("")
+                if lines and lines[-1].startswith("|") and line.startswith("| ") \
+                        and "---" not in line and lines[-1].count("|") != line.count("|"):
+                    lines.append("")  # a new table follows at once
+                lines.append(line)
+        out.append(f"`{script} {' '.join(cmd[2:])}`:\n\n" + "\n".join(lines).lstrip("\n"))
     return "\n\n".join(out)
 
 
