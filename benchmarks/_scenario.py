@@ -292,7 +292,7 @@ def make_client(kind: str, ports: list[int], timeout: float
 
 async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
                 duration: float, concurrency: int, warmup: int) -> list[tuple[float, float, int]]:
-    """Warm up with ``warmup`` requests, tell the backends ``go``, then ``concurrency``
+    """Warm up with about ``warmup`` requests, tell the backends ``go``, then ``concurrency``
     workers send GETs back to back for ``duration`` seconds."""
     import httpx
 
@@ -303,7 +303,13 @@ async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
         except httpx.HTTPError:
             return 0
 
-    await asyncio.gather(*(one() for _ in range(warmup)))
+    async def warm(n: int) -> None:
+        for _ in range(n):
+            await one()
+
+    # at the run's own concurrency: a burst of ``warmup`` requests at once would queue at
+    # the backends and leave latency estimates of that queueing (seconds), not of a request
+    await asyncio.gather(*(warm(warmup // concurrency + 1) for _ in range(concurrency)))
     out: list[tuple[float, float, int]] = []
     if backends is not None:
         backends.go()
