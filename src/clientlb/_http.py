@@ -575,11 +575,6 @@ class _Router(Generic[P]):
                          endpoint=attempt.pick._state.address)
         return delay
 
-    def discard(self, attempt: _Attempt[P]) -> P | None:
-        """A response that is retried was drained: report it; a pool to close or None."""
-        attempt.pick.done(attempt.outcome, attempt.ttfb)
-        return self.release(attempt.route)
-
     def response(self, call: _Call, attempt: _Attempt[P], resp: httpcore.Response,
                  stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
         headers = resp.headers
@@ -603,11 +598,11 @@ class _Router(Generic[P]):
             attempt.outcome = outcome
         if cls is None:
             return exc
-        err = cls(str(exc))
-        return err
+        return cls(str(exc))
 
     def finish(self, attempt: _Attempt[P]) -> P | None:
-        """The response was closed: report the outcome; a pool to close or None."""
+        """The response was closed (or drained before a retry): report the outcome;
+        a pool to close or None."""
         attempt.pick.done(attempt.outcome, attempt.ttfb)
         return self.release(attempt.route)
 
@@ -743,7 +738,7 @@ class HTTPTransport(httpx.BaseTransport):
             try:
                 _drain(resp.stream)
             finally:
-                retired = router.discard(attempt)
+                retired = router.finish(attempt)
                 if retired is not None:
                     retired.close()
             if delay:
@@ -891,7 +886,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             try:
                 await _adrain(resp.stream)
             finally:
-                retired = router.discard(attempt)
+                retired = router.finish(attempt)
                 if retired is not None:
                     await retired.aclose()
             if delay:
