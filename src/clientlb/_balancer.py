@@ -435,7 +435,7 @@ class LoadBalancer:
         if self._circuit is not None:
             state = self._circuit.admit(state, picker, key, now, self._weights,
                                         self._states, exclude)
-        load = state.load  # EndpointLoad.acquire, inlined on the hot path
+        load = state.load  # in flight until Pick.done → EndpointLoad.release
         with load._lock:
             load.in_flight += 1
         return Pick(self, state, now)

@@ -1,10 +1,10 @@
 """Load metrics: what the load-aware strategies compare.
 
 The metric is kept apart from the algorithm that uses it (as tower's
-``Load``): ``least_request`` compares :meth:`EndpointLoad.pending`,
+``Load``): ``least_request`` compares :attr:`EndpointLoad.in_flight`,
 ``peak_ewma`` compares :meth:`EndpointLoad.peak_ewma_cost`. Both are fed by
-the same ``acquire``/``release`` pair that every :class:`~clientlb.Pick` goes
-through.
+the same in-flight increment (in ``LoadBalancer.pick``) and ``release`` (in
+``Pick.done``) that every :class:`~clientlb.Pick` goes through.
 
 Peak EWMA follows Finagle's ``PeakEwma`` (and Linkerd/tower, which ported it):
 the latency estimate jumps *up* to any slower observation at once ("peak"),
@@ -51,10 +51,6 @@ class EndpointLoad:
         self.stamp = now
         self.decay = decay
 
-    def acquire(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-
     def release(self, now: float, latency: float | None, failed: bool = False) -> None:
         """End one call; ``latency=None`` (a cancelled call) leaves the estimate alone."""
         with self._lock:
@@ -74,9 +70,6 @@ class EndpointLoad:
             else:
                 self.ewma = decayed + latency * (1.0 - w)
             self.stamp = now
-
-    def pending(self) -> int:
-        return self.in_flight
 
     def latency(self, now: float) -> float:
         """The peak-EWMA latency estimate, decayed to ``now``."""
