@@ -368,10 +368,15 @@ class LoadBalancer:
         """
         return self._health.select(states, now)
 
+    def _current_states(self) -> list[EndpointState]:
+        """The states of the current endpoint set, in its order (draining ones excluded)."""
+        states = self._states
+        return [states[ep.address] for ep in self._endpoint_set]
+
     def _rebuild_locked(self, now: float) -> None:
         if self._weight_overrides:
             self._apply_weight_overrides_locked()
-        states = [self._states[ep.address] for ep in self._endpoint_set]
+        states = self._current_states()
         chosen, weights, mode = self._select(states, now)
         self._mode = mode
         self._weights = {s.address: w for s, w in zip(chosen, weights, strict=True)}

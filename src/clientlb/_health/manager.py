@@ -318,7 +318,7 @@ class HealthManager:
 
     def _tick_locked(self, now: float) -> None:
         lb = self._lb
-        states = [lb._states[ep.address] for ep in lb._endpoint_set]
+        states = lb._current_states()
         changed = now >= self._ramp_due
         if self.outlier is not None and now >= self._next_sweep:
             changed = self._sweep_locked(states, now) or changed
