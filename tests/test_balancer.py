@@ -19,7 +19,7 @@ from clientlb import (
     Outcome,
     Resolver,
 )
-from clientlb._resolver import RESOLVERS
+from clientlb._resolvers.base import RESOLVERS
 
 from ._helpers import FakeClock
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import clientlb
-from clientlb._cli import main
+from clientlb._cli.main import main
 
 from ._helpers import HTTPBackend, free_port, wait_until
 
@@ -67,7 +67,7 @@ def test_resolve_watch_shows_endpoints_discovery_adds(
         tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A record added to a real DNS server while watching shows in the live table."""
-    from clientlb import _cli
+    from clientlb._cli import main as _cli
 
     from .conftest import require_binary
     from .dns_server import KnotServer
@@ -224,7 +224,7 @@ def test_demo_compares_strategies_and_writes_a_chart(tmp_path: Path) -> None:
 
 def test_the_default_demo_fits_in_30_seconds() -> None:
     """24 s of traffic plus about 2 s to start the backends and print the comparison."""
-    from clientlb._cli import build_parser
+    from clientlb._cli.main import build_parser
 
     args = build_parser().parse_args(["demo"])
     assert args.duration <= 25

@@ -19,9 +19,9 @@ import pytest
 import trustme
 
 import clientlb
+from clientlb._core.target import parse_target
 from clientlb._resolvers import ConsulResolver
 from clientlb._resolvers.consul import endpoint_from_entry
-from clientlb._target import parse_target
 
 from ._discovery_helpers import addresses, picks_nothing
 from ._helpers import HTTPBackend, wait_until

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 import clientlb
+from clientlb._core.target import parse_target
 from clientlb._resolvers import DNSResolver, SRVResolver
 from clientlb._resolvers._backoff import Backoff, BackoffPolicy, ttl_delay
 from clientlb._resolvers.srv import srv_weights
-from clientlb._target import parse_target
 
 from ._discovery_helpers import addresses, picks_nothing
 from ._helpers import FakeClock, HTTPBackend, free_port, wait_until

@@ -107,7 +107,7 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
 
 
 def test_the_telemetry_chapter_lists_every_instrument() -> None:
-    source = (ROOT / "src" / "clientlb" / "_telemetry.py").read_text()
+    source = (ROOT / "src" / "clientlb" / "_ops" / "telemetry.py").read_text()
     created = set(re.findall(r'create_\w+\(\s*"(clientlb\.[\w.]+)"', source))
     assert len(created) >= 10
     chapter = (DOCS / "telemetry.md").read_text()

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clientlb import Endpoint
+from clientlb._core.load import EndpointLoad
+from clientlb._core.state import EndpointState, Health
 from clientlb._health.selection import select
-from clientlb._load import EndpointLoad
-from clientlb._state import EndpointState, Health
 
 pools = st.lists(
     st.tuples(st.integers(0, 2), st.sampled_from(["a", "b", None]), st.sampled_from([0, 1, 3]),

@@ -222,7 +222,7 @@ def test_tls_certificate_for_another_name_is_refused(ca: trustme.CA) -> None:
 def test_every_httpcore_exception_is_mapped_to_the_httpx_exception_of_the_same_name() -> None:
     import httpcore
 
-    from clientlb._http import classify_exception
+    from clientlb._http.transport import classify_exception
 
     # ConnectionNotAvailable never leaves httpcore's pool (it retries on another connection).
     names = [n for n in dir(httpcore) if isinstance(getattr(httpcore, n), type)
@@ -246,7 +246,7 @@ def test_every_httpcore_exception_is_mapped_to_the_httpx_exception_of_the_same_n
 def test_exceptions_classify_into_outcomes(exc: str, outcome: Outcome, reached: bool) -> None:
     import httpcore
 
-    from clientlb._http import classify_exception
+    from clientlb._http.transport import classify_exception
 
     assert classify_exception(getattr(httpcore, exc)("x"))[1:] == (outcome, reached)
     assert classify_exception(KeyboardInterrupt())[:2] == (None, Outcome.CANCELLED)
@@ -359,7 +359,7 @@ def test_a_retry_never_goes_back_to_an_endpoint_already_tried(backends: list[Bac
 
 def test_retry_after_is_honoured_up_to_the_cap(backends: list[Backend]) -> None:
     """A Retry-After of 30 s waits only the policy's cap before the next endpoint."""
-    from clientlb._http import parse_retry_after
+    from clientlb._http.transport import parse_retry_after
 
     assert parse_retry_after("7") == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0

@@ -264,7 +264,7 @@ def test_reload_undoes_its_new_balancers_when_one_cannot_be_built(
         monkeypatch: pytest.MonkeyPatch) -> None:
     with Registry.from_config(_config(users={"target": "127.0.0.1:1",
                                              "strategy": "random"})) as reg:
-        monkeypatch.delitem(clientlb._resolver.RESOLVERS, "dns")  # a scheme not available
+        monkeypatch.delitem(clientlb._resolvers.base.RESOLVERS, "dns")  # a scheme not available
         with pytest.raises(ConfigError, match=r"^services\.search\.target: the dns:// scheme"):
             reg.reload(_config(users={"target": "127.0.0.1:1", "strategy": "round_robin"},
                                orders={"target": "127.0.0.1:2"},

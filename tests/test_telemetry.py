@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import clientlb
 from clientlb import EndpointSet, LoadBalancer, Outcome
-from clientlb._telemetry import record_budget_exhausted, record_retry
+from clientlb._ops.telemetry import record_budget_exhausted, record_retry
 
 from ._helpers import FakeClock
 

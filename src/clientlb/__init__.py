@@ -8,16 +8,9 @@ extra hop.
 
 from __future__ import annotations
 
-from ._affinity import (
-    CookieAffinity,
-    HeaderAffinity,
-    hash_by_client_ip,
-    hash_by_cookie,
-    hash_by_header,
-)
-from ._balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
-from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from ._errors import (
+from ._core.balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
+from ._core.endpoint import Endpoint, EndpointSet, EndpointSetDiff
+from ._core.errors import (
     CircuitOpen,
     ClientLBError,
     ConfigError,
@@ -25,6 +18,10 @@ from ._errors import (
     DiscoveryError,
     NoEndpointAvailable,
 )
+from ._core.outcome import Outcome
+from ._core.state import EndpointState, Health
+from ._core.target import Target, parse_target
+from ._engine.retry import RetryBudget, RetryPolicy
 from ._health import (
     FailurePercentage,
     HealthCheck,
@@ -32,13 +29,18 @@ from ._health import (
     SlowStart,
     SuccessRate,
 )
-from ._http import AsyncHTTPTransport, HTTPTransport
-from ._outcome import Outcome
-from ._registry import Registry
-from ._resolver import Resolver
+from ._http.affinity import (
+    CookieAffinity,
+    HeaderAffinity,
+    hash_by_client_ip,
+    hash_by_cookie,
+    hash_by_header,
+)
+from ._http.transport import AsyncHTTPTransport, HTTPTransport
+from ._ops.registry import Registry
+from ._ops.telemetry import Telemetry, instrument
 from ._resolvers import ResolverStats  # importing registers dns/srv/consul/etcd
-from ._retry import RetryBudget, RetryPolicy
-from ._state import EndpointState, Health
+from ._resolvers.base import Resolver
 from ._strategies import (
     STRATEGIES,
     LeastRequest,
@@ -50,7 +52,6 @@ from ._strategies import (
     RoundRobin,
     Strategy,
 )
-from ._target import Target, parse_target
 from ._tcp import (
     BalancedSocket,
     BalancedSSLSocket,
@@ -60,7 +61,6 @@ from ._tcp import (
     connect_with,
     open_connection,
 )
-from ._telemetry import Telemetry, instrument
 
 __version__ = "0.1.0"
 

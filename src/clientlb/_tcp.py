@@ -17,7 +17,7 @@ twins of :func:`socket.create_connection` and :func:`asyncio.open_connection`:
 TLS handshake never reached the backend's application, so it is always safe
 to try elsewhere (DESIGN.md, "nothing lost"). The failed attempt is reported
 as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
-detection vocabulary (see :mod:`clientlb._outcome`; a connect timeout is a
+detection vocabulary (see :mod:`clientlb._core.outcome`; a connect timeout is a
 connect failure, not ``TIMEOUT``, which means "accepted and did not answer")
 — and the next attempt picks again with ``exclude=`` the endpoints already
 tried. Attempts are bounded (``attempts``, by default the balancer's
@@ -92,12 +92,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
-from ._balancer import LoadBalancer, Pick
-from ._endpoint import Endpoint
-from ._errors import ConfigError, ConnectError, NoEndpointAvailable
-from ._outcome import Outcome
+from ._core.balancer import LoadBalancer, Pick
+from ._core.endpoint import Endpoint
+from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable
+from ._core.outcome import Outcome
+from ._ops.telemetry import record_budget_exhausted, record_retry
 from ._strategies import Key
-from ._telemetry import record_budget_exhausted, record_retry
 
 __all__ = [
     "BalancedSSLSocket",

@@ -41,9 +41,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .._endpoint import Endpoint
-from .._errors import ConfigError
-from .._state import EndpointState
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError
+from .._core.state import EndpointState
 from .config import HealthCheck
 
 if TYPE_CHECKING:

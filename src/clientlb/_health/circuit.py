@@ -27,9 +27,9 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection, Mapping
 
-from .._errors import CircuitOpen, ConfigError
-from .._outcome import Outcome
-from .._state import EndpointState
+from .._core.errors import CircuitOpen, ConfigError
+from .._core.outcome import Outcome
+from .._core.state import EndpointState
 from .._strategies import Key, Picker
 
 __all__ = ["CircuitBreaker", "check_limit"]

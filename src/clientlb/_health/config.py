@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from .._errors import ConfigError
+from .._core.errors import ConfigError
 
 __all__ = [
     "FailurePercentage",

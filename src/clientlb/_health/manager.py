@@ -31,9 +31,9 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .._errors import ConfigError
-from .._outcome import Outcome
-from .._state import EndpointState, Health
+from .._core.errors import ConfigError
+from .._core.outcome import Outcome
+from .._core.state import EndpointState, Health
 from .checks import HealthChecker
 from .circuit import CircuitBreaker, check_limit
 from .config import HealthCheck, OutlierDetection, SlowStart
@@ -42,7 +42,7 @@ from .selection import Selection, select
 from .slow_start import STEPS, ramp_factor
 
 if TYPE_CHECKING:
-    from .._balancer import LoadBalancer
+    from .._core.balancer import LoadBalancer
 
 __all__ = ["REFRESH_MIN_INTERVAL", "HealthManager"]
 

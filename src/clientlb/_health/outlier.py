@@ -34,8 +34,8 @@ import random as _random
 import statistics
 from collections.abc import Callable, Sequence
 
-from .._outcome import Outcome
-from .._state import EndpointState
+from .._core.outcome import Outcome
+from .._core.state import EndpointState
 from .config import OutlierDetection
 
 __all__ = ["OutlierDetector", "OutlierStats"]

@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .._state import EndpointState, Health
+from .._core.state import EndpointState, Health
 
 __all__ = ["Selection", "select"]
 

@@ -1,7 +1,7 @@
 """Discovery: the resolvers behind ``dns://``, ``srv://``, ``consul://`` and ``etcd://``.
 
 Importing this package registers each resolver in
-:data:`clientlb._resolver.RESOLVERS` (``clientlb/__init__.py`` does it), so
+:data:`clientlb._resolvers.base.RESOLVERS` (``clientlb/__init__.py`` does it), so
 ``LoadBalancer("dns://127.0.0.1:5353/svc.test:8080")`` just works. One module
 per resolver; ``_base`` holds the async loop they share (thread or asyncio
 task), ``_refresh`` the TTL polling of the DNS resolvers and ``_backoff`` the
@@ -14,10 +14,10 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .._errors import ConfigError
-from .._resolver import RESOLVERS, Resolver
-from .._target import Target
-from ._base import LoopResolver, ResolverStats
+from .._core.errors import ConfigError
+from .._core.target import Target
+from ._loop import LoopResolver, ResolverStats
+from .base import RESOLVERS, Resolver
 from .consul import ConsulResolver
 from .dns import DNSResolver
 from .etcd import EtcdResolver

@@ -23,7 +23,7 @@ import math
 import random as _random
 from dataclasses import dataclass
 
-from .._errors import ConfigError
+from .._core.errors import ConfigError
 
 __all__ = ["Backoff", "BackoffPolicy", "check_seconds", "ttl_delay"]
 

@@ -26,12 +26,12 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
-from .._endpoint import Endpoint
-from .._errors import ConfigError, DiscoveryError
-from .._resolver import ResolverSink
-from .._target import Target
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import check_seconds, ttl_delay
-from ._base import LoopResolver
+from ._loop import LoopResolver
+from .base import ResolverSink
 
 __all__ = ["TTLResolver"]
 
@@ -43,7 +43,7 @@ class TTLResolver(LoopResolver):
         min_ttl: floor of the refresh interval in seconds (default 5).
         max_ttl: ceiling of the refresh interval in seconds (default 300).
         ttl_jitter: fraction by which a delay may be shortened (default 0.1).
-        **options: see :class:`~clientlb._resolvers._base.LoopResolver`.
+        **options: see :class:`~clientlb._resolvers._loop.LoopResolver`.
     """
 
     def __init__(self, target: Target, *, min_ttl: float = 5.0, max_ttl: float = 300.0,

@@ -64,13 +64,13 @@ from urllib.parse import quote
 
 import httpx
 
-from .._endpoint import Endpoint
-from .._errors import ConfigError, DiscoveryError
-from .._resolver import ResolverSink
-from .._target import Target
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import check_seconds
-from ._base import LoopResolver, logger
+from ._loop import LoopResolver, logger
 from ._secret import Secret, redact
+from .base import ResolverSink
 
 __all__ = ["ConsulResolver", "endpoint_from_entry"]
 

@@ -45,9 +45,9 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
-from .._endpoint import Endpoint
-from .._errors import ConfigError, DiscoveryError
-from .._target import Target
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import check_seconds
 from ._refresh import TTLResolver
 

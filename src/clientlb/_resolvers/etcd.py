@@ -55,13 +55,13 @@ from typing import Any
 
 import httpx
 
-from .._endpoint import Endpoint, split_host_port
-from .._errors import ConfigError, DiscoveryError
-from .._resolver import ResolverSink
-from .._target import Target
+from .._core.endpoint import Endpoint, split_host_port
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import check_seconds
-from ._base import LoopResolver, logger
+from ._loop import LoopResolver, logger
 from ._secret import Secret, redact
+from .base import ResolverSink
 
 __all__ = ["EtcdResolver", "endpoint_from_value", "prefix_range"]
 

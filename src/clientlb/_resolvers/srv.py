@@ -44,9 +44,9 @@ from typing import Any
 import dns.name
 import dns.rdatatype
 
-from .._endpoint import Endpoint
-from .._errors import ConfigError, DiscoveryError
-from .._target import Target
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import check_seconds
 from ._refresh import TTLResolver
 from .dns import DNSQuerier, QueryResult, check_record_types

@@ -34,7 +34,7 @@ def resolve_strategy(strategy: str | Strategy) -> Strategy:
 
     Raises ConfigError listing the valid names for an unknown one.
     """
-    from .._errors import ConfigError
+    from .._core.errors import ConfigError
 
     if isinstance(strategy, Strategy):
         return strategy

@@ -4,7 +4,7 @@ As in grpc-go's ``balancer`` package, a picker is immutable with respect to
 the endpoint set: every change (discovery update, ejection, weight change)
 builds a new picker and publishes it atomically; ``Picker.pick`` never blocks
 and never does I/O. Load-aware pickers read live load metrics
-(:class:`~clientlb._load.EndpointLoad`) through the endpoint states they hold.
+(:class:`~clientlb._core.load.EndpointLoad`) through the endpoint states they hold.
 
 Weights given to ``build`` are the *effective* weights (after slow start).
 They are all > 0: the balancer removes zero-weight endpoints beforehand, and
@@ -20,8 +20,8 @@ from typing import ClassVar, Union
 
 import xxhash
 
-from .._load import EndpointLoad
-from .._state import EndpointState
+from .._core.load import EndpointLoad
+from .._core.state import EndpointState
 
 __all__ = ["AliasSampler", "Key", "Picker", "Strategy", "hash_key", "uniform_weights"]
 

@@ -16,7 +16,7 @@ import random as _random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .._state import EndpointState
+from .._core.state import EndpointState
 from .base import Picker, Strategy
 from .p2c import P2CPicker
 

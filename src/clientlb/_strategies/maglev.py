@@ -30,8 +30,8 @@ from typing import ClassVar
 
 import xxhash
 
-from .._errors import ConfigError
-from .._state import EndpointState
+from .._core.errors import ConfigError
+from .._core.state import EndpointState
 from .base import Key, Picker, Strategy, hash_key
 
 __all__ = ["Maglev"]

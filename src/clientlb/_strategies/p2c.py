@@ -20,7 +20,7 @@ from __future__ import annotations
 import random as _random
 from collections.abc import Callable, Sequence
 
-from .._state import EndpointState
+from .._core.state import EndpointState
 from .base import AliasSampler, Key, Picker, uniform_weights
 
 __all__ = ["Cost", "P2CPicker"]

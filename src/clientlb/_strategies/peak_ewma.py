@@ -11,7 +11,7 @@ does not. This makes it the best default when backends differ or degrade;
 ``docs/performance.md`` shows the numbers behind that choice.
 
 Defaults: ``decay = 10 s`` (Finagle), ``default_rtt = 30 ms`` (Linkerd);
-see :mod:`clientlb._load` for the estimator and why.
+see :mod:`clientlb._core.load` for the estimator and why.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from math import exp as _exp
 from typing import ClassVar
 
-from .._errors import ConfigError
-from .._load import DEFAULT_DECAY, DEFAULT_RTT, EndpointLoad
-from .._state import EndpointState
+from .._core.errors import ConfigError
+from .._core.load import DEFAULT_DECAY, DEFAULT_RTT, EndpointLoad
+from .._core.state import EndpointState
 from .base import Picker, Strategy
 from .p2c import P2CPicker
 

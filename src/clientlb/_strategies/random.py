@@ -12,7 +12,7 @@ import random as _random
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .._state import EndpointState
+from .._core.state import EndpointState
 from .base import AliasSampler, Key, Picker, Strategy, uniform_weights
 
 __all__ = ["Random"]

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from typing import ClassVar
 
-from .._state import EndpointState
+from .._core.state import EndpointState
 from .base import Key, Picker, Strategy, uniform_weights
 
 __all__ = ["RoundRobin"]

@@ -28,9 +28,9 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from .._balancer import LoadBalancer
-from .._endpoint import Endpoint
-from .._errors import ConfigError
+from .._core.balancer import LoadBalancer
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError
 from ._channel import BalancedChannel
 from ._common import (
     DEFAULT_FAILURE_CODES,

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .._errors import ConfigError
+from .._core.errors import ConfigError
 
 __all__ = ["InterceptedUnaryUnaryCall", "split_interceptors"]
 

@@ -31,11 +31,11 @@ from typing import Any
 
 import grpc
 
-from .._balancer import LoadBalancer, Pick
-from .._endpoint import Endpoint, EndpointSetDiff
-from .._errors import NoEndpointAvailable
-from .._outcome import Outcome
-from .._retry import RetryState
+from .._core.balancer import LoadBalancer, Pick
+from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import NoEndpointAvailable
+from .._core.outcome import Outcome
+from .._engine.retry import RetryState
 from ._common import (
     ChannelConfig,
     NoEndpointRpcError,

@@ -31,12 +31,12 @@ from typing import Any
 
 import grpc
 
-from .._balancer import LoadBalancer
-from .._endpoint import Endpoint
-from .._errors import ConfigError, NoEndpointAvailable
-from .._outcome import Outcome
-from .._retry import RetryBudget, RetryPolicy, RetryState
-from .._telemetry import record_budget_exhausted, record_retry
+from .._core.balancer import LoadBalancer
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.outcome import Outcome
+from .._engine.retry import RetryBudget, RetryPolicy, RetryState
+from .._ops.telemetry import record_budget_exhausted, record_retry
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",

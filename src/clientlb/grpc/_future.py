@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from .._outcome import Outcome
-from .._retry import RetryState
+from .._core.outcome import Outcome
+from .._engine.retry import RetryState
 from ._common import NoEndpointRpcError, attempt_wait_for_ready, classify, retry_decision
 
 if TYPE_CHECKING:

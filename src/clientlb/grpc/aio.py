@@ -37,11 +37,11 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from .._balancer import LoadBalancer, Pick
-from .._endpoint import Endpoint, EndpointSetDiff
-from .._errors import ConfigError, NoEndpointAvailable
-from .._outcome import Outcome
-from .._retry import RetryState
+from .._core.balancer import LoadBalancer, Pick
+from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.outcome import Outcome
+from .._engine.retry import RetryState
 from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     DEFAULT_FAILURE_CODES,

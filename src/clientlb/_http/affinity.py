@@ -35,9 +35,9 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
-from ._balancer import LoadBalancer
-from ._errors import ConfigError
-from ._strategies import Key
+from .._core.balancer import LoadBalancer
+from .._core.errors import ConfigError
+from .._strategies import Key
 
 __all__ = ["Affinity", "CookieAffinity", "HashKey", "HeaderAffinity", "hash_by_client_ip",
            "hash_by_cookie", "hash_by_header"]

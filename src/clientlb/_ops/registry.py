@@ -22,7 +22,7 @@ method for — ``health_check``, ``outlier_detection``, ``panic_threshold``,
 the option, instead of being ignored.
 
 Every method is thread-safe. The registry instruments the balancers it
-creates with OpenTelemetry (:mod:`clientlb._telemetry`) unless
+creates with OpenTelemetry (:mod:`clientlb._ops.telemetry`) unless
 ``telemetry=False``.
 """
 
@@ -37,11 +37,11 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from ._balancer import BalancerSnapshot, LoadBalancer
-from ._config import load_config, option_value, parse_config, repath
-from ._errors import ConfigError
-from ._target import parse_target
-from ._telemetry import Telemetry, default_telemetry
+from .._core.balancer import BalancerSnapshot, LoadBalancer
+from .._core.errors import ConfigError
+from .._core.target import parse_target
+from .config import load_config, option_value, parse_config, repath
+from .telemetry import Telemetry, default_telemetry
 
 __all__ = ["Registry"]
 
@@ -89,7 +89,7 @@ class Registry:
         """A registry with one balancer per ``[services.NAME]`` of a TOML/JSON file or mapping.
 
         The whole configuration is validated before any balancer is created;
-        see :mod:`clientlb._config` for the format.
+        see :mod:`clientlb._ops.config` for the format.
 
         Raises:
             ConfigError: with the dotted path of the offending value
@@ -208,7 +208,7 @@ class Registry:
 
     def _applier(self, lb: LoadBalancer, key: str, value: Any) -> Any:
         if key == "strategy":
-            from ._strategies import resolve_strategy
+            from .._strategies import resolve_strategy
 
             strategy = resolve_strategy(option_value(key, value, key))
             return lambda: lb.set_strategy(strategy)

@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .._endpoint import Endpoint, EndpointSet
-from .._errors import ConfigError, DiscoveryError
-from .._resolver import Resolver, ResolverSink
-from .._target import Target
+from .._core.endpoint import Endpoint, EndpointSet
+from .._core.errors import ConfigError, DiscoveryError
+from .._core.target import Target
 from ._backoff import Backoff, BackoffPolicy, check_seconds
+from .base import Resolver, ResolverSink
 
 __all__ = ["LoopResolver", "ResolverStats"]
 

@@ -47,7 +47,7 @@ from typing import Any
 import tenacity
 from tenacity.wait import wait_base
 
-from ._errors import ConfigError
+from .._core.errors import ConfigError
 
 __all__ = ["DEFAULT_RETRY_POLICY", "IDEMPOTENT_METHODS", "RetryBudget", "RetryPolicy",
            "RetryState"]

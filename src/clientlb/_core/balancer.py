@@ -28,15 +28,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from ._endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from ._errors import ClientLBError, ConfigError, NoEndpointAvailable
-from ._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
-from ._outcome import Outcome
-from ._resolver import Resolver, create_resolver
-from ._retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
-from ._state import EndpointState, Health
-from ._strategies import Key, Picker, Strategy, resolve_strategy
-from ._target import Target, parse_target
+from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
+from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
+from .._resolvers.base import Resolver, create_resolver
+from .._strategies import Key, Picker, Strategy, resolve_strategy
+from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
+from .errors import ClientLBError, ConfigError, NoEndpointAvailable
+from .outcome import Outcome
+from .state import EndpointState, Health
+from .target import Target, parse_target
 
 __all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from ._errors import ConfigError
+from .errors import ConfigError
 
 __all__ = ["Endpoint", "EndpointSet", "EndpointSetDiff"]
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import parse_qsl
 
-from ._endpoint import Endpoint, split_host_port
-from ._errors import ConfigError
+from .endpoint import Endpoint, split_host_port
+from .errors import ConfigError
 
 __all__ = ["SCHEMES", "Target", "TargetLike", "parse_target"]
 

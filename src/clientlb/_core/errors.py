@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._endpoint import Endpoint
+    from .endpoint import Endpoint
 
 __all__ = [
     "CircuitOpen",

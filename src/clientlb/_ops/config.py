@@ -52,10 +52,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ._endpoint import Endpoint
-from ._errors import ConfigError
-from ._strategies import STRATEGIES, Strategy
-from ._target import parse_target
+from .._core.endpoint import Endpoint
+from .._core.errors import ConfigError
+from .._core.target import parse_target
+from .._strategies import STRATEGIES, Strategy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,7 +171,7 @@ def option_value(key: str, value: Any, path: str) -> Any:
 
 def balancer_options() -> tuple[str, ...]:
     """The ``LoadBalancer`` keyword arguments a file may set (this version's)."""
-    from ._balancer import LoadBalancer
+    from .._core.balancer import LoadBalancer
 
     params = inspect.signature(LoadBalancer.__init__).parameters
     return tuple(p for p in params if p not in _NOT_IN_FILES

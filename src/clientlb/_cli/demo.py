@@ -38,10 +38,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ._balancer import LoadBalancer
-from ._outcome import Outcome
-from ._state import EndpointState
-from ._strategies import STRATEGIES
+from .._core.balancer import LoadBalancer
+from .._core.outcome import Outcome
+from .._core.state import EndpointState
+from .._strategies import STRATEGIES
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -113,7 +113,7 @@ class _Backends:
     def __init__(self) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from clientlb._demo import serve; serve()"],
+            [sys.executable, "-c", "from clientlb._cli.demo import serve; serve()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -165,8 +165,8 @@ async def _drive(run: Run, lb: LoadBalancer, names: dict[str, str], duration: fl
                  concurrency: int) -> None:
     import httpx
 
-    from ._errors import ClientLBError
-    from ._http import AsyncHTTPTransport
+    from .._core.errors import ClientLBError
+    from .._http.transport import AsyncHTTPTransport
 
     def on_outcome(state: EndpointState, outcome: Outcome, latency: float, now: float) -> None:
         run.attempts[names.get(state.address, state.address)] += 1
@@ -260,7 +260,7 @@ def plot(runs: list[Run], path: str) -> None:
 
 def run_demo(args: argparse.Namespace, out: Console) -> int:
     """The ``clientlb demo`` command."""
-    from ._cli import CLIError
+    from .main import CLIError
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]

@@ -65,12 +65,12 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from ._endpoint import EndpointSetDiff
-from ._outcome import Outcome
-from ._state import EndpointState, Health
+from .._core.endpoint import EndpointSetDiff
+from .._core.outcome import Outcome
+from .._core.state import EndpointState, Health
 
 if TYPE_CHECKING:
-    from ._balancer import LoadBalancer
+    from .._core.balancer import LoadBalancer
 
 __all__ = ["Telemetry", "instrument", "record_budget_exhausted", "record_retry"]
 
@@ -181,7 +181,7 @@ class Telemetry:
 
     def __init__(self, *, meter_provider: MeterProvider | None = None,
                  span_events: bool = True, durations: bool = True) -> None:
-        from . import __version__
+        from .. import __version__
 
         meter = metrics.get_meter("clientlb", __version__, meter_provider)
         self._span_events = span_events

@@ -49,7 +49,7 @@ last response is returned, or the last error is raised as the same httpx
 exception, its message naming every endpoint tried.
 
 **Affinity**: ``hash_key=`` feeds ``ring_hash``/``maglev``; ``affinity=``
-gives sticky sessions (see :mod:`clientlb._affinity`).
+gives sticky sessions (see :mod:`clientlb._http.affinity`).
 
 Sync and async share one :class:`_Router` — classification, routing, retry
 decisions, pools bookkeeping — and differ only in the dozen lines that do
@@ -72,13 +72,13 @@ import anyio
 import httpcore
 import httpx
 
-from ._affinity import Affinity, HashKey, TokenMap, balancer_secret
-from ._balancer import LoadBalancer, Pick
-from ._endpoint import Endpoint, EndpointSetDiff
-from ._errors import ConfigError, NoEndpointAvailable
-from ._outcome import Outcome
-from ._retry import RetryBudget, RetryPolicy, RetryState
-from ._telemetry import record_budget_exhausted, record_retry
+from .._core.balancer import LoadBalancer, Pick
+from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.outcome import Outcome
+from .._engine.retry import RetryBudget, RetryPolicy, RetryState
+from .._ops.telemetry import record_budget_exhausted, record_retry
+from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
 

@@ -22,9 +22,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ._endpoint import EndpointSet
-from ._errors import ConfigError
-from ._target import Target
+from .._core.endpoint import EndpointSet
+from .._core.errors import ConfigError
+from .._core.target import Target
 
 __all__ = ["RESOLVERS", "Resolver", "ResolverSink", "StaticResolver", "create_resolver"]
 

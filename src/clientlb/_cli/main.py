@@ -25,9 +25,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
-from ._balancer import LoadBalancer
-from ._endpoint import Endpoint
-from ._errors import ClientLBError, ConfigError
+from .._core.balancer import LoadBalancer
+from .._core.endpoint import Endpoint
+from .._core.errors import ClientLBError, ConfigError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -55,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clientlb", description="Client-side load balancing: inspect "
                      "targets, probe endpoints, compare strategies.")
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"clientlb {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(args, out)
         if args.command == "config":
             return config(args, out)
-        from ._demo import run_demo
+        from .demo import run_demo
 
         return run_demo(args, out)
     except CLIError as exc:
@@ -209,7 +209,7 @@ def config(args: argparse.Namespace, out: Console) -> int:
     """Validate a configuration without creating anything (no discovery, no probes)."""
     from rich.table import Table
 
-    from ._config import load_config, parse_config
+    from .._ops.config import load_config, parse_config
 
     services, telemetry = parse_config(load_config(args.file))
     table = Table(title=f"{args.file}: {len(services)} services, telemetry "
@@ -232,8 +232,8 @@ def config(args: argparse.Namespace, out: Console) -> int:
 def check(args: argparse.Namespace, out: Console) -> int:
     from rich.table import Table
 
-    from ._health.checks import HealthChecker
-    from ._health.config import HealthCheck
+    from .._health.checks import HealthChecker
+    from .._health.config import HealthCheck
 
     if args.timeout <= 0:
         raise CLIError(f"--timeout must be > 0 seconds, got {args.timeout:g}")

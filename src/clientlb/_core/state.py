@@ -11,8 +11,8 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from ._endpoint import Endpoint
-from ._load import EndpointLoad
+from .endpoint import Endpoint
+from .load import EndpointLoad
 
 __all__ = ["EndpointState", "Health"]
 

@@ -1,0 +1,1 @@
+"""The command line (``clientlb``) and the demo: apart from the library core."""

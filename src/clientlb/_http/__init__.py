@@ -1,0 +1,1 @@
+"""The httpx integration: sync and async transports and session affinity (docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Operations: the registry, configuration files and telemetry (docs/architecture.md)."""
