@@ -27,6 +27,17 @@ def run_example(name: str) -> str:
     return result.stdout
 
 
+def test_guide_intro_example_survives_a_lost_server_and_a_lost_zone() -> None:
+    out = run_example("guide_intro.py")
+    assert "straight to web-1: ConnectError" in out
+    assert "through the balancer: {200: 30}" in out
+    assert "dns    name=users.internal port=8080 server=None" in out
+    assert "consul name=users port=None server=('127.0.0.1', 8500)" in out
+    assert "refused: target: port must be 1..65535, got '80800'" in out
+    assert "both zones up: {'web-2': 10}" in out
+    assert "eu-west-1a down: {'web-2': 1, 'web-3': 19}" in out
+
+
 def test_guide_basics_example_spreads_adds_and_removes() -> None:
     out = run_example("guide_basics.py")
     assert "spread: {'web-1': 3, 'web-2': 3}" in out
