@@ -13,6 +13,9 @@
   the repository (``../examples/grpc_quickstart.py`` from ``docs/``) is
   rewritten to point at that copy, so the guide links to the very code the
   tests run and ``--strict`` still checks every link.
+* **English-only chapters in the French edition.** mkdocs-static-i18n builds
+  a page that has no ``.fr.md`` file from its English text under ``/fr/``;
+  such a page gets a note, under its title, saying that it is not translated.
 """
 
 from __future__ import annotations
@@ -84,7 +87,27 @@ def on_files(files: Any, config: Any) -> Any:
     return files
 
 
+#: The note under the title of a page built from its English text in another edition.
+UNTRANSLATED = {
+    "fr": '!!! note "Chapitre en anglais"\n'
+          "    Ce chapitre de référence n'est pas traduit. Le guide en français y renvoie pour\n"
+          "    le détail de chaque option ; le code et les exemples sont les mêmes dans les deux\n"
+          "    langues.\n",
+}
+
+
+def _note_untranslated(markdown: str, page: Any, config: Any) -> str:
+    edition = config.theme.get("language")  # mkdocs-static-i18n sets it for each edition
+    note = UNTRANSLATED.get(edition)
+    if note is None or getattr(page.file, "locale", edition) == edition:
+        return markdown
+    lines = markdown.split("\n")
+    at = next((i + 1 for i, line in enumerate(lines) if line.startswith("# ")), 0)
+    return "\n".join([*lines[:at], "", note, *lines[at:]])
+
+
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
+    markdown = _note_untranslated(markdown, page, config)
     docs = Path(config.docs_dir)
     here = posixpath.dirname(page.file.src_uri)
 

@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 DOCS = ROOT / "docs"
-#: The pages of this part of the guide (the other chapters are tested by their authors).
-PAGES = ["index.md", "telemetry.md", "control.md", "cli.md", "reference.md",
+#: The pages of this part of the guide (the other chapters are tested by their authors),
+#: French pages included (``tests/test_guide_fr.py`` keeps them in step with the English).
+PAGES = ["index.md", "index.fr.md", "telemetry.md", "control.md", "cli.md", "reference.md",
          *(f"guide/{p.name}" for p in sorted((DOCS / "guide").glob("*.md")))]
 
 
@@ -25,6 +26,17 @@ def run_example(name: str) -> str:
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith("ok"), result.stdout
     return result.stdout
+
+
+def test_guide_intro_example_survives_a_lost_server_and_a_lost_zone() -> None:
+    out = run_example("guide_intro.py")
+    assert "straight to web-1: ConnectError" in out
+    assert "through the balancer: {200: 30}" in out
+    assert "dns    name=users.internal port=8080 server=None" in out
+    assert "consul name=users port=None server=('127.0.0.1', 8500)" in out
+    assert "refused: target: port must be 1..65535, got '80800'" in out
+    assert "both zones up: {'web-2': 10}" in out
+    assert "eu-west-1a down: {'web-2': 1, 'web-3': 19}" in out
 
 
 def test_guide_basics_example_spreads_adds_and_removes() -> None:
@@ -93,6 +105,7 @@ def test_every_python_block_is_a_snippet_of_a_tested_example(page: str) -> None:
 
 
 def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    """Both editions: English at the root, French under fr/, in one strict build."""
     mkdocs = Path(sys.executable).parent / "mkdocs"
     result = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path)],
                             cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -104,6 +117,19 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
     assert "CookieAffinity" in strategies  # the snippets were included, not left as text
     assert (tmp_path / "examples" / "guide_strategies.py").is_file()  # linked from the page
     assert 'href="../../examples/guide_strategies.py"' in strategies
+    assert 'href="../../fr/guide/strategies/" hreflang="fr"' in strategies  # language switch
+
+    french = (tmp_path / "fr" / "guide" / "strategies" / "index.html").read_text()
+    assert '<html lang="fr"' in french and "Sessions persistantes" in french
+    assert "CookieAffinity" in french  # the same snippets, included in the French page too
+    assert 'href="../../../examples/guide_strategies.py"' in french
+    assert 'href="../../../guide/strategies/" hreflang="en"' in french
+    assert 'href="../../strategies/"' in french  # the reference chapter, in the French site
+    for chapter in ("introduction", "prerequisites", "load-balancers", "basics", "strategies",
+                    "advanced", "use-cases", "open-questions"):
+        assert (tmp_path / "fr" / "guide" / chapter / "index.html").is_file(), chapter
+    reference = (tmp_path / "fr" / "reference" / "index.html").read_text()
+    assert "set_strategy" in reference and "Chapitre en anglais" in reference
 
 
 def test_the_telemetry_chapter_lists_every_instrument() -> None:
