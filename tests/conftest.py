@@ -49,3 +49,25 @@ def http_backends() -> Iterator[list]:  # type: ignore[type-arg]
     finally:
         for b in backends:
             b.close()
+
+
+@pytest.fixture(autouse=True)
+def _probes_stay_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Background reconnect probes (clientlb._engine.connectivity) only ever touch
+    loopback: many unit tests use documentation addresses such as 10.0.0.1, which
+    must never receive a packet from this machine."""
+    import ipaddress
+
+    from clientlb._engine import connectivity
+
+    real = connectivity.tcp_probe
+
+    def loopback_only(endpoint, timeout):  # type: ignore[no-untyped-def]
+        try:
+            loopback = endpoint.host == "localhost" or ipaddress.ip_address(
+                endpoint.host).is_loopback
+        except ValueError:
+            loopback = False
+        return real(endpoint, timeout) if loopback else False
+
+    monkeypatch.setattr(connectivity, "tcp_probe", loopback_only)

@@ -96,6 +96,7 @@ from ._core.balancer import LoadBalancer, Pick
 from ._core.endpoint import Endpoint
 from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable
 from ._core.outcome import Outcome
+from ._engine.naming import logical_name
 from ._ops.telemetry import record_budget_exhausted, record_retry
 from ._strategies import Key
 
@@ -296,22 +297,13 @@ def _tls_name(lb: LoadBalancer, server_hostname: ServerHostname,
                               f"the endpoint, got {server_hostname!r}", field="server_hostname")
         name = server_hostname
     else:
-        name = lb.name
-        target = lb.target
-        if name == target.service and target.scheme == "srv":
-            # RFC 2782 names are _Service._Proto.Name; the certificate is for
-            # Name (RFC 6125's SRV-ID / DNS-ID): drop the underscore labels.
-            labels = name.split(".")
-            while len(labels) > 1 and labels[0].startswith("_"):
-                labels.pop(0)
-            name = ".".join(labels)
-        elif name == target.service and target.scheme == "static":
-            if context.check_hostname:
-                raise ConfigError(
-                    "a static target has no logical name to verify TLS certificates "
-                    "against; pass server_hostname= or LoadBalancer(..., "
-                    "name='service.example')", field="server_hostname")
-            name = None  # no hostname check asked for: no SNI either
+        logical = logical_name(lb)
+        name = None if logical is None else logical.host
+        if name is None and context.check_hostname:
+            raise ConfigError(
+                "a static target has no logical name to verify TLS certificates "
+                "against; pass server_hostname= or LoadBalancer(..., "
+                "name='service.example')", field="server_hostname")
     return lambda endpoint: name
 
 

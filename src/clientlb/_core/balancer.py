@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from .._resolvers.base import Resolver, create_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
+from .._strategies.base import redraw
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from .errors import ClientLBError, ConfigError, NoEndpointAvailable
 from .outcome import Outcome
@@ -50,6 +52,8 @@ _SUCCESS = Outcome.SUCCESS
 #: On by default (DESIGN.md); frozen, so one shared instance is safe.
 _DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
+_CONNECT_FAILURE = Outcome.CONNECT_FAILURE
+_READY = Connectivity.READY
 
 
 def _classify_exception(exc: BaseException) -> Outcome:
@@ -81,6 +85,14 @@ class Pick:
         self._start = start
         self._finished = False
         self.endpoint: Endpoint = state.endpoint
+        load = state.load  # in flight from here until done(): the +1 of the pair
+        with load._lock:
+            load.in_flight += 1
+
+    @property
+    def address(self) -> str:
+        """The picked endpoint's ``host:port`` (its key in the balancer)."""
+        return self._state.address
 
     @property
     def started_at(self) -> float:
@@ -106,12 +118,18 @@ class Pick:
         if latency is None:
             latency = now - self._start
         state = self._state
+        # the -1 of the pair: EndpointLoad.release decrements in_flight
         if outcome is _SUCCESS:
             state.load.release(now, latency, False)
         elif outcome is _CANCELLED:
             state.load.release(now, None, False)
         else:
             state.load.release(now, latency, True)
+        # connectivity (clientlb._engine.connectivity): fed by every outcome
+        if outcome is _CONNECT_FAILURE:
+            lb._connectivity.failed(state)
+        elif state.connectivity is not _READY and outcome is not _CANCELLED:
+            lb._connectivity.reached(state)
         listeners = lb._outcome_listeners
         if listeners:
             for listener in listeners:
@@ -149,6 +167,7 @@ class EndpointSnapshot:
     ejection_count: int
     requests: int
     failures: int
+    connectivity: str = "idle"
 
     @property
     def address(self) -> str:
@@ -285,6 +304,7 @@ class LoadBalancer:
             local_zone=local_zone, overprovisioning_factor=overprovisioning_factor,
             max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
         self._circuit = self._health.circuit
+        self._connectivity = ConnectivityTracker(self)
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
         self._start_resolver()
         self._health.start()
@@ -377,7 +397,15 @@ class LoadBalancer:
         if self._weight_overrides:
             self._apply_weight_overrides_locked()
         states = self._current_states()
-        chosen, weights, mode = self._select(states, now)
+        # Connectivity: endpoints that cannot be connected to are left out while
+        # another one may take calls (clientlb._engine.connectivity).
+        usable = [s for s in states if s.connectivity not in UNUSABLE]
+        if usable and len(usable) < len(states):
+            chosen, weights, mode = self._select(usable, now)
+            if not chosen:
+                chosen, weights, mode = self._select(states, now)
+        else:
+            chosen, weights, mode = self._select(states, now)
         self._mode = mode
         self._weights = {s.address: w for s, w in zip(chosen, weights, strict=True)}
         if chosen:
@@ -394,6 +422,24 @@ class LoadBalancer:
         with self._lock:
             if not self._closed:
                 self._rebuild_locked(self._clock())
+
+    def endpoint_reconnected(self, state: EndpointState) -> None:
+        """A background probe connected to ``state``'s endpoint again (called by the
+        connectivity tracker): end an outlier ejection early and put it back."""
+        with self._lock:
+            if self._closed:
+                return
+            now = self._clock()
+            self._health.on_reconnected(state, now)
+            self._rebuild_locked(now)
+
+    def set_connect_probe(self, probe: Probe | None) -> None:
+        """How endpoints in transient failure are probed (None: a TCP handshake).
+
+        Integrations with a connection state of their own (the gRPC channels)
+        register a probe that waits for it; see clientlb._engine.connectivity.
+        """
+        self._connectivity.set_probe(probe)
 
     def refresh(self) -> None:
         """Ask the resolver to re-resolve the target early (e.g. when every endpoint
@@ -440,25 +486,14 @@ class LoadBalancer:
         if self._circuit is not None:
             state = self._circuit.admit(state, picker, key, now, self._weights,
                                         self._states, exclude)
-        load = state.load  # in flight until Pick.done → EndpointLoad.release
-        with load._lock:
-            load.in_flight += 1
         return Pick(self, state, now)
 
     def _pick_excluding(self, picker: Picker, key: Key | None, now: float,
                         exclude: Collection[str], first: EndpointState) -> EndpointState:
-        # A few more draws keep the strategy's preferences; then the first
-        # eligible endpoint not yet tried (retry path only, so O(n) is fine).
-        for _ in range(3):
-            state = picker.pick(key, now)
-            if state.address not in exclude:
-                return state
-        for address in self._weights:
-            if address not in exclude:
-                candidate = self._states.get(address)
-                if candidate is not None:
-                    return candidate
-        return first
+        states = self._states
+        candidates = (s for a in self._weights if (s := states.get(a)) is not None)
+        other = redraw(picker, key, now, lambda s: s.address not in exclude, candidates)
+        return first if other is None else other
 
     def _picker_or_raise(self) -> Picker:
         if self._closed:
@@ -611,6 +646,7 @@ class LoadBalancer:
             ejection_count=state.ejection_count,
             requests=load.requests,
             failures=load.failures,
+            connectivity=state.connectivity.value,
         )
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from .._engine.connectivity import Connectivity
 from .endpoint import Endpoint
 from .load import EndpointLoad
 
@@ -32,6 +33,7 @@ class EndpointState:
     __slots__ = (
         "added_at",
         "address",
+        "connectivity",
         "draining",
         "ejected_at",
         "ejected_until",
@@ -44,6 +46,7 @@ class EndpointState:
         "probe",
         "probe_healthy",
         "ramp_start",
+        "reconnect_backoff",
         "reported",
     )
 
@@ -56,6 +59,10 @@ class EndpointState:
         self.ejection_count = 0  # ejections since discovered (monotonic)
         self.probe_healthy = True
         self.draining = False
+        # Owned by the call engine (clientlb._engine.connectivity): whether the
+        # endpoint accepts connections, and the wait before its next probe.
+        self.connectivity = Connectivity.IDLE
+        self.reconnect_backoff = 0.0
         # Owned by the health package (clientlb._health): when the current
         # ejection started, when a slow-start ramp began, the last health
         # state that was logged and why, and the per-endpoint counters of the

@@ -31,6 +31,7 @@ from .._core.errors import CircuitOpen, ConfigError
 from .._core.outcome import Outcome
 from .._core.state import EndpointState
 from .._strategies import Key, Picker
+from .._strategies.base import redraw
 
 __all__ = ["CircuitBreaker", "check_limit"]
 
@@ -96,19 +97,18 @@ class CircuitBreaker:
     def _another(self, state: EndpointState, picker: Picker, key: Key | None, now: float,
                  eligible: Mapping[str, float], states: Mapping[str, EndpointState],
                  exclude: Collection[str] | None, cap: int) -> EndpointState:
-        for _ in range(3):
-            other = picker.pick(key, now)
-            if other.load.in_flight < cap and not (exclude and other.address in exclude):
-                return other
-        best: EndpointState | None = None
+        def free(s: EndpointState) -> bool:
+            return s.load.in_flight < cap and not (exclude and s.address in exclude)
+
+        candidates = (s for a in eligible if (s := states.get(a)) is not None)
+        other = redraw(picker, key, now, free, candidates)
+        if other is not None:
+            return other
+        # every endpoint not yet tried is full: one already tried, if it has room
         for address in eligible:
             candidate = states.get(address)
             if candidate is not None and candidate.load.in_flight < cap:
-                if not (exclude and address in exclude):
-                    return candidate
-                best = best or candidate
-        if best is not None:
-            return best
+                return candidate
         self.rejected_endpoint += 1
         raise CircuitOpen(
             f"every endpoint has {cap} requests in flight (max_requests_per_endpoint={cap})",

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 from .._core.errors import ConfigError
 from .._core.outcome import Outcome
 from .._core.state import EndpointState, Health
+from .._engine.naming import logical_name
 from .checks import HealthChecker
 from .circuit import CircuitBreaker, check_limit
 from .config import HealthCheck, OutlierDetection, SlowStart
@@ -69,6 +70,7 @@ _COUNTERS = (
     "ejections_not_enforced",
     "unejections_expired",
     "unejections_health_check",
+    "unejections_reconnected",
     "probes_passed",
     "probes_failed",
     "became_healthy",
@@ -153,11 +155,8 @@ class HealthManager:
 
     def _logical_name(self) -> str | None:
         """The service name probes present (None: a static list without ``name=``)."""
-        lb = self._lb
-        target = lb.target
-        if target.scheme == "static" and lb.name == target.service:
-            return None
-        return lb.name
+        name = logical_name(self._lb)
+        return None if name is None else name.host
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -416,6 +415,14 @@ class HealthManager:
             state.probe.ok = 0
         self.counters["ejections_total"] += 1
         self.counters[f"ejections_{detector}"] += 1
+        return True
+
+    def on_reconnected(self, s: EndpointState, now: float) -> bool:
+        """A background probe connected to an ejected endpoint: end its ejection early
+        (Envoy's ``successful_active_health_check_uneject_host``). True when it was ejected."""
+        if s.ejected_until is None or now >= s.ejected_until:
+            return False
+        self._uneject(s, now, "accepts connections again", "unejections_reconnected")
         return True
 
     def _uneject(self, s: EndpointState, now: float, why: str, counter: str) -> None:

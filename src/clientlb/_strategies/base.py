@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random as _random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar, Union
 
 import xxhash
@@ -117,3 +117,25 @@ def hash_key(key: Key) -> int:
     if isinstance(key, int) and not isinstance(key, bool):
         return _xxh64((key & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little"))
     raise TypeError(f"pick key must be str, bytes or int, got {type(key).__name__}")
+
+
+#: Extra draws before a scan when the first pick is unusable (already tried, or
+#: full): each draw follows the strategy's own weights, so the endpoint found is
+#: the one the strategy would most likely have chosen next; three draws miss every
+#: usable endpoint only when they hold a small share of the weight, and then the
+#: scan (retry and overflow paths only, so O(n) is fine) finds one.
+REDRAWS = 3
+
+
+def redraw(picker: Picker, key: Key | None, now: float, usable: Callable[[EndpointState], bool],
+           candidates: Iterable[EndpointState]) -> EndpointState | None:
+    """Another endpoint than the one first picked: ``REDRAWS`` draws from the picker,
+    then the first usable of ``candidates``; None when none is usable."""
+    for _ in range(REDRAWS):
+        state = picker.pick(key, now)
+        if usable(state):
+            return state
+    for state in candidates:
+        if usable(state):
+            return state
+    return None

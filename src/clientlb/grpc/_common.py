@@ -35,6 +35,8 @@ from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
+from .._engine.naming import LogicalName, override_name
+from .._engine.naming import logical_name as balancer_name
 from .._engine.retry import RetryBudget, RetryPolicy, RetryState
 from .._ops.telemetry import record_budget_exhausted, record_retry
 
@@ -343,28 +345,15 @@ def make_lb(lb_or_target: object, lb_options: dict[str, Any]) -> tuple[LoadBalan
     return LoadBalancer(lb_or_target, **lb_options), True  # type: ignore[arg-type]
 
 
-def logical_name(lb: LoadBalancer, server_name: str | None) -> str | None:
-    """The ``:authority``/TLS name: ``server_name=``, else the target's service name.
-
-    A static target has no service name (unless the balancer was given
-    ``name=``): then each sub-channel keeps gRPC's default, the address.
-    """
+def logical_name(lb: LoadBalancer, server_name: str | None) -> LogicalName | None:
+    """The ``:authority``/TLS name: ``server_name=``, else the balancer's logical name
+    (``clientlb._engine.naming``); None keeps gRPC's default, the endpoint's address."""
     if server_name is not None:
-        if not isinstance(server_name, str) or not server_name:
-            raise ConfigError(f"server_name must be a non-empty string, got {server_name!r}",
-                              field="server_name")
-        return server_name
-    target = lb.target
-    if target.scheme == "static" and lb.name == "static":
-        return None
-    if lb.name != target.service:
-        return lb.name
-    if target.scheme == "dns" and target.port is not None:
-        return f"{target.service}:{target.port}"
-    return target.service
+        return override_name(server_name, "server_name")
+    return balancer_name(lb)
 
 
-def channel_options(options: Sequence[tuple[str, Any]] | None, name: str | None
+def channel_options(options: Sequence[tuple[str, Any]] | None, name: LogicalName | None
                     ) -> tuple[tuple[str, Any], ...]:
     """The user's channel options plus the authority/TLS-name overrides."""
     if options is None:
@@ -378,14 +367,9 @@ def channel_options(options: Sequence[tuple[str, Any]] | None, name: str | None
     keys = {k for k, _ in opts}
     if name is not None:
         if "grpc.default_authority" not in keys:
-            opts.append(("grpc.default_authority", name))
+            opts.append(("grpc.default_authority", name.authority))
         if "grpc.ssl_target_name_override" not in keys:
-            host = name
-            if host.startswith("["):
-                host = host[1:host.find("]")]
-            elif host.count(":") == 1:
-                host = host.rsplit(":", 1)[0]
-            opts.append(("grpc.ssl_target_name_override", host))
+            opts.append(("grpc.ssl_target_name_override", name.host))
     return tuple(opts)
 
 
