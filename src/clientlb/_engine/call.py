@@ -1,0 +1,234 @@
+"""The call engine: one logical call across its attempts, for every integration.
+
+A logical call — an HTTP request, a TCP connect, a gRPC call — may take several
+attempts on different endpoints. What to do between them is decided here, once,
+without I/O (the sans-I/O style of h11: the engine decides, the integration's
+shell only does what it is told; docs/architecture.md, "The call engine"):
+
+* :meth:`LogicalCall.pick` — the next endpoint: the sticky one first when
+  there is one, then never one already tried while another may take the call;
+* :meth:`LogicalCall.after_failure` — after a failed attempt: retry at once,
+  after a delay, or stop (and why), under one rule:
+
+  1. no retry policy (``LoadBalancer(retry=None)``, read *live* from the
+     balancer when the call starts, so ``Registry.update(retry=...)`` reaches
+     every integration): never retry;
+  2. an attempt that **never reached** a backend (connection refused, connect
+     timeout, TLS handshake failure — gRPC's "transparent retry", gRFC A6) is
+     retried at once on another endpoint. It costs nothing from the retry
+     budget, which exists to stop retries from multiplying the load on
+     backends, and these added none; it is bounded instead by the number of
+     endpoints (each at most once per call) and by the integration's own cap
+     (``transparent_retries=``, TCP's ``attempts=``);
+  3. an attempt that **may have reached** one is retried only when the
+     integration says the failure is retryable (an HTTP status in
+     ``RetryPolicy.statuses`` or an I/O error, a gRPC code in
+     ``retryable_codes``) *and* the call may be replayed (idempotent, opted
+     in, a body that can be sent again); then after the policy's jittered
+     backoff (``Retry-After`` honoured up to its cap), within the policy's
+     ``attempts``, and only when the balancer's :class:`RetryBudget` has a
+     token (Finagle's budget: an outage never becomes a retry storm);
+  4. never past the call's deadline (``deadline=``: the total time of the
+     logical call, all attempts and backoffs included).
+
+* :meth:`LogicalCall.take_hedge` — a hedged attempt is paid from the budget too.
+* :class:`Completion` — the one way an attempt reports its outcome: created
+  next to the pick, carried into whatever the call returns (a response
+  stream, a socket, a gRPC call object, as tower's ``TrackCompletion``), and
+  finished exactly once, which reports the outcome to the balancer and
+  releases the integration's resources (a pool slot, a sub-channel count).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._core.errors import NoEndpointAvailable
+from .._core.outcome import Outcome
+from .._ops.telemetry import record_budget_exhausted, record_retry
+from .retry import RetryBudget, RetryPolicy, RetryState
+
+if TYPE_CHECKING:
+    from .._core.balancer import LoadBalancer, Pick
+    from .._strategies import Key
+
+__all__ = ["Completion", "LogicalCall", "describe"]
+
+_SUCCESS = Outcome.SUCCESS
+_LIVE: Any = object()
+
+
+def describe(outcome: Outcome, detail: str) -> str:
+    """``"outcome: detail"`` for error messages naming every attempt."""
+    return f"{outcome.value}: {detail}" if detail else outcome.value
+
+
+class Completion:
+    """Reports one attempt's outcome exactly once, then releases what it held.
+
+    ``outcome`` may be updated while the attempt runs (a response status, an
+    error while reading a body); :meth:`finish` reports it with the latency
+    measured to ``first_byte`` when the shell set one (time to response
+    headers), else to now. Idempotent: every cleanup path may call it.
+    """
+
+    __slots__ = ("finished", "first_byte", "outcome", "pick", "release")
+
+    def __init__(self, pick: Pick, release: Callable[[], Any] | None = None) -> None:
+        self.pick = pick
+        self.release = release
+        self.outcome = _SUCCESS
+        self.first_byte: float | None = None
+        self.finished = False
+
+    @property
+    def address(self) -> str:
+        return self.pick.address
+
+    def mark_first_byte(self, now: float) -> None:
+        self.first_byte = now - self.pick.started_at
+
+    def finish(self, outcome: Outcome | None = None) -> Any:
+        """Report the outcome (``outcome`` or the one recorded); returns what
+        ``release`` returned (e.g. a pool to close), None the second time."""
+        if self.finished:
+            return None
+        self.finished = True
+        self.pick.done(self.outcome if outcome is None else outcome, self.first_byte)
+        release = self.release
+        return release() if release is not None else None
+
+    def __repr__(self) -> str:
+        status = "finished" if self.finished else "in flight"
+        return f"<Completion {self.pick.address} {self.outcome.value} {status}>"
+
+
+class LogicalCall:
+    """One logical call's attempts: the endpoints tried, the retry state, the deadline.
+
+    Args:
+        lb: the balancer (its retry policy and budget are read now, once per call).
+        key: the pick key (``ring_hash``/``maglev``).
+        prefer: the address of a sticky endpoint for the first attempt.
+        replayable: whether an attempt that may have reached a backend may be
+            sent again (idempotent method, opt-in, replayable body).
+        deadline: seconds for the whole call, or None.
+        max_unreached: a cap on retries of attempts that never reached a
+            backend (None: each endpoint once).
+        policy: a policy overriding the balancer's (gRPC's ``max_attempts=``).
+    """
+
+    __slots__ = ("budget", "deadline_at", "key", "lb", "max_unreached", "note", "policy",
+                 "prefer", "replayable", "retry_state", "tried", "unreached")
+
+    def __init__(self, lb: LoadBalancer, *, key: Key | None = None, prefer: str | None = None,
+                 replayable: bool = True, deadline: float | None = None,
+                 max_unreached: int | None = None, policy: RetryPolicy | None = _LIVE) -> None:
+        self.lb = lb
+        self.policy: RetryPolicy | None = lb.retry_policy if policy is _LIVE else policy
+        budget: RetryBudget | None = lb.retry_budget
+        self.budget = budget
+        if budget is not None:
+            budget.deposit()
+        self.key = key
+        self.prefer = prefer
+        self.replayable = replayable
+        self.deadline_at = None if deadline is None else time.monotonic() + deadline
+        self.max_unreached = max_unreached
+        self.tried: list[tuple[str, str]] = []
+        self.retry_state: RetryState | None = None
+        self.unreached = 0
+        self.note = ""
+
+    # -- attempts ---------------------------------------------------------------------
+
+    def pick(self) -> Pick:
+        """The endpoint of the next attempt (raises :class:`NoEndpointAvailable`)."""
+        if not self.tried:
+            return self.lb.pick(self.key, prefer=self.prefer)
+        return self.lb.pick(self.key, exclude=self.tried_addresses())
+
+    def tried_addresses(self) -> set[str]:
+        return {address for address, _ in self.tried}
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (None: no deadline; may be <= 0)."""
+        if self.deadline_at is None:
+            return None
+        return self.deadline_at - time.monotonic()
+
+    def timeout(self, per_attempt: float | None) -> float | None:
+        """An attempt's timeout: ``per_attempt`` bounded by the time left."""
+        left = self.remaining()
+        if left is None:
+            return per_attempt
+        return left if per_attempt is None else min(per_attempt, left)
+
+    def after_failure(self, address: str, outcome: Outcome, *, reached: bool, retryable: bool,
+                      detail: str = "", retry_after: float | None = None,
+                      reason: str | None = None) -> float | None:
+        """Record a failed attempt on ``address``; the delay before the next one
+        (0: at once), or None to stop (:attr:`note` may say why)."""
+        self.tried.append((address, describe(outcome, detail)))
+        lb = self.lb
+        policy = self.policy
+        if policy is None:
+            return None
+        reason = reason or outcome.value
+        left = self.remaining()
+        if left is not None and left <= 0:
+            self.note = "deadline exceeded"
+            return None
+        if not reached:
+            self.unreached += 1
+            if self.max_unreached is not None and self.unreached > self.max_unreached:
+                return None
+            if len(self.tried_addresses()) >= len(lb.endpoints()):
+                self.note = "every endpoint tried"
+                return None
+            record_retry(lb, attempt=len(self.tried) + 1, reason=reason, endpoint=address)
+            return 0.0
+        if not (retryable and self.replayable):
+            return None
+        state = self.retry_state
+        if state is None:
+            state = self.retry_state = policy.start(lb.rng)
+        delay = state.next_delay(retry_after)
+        if delay is None:
+            return None
+        if left is not None and delay >= left:
+            self.note = "deadline exceeded"
+            return None
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            self.note = "retry budget exhausted"
+            record_budget_exhausted(lb)
+            return None
+        record_retry(lb, attempt=len(self.tried) + 1, reason=reason, endpoint=address)
+        return delay
+
+    def take_hedge(self, attempt: int) -> bool:
+        """Pay one hedged attempt from the retry budget; False when it is spent."""
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            record_budget_exhausted(self.lb)
+            return False
+        record_retry(self.lb, attempt=attempt, reason="hedge")
+        return True
+
+    def describe_failure(self, first_line: str) -> str:
+        """``first_line`` followed by the service and every attempt that failed."""
+        tried = self.tried
+        note = f"; {self.note}" if self.note else ""
+        name = self.lb.name
+        if len(tried) == 1:
+            return f"{first_line} (service {name!r}, endpoint {tried[0][0]}{note})"
+        steps = "; ".join(f"{a} → {d}" for a, d in tried)
+        return f"{first_line} (service {name!r}: {len(tried)} attempts failed: {steps}{note})"
+
+
+def no_endpoint(exc: NoEndpointAvailable) -> NoEndpointAvailable:
+    """Kept for shells that re-raise the balancer's error as their own type."""
+    return exc
