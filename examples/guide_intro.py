@@ -1,4 +1,4 @@
-"""The guide's introduction and prerequisites, on real servers (run: python examples/guide_intro.py).
+"""The guide's introduction and prerequisites, on real servers.
 
 Starts three local HTTP backends, loses one with a balancer in front (no request
 fails), reads a few targets the way a network engineer would, and sees a whole

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 import pytest
 
 import clientlb
-from clientlb._core.balancer import Pick
-from clientlb._engine.connectivity import Connectivity
 from clientlb import (
     CircuitOpen,
     ConfigError,
@@ -32,6 +30,8 @@ from clientlb import (
     SlowStart,
     SuccessRate,
 )
+from clientlb._core.balancer import Pick
+from clientlb._engine.connectivity import Connectivity
 from clientlb._health.checks import HealthChecker
 
 from ._helpers import FakeClock

@@ -22,7 +22,7 @@ import clientlb
 from clientlb import Outcome, RetryBudget, RetryPolicy
 
 from ._helpers import FakeClock, wait_until
-from ._http_backend import Backend, dead_address
+from ._http_backend import Backend, HangUpBackend, dead_address
 
 FAST = RetryPolicy(backoff=tenacity.wait_none())  # no back-off sleeps in tests
 
@@ -677,14 +677,34 @@ def test_threads_share_one_transport_without_losing_requests_or_slots(
 
 
 def test_a_spent_budget_is_named_in_the_final_error() -> None:
-    dead = [dead_address() for _ in range(2)]
+    hangups = [HangUpBackend() for _ in range(2)]
+    budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1, ttl=10, clock=FakeClock())
+    lb = make_lb([h.address for h in hangups],
+                 retry=RetryPolicy(backoff=tenacity.wait_none(), budget=budget))
+    try:
+        with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+            with pytest.raises(httpx.RemoteProtocolError, match="2 attempts failed"):
+                client.get("http://users/")  # the one retry of the floor
+            with pytest.raises(httpx.RemoteProtocolError, match="retry budget exhausted"):
+                client.get("http://users/")
+    finally:
+        for h in hangups:
+            h.close()
+
+
+def test_attempts_that_never_reached_a_backend_do_not_spend_the_budget() -> None:
+    """Connection refused everywhere: every request tries each endpoint once, and the
+    budget (room for one retry here) is untouched — it guards the backends' load."""
+    dead = [dead_address() for _ in range(3)]
     budget = RetryBudget(ratio=0.0, min_retries_per_second=0.1, ttl=10, clock=FakeClock())
     lb = make_lb(dead, retry=RetryPolicy(backoff=tenacity.wait_none(), budget=budget))
     with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
-        with pytest.raises(httpx.ConnectError, match="2 attempts failed"):
-            client.get("http://users/")  # the one retry of the floor
-        with pytest.raises(httpx.ConnectError, match="retry budget exhausted"):
-            client.get("http://users/")
+        for _ in range(5):
+            with pytest.raises(httpx.ConnectError, match="3 attempts failed") as info:
+                client.get("http://users/")
+            assert "every endpoint tried" in str(info.value)
+    assert lb.retry_budget is not None
+    assert lb.retry_budget.statistics()["retries"] == 0
 
 
 def test_an_unclosed_transport_is_not_kept_alive_by_its_balancer(
@@ -807,3 +827,24 @@ def test_a_retry_policy_changed_through_the_registry_applies_to_a_live_transport
         assert "retry=off" in repr(client._transport)
         assert 503 in [client.get("http://users/").status_code for _ in range(4)]
     registry.delete("users")
+
+
+def test_a_deadline_bounds_the_whole_request_across_attempts() -> None:
+    """timeout=0.3 over three hanging endpoints would take 0.9 s or more; the
+    transport's deadline stops the logical request at 0.4 s."""
+    from ._helpers import HTTPBackend
+
+    hanging = [HTTPBackend(f"h{i}", delay=5.0) for i in range(3)]
+    lb = make_lb([h.address for h in hanging])
+    try:
+        transport = clientlb.HTTPTransport(lb, deadline=0.4)
+        with httpx.Client(transport=transport, timeout=0.3) as client:
+            start = time.monotonic()
+            with pytest.raises(httpx.TimeoutException) as info:
+                client.get("http://users/")
+            elapsed = time.monotonic() - start
+        assert elapsed < 0.8, elapsed
+        assert "deadline exceeded" in str(info.value)
+    finally:
+        for h in hanging:
+            h.close()

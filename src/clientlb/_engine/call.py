@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["Completion", "LogicalCall", "describe"]
 
 _SUCCESS = Outcome.SUCCESS
-_LIVE: Any = object()
+LIVE_POLICY: Any = object()
 
 
 def describe(outcome: Outcome, detail: str) -> str:
@@ -125,9 +125,10 @@ class LogicalCall:
 
     def __init__(self, lb: LoadBalancer, *, key: Key | None = None, prefer: str | None = None,
                  replayable: bool = True, deadline: float | None = None,
-                 max_unreached: int | None = None, policy: RetryPolicy | None = _LIVE) -> None:
+                 max_unreached: int | None = None,
+                 policy: RetryPolicy | None = LIVE_POLICY) -> None:
         self.lb = lb
-        self.policy: RetryPolicy | None = lb.retry_policy if policy is _LIVE else policy
+        self.policy: RetryPolicy | None = lb.retry_policy if policy is LIVE_POLICY else policy
         budget: RetryBudget | None = lb.retry_budget
         self.budget = budget
         if budget is not None:

@@ -226,6 +226,10 @@ class RetryPolicy:
         statuses: HTTP statuses retried for idempotent requests (default
             502, 503, 504).
         methods: the idempotent methods (default RFC 9110's).
+        deadline: the total time of one logical call in seconds, every attempt
+            and backoff included (default None: each attempt is bounded by the
+            integration's own timeout only). A transport's or a call's own
+            ``deadline=``/``timeout=`` takes precedence.
 
     Which failures are retried is decided by the integration: a request that
     never reached a backend (connection refused, connect timeout) always;
@@ -239,6 +243,7 @@ class RetryPolicy:
     retry_after_cap: float = 1.0
     statuses: frozenset[int] = frozenset({502, 503, 504})
     methods: frozenset[str] = IDEMPOTENT_METHODS
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         a = self.attempts
@@ -249,6 +254,8 @@ class RetryPolicy:
             _check_seconds("backoff", self.backoff)
         _check_seconds("max_backoff", self.max_backoff)
         _check_seconds("retry_after_cap", self.retry_after_cap)
+        if self.deadline is not None:
+            _check_seconds("deadline", self.deadline, allow_zero=False)
         if self.budget is not None and not isinstance(self.budget, RetryBudget):
             raise ConfigError(f"budget must be a RetryBudget or None, got {self.budget!r}",
                               field="retry.budget")

@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import threading
 import time
 import weakref
@@ -76,8 +77,7 @@ from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.errors import ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
-from .._engine.retry import RetryBudget, RetryPolicy, RetryState
-from .._ops.telemetry import record_budget_exhausted, record_retry
+from .._engine.call import LIVE_POLICY, Completion, LogicalCall
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
@@ -218,40 +218,38 @@ class _Route(Generic[P]):
         self.retiring = False
 
 
-class _Attempt(Generic[P]):
-    """One try of a request: the pick, the route and the httpcore request."""
+class _Attempt(Completion, Generic[P]):
+    """One try of a request: its completion handle, the route and the httpcore request."""
 
-    __slots__ = ("core_request", "outcome", "pick", "route", "ttfb")
+    __slots__ = ("core_request", "route")
 
-    def __init__(self, pick: Pick, route: _Route[P], core_request: httpcore.Request) -> None:
-        self.pick = pick
+    def __init__(self, pick: Pick, route: _Route[P], core_request: httpcore.Request,
+                 release: Callable[[], P | None]) -> None:
+        super().__init__(pick, release)
         self.route = route
         self.core_request = core_request
-        self.outcome = _SUCCESS
-        self.ttfb: float | None = None
 
 
-class _Call:
-    """A logical request across its attempts."""
+class _Call(LogicalCall):
+    """A logical request across its attempts: the engine's call plus the request."""
 
-    __slots__ = ("body", "budget", "extensions", "key", "note", "policy", "prefer", "request",
-                 "retry", "target", "token", "tried")
+    __slots__ = ("body", "extensions", "request", "target", "token")
 
-    def __init__(self, request: httpx.Request, key: Any, prefer: str | None,
-                 token: str | None, policy: RetryPolicy | None,
-                 budget: RetryBudget | None) -> None:
+    def __init__(self, lb: LoadBalancer, request: httpx.Request, key: Any, prefer: str | None,
+                 token: str | None, deadline: float | None) -> None:
+        extensions = request.extensions
+        opt_in = extensions.get("clientlb.retry")
+        super().__init__(lb, key=key, prefer=prefer, deadline=deadline,
+                         policy=None if opt_in is False else LIVE_POLICY)
+        policy = self.policy
+        self.replayable = opt_in is True or (
+            policy is not None and (request.method in policy.methods
+                                    or "idempotency-key" in request.headers))
         self.request = request
-        self.policy = policy
-        self.budget = budget
-        self.key = key
-        self.prefer = prefer
         self.token = token
         self.target = request.url.raw_path
-        self.extensions = request.extensions
+        self.extensions = extensions
         self.body: _BodyTracker | None = None
-        self.retry: RetryState | None = None
-        self.tried: list[tuple[str, str]] | None = None
-        self.note = ""
 
 
 class _BodyTracker:
@@ -287,16 +285,13 @@ class _AsyncBody(_BodyTracker, httpx.AsyncByteStream):
             await aclose()
 
 
-def _describe(outcome: Outcome, detail: str) -> str:
-    return f"{outcome.value}: {detail}" if detail else outcome.value
-
-
 class _Router(Generic[P]):
     """Everything the sync and async transports share: no I/O here."""
 
     def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
                  server_name: str | None, hash_key: HashKey | None,
-                 affinity: Affinity | None, pool_shards: int, is_async: bool) -> None:
+                 affinity: Affinity | None, pool_shards: int, is_async: bool,
+                 deadline: float | None = None) -> None:
         if not isinstance(lb, LoadBalancer):
             raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
         if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
@@ -312,7 +307,13 @@ class _Router(Generic[P]):
         if affinity is not None and not isinstance(affinity, Affinity):
             raise ConfigError("affinity must be a CookieAffinity or HeaderAffinity, got "
                               f"{affinity!r}", field="affinity")
+        if deadline is not None and (isinstance(deadline, bool)
+                                     or not isinstance(deadline, (int, float))
+                                     or not 0 < deadline < float("inf")):
+            raise ConfigError(f"deadline must be a number of seconds > 0 or None, got "
+                              f"{deadline!r}", field="deadline")
         self.lb = lb
+        self.deadline = deadline
         self.server_name = server_name
         self.hash_key = hash_key
         self.affinity = affinity
@@ -442,32 +443,33 @@ class _Router(Generic[P]):
             token = self.affinity.token_of(request)
             if token is not None and self.tokens is not None:
                 prefer = self.tokens.address(token)
-        lb = self.lb
-        budget = lb.retry_budget  # read per request: Registry.update(retry=...) is live
-        if budget is not None:
-            budget.deposit()
-        return _Call(request, key, prefer, token, lb.retry_policy, budget)
+        deadline = request.extensions.get("clientlb.deadline", self.deadline)
+        if deadline is None and self.lb.retry_policy is not None:
+            deadline = self.lb.retry_policy.deadline
+        call = _Call(self.lb, request, key, prefer, token, deadline)
+        if not isinstance(request.stream, httpx.ByteStream):
+            # Not replayable: track it, so that a retry knows whether it was sent.
+            call.body = (_AsyncBody if self._is_async else _SyncBody)(request.stream)
+        return call
 
     def attempt(self, call: _Call) -> _Attempt[P]:
         """Pick an endpoint (avoiding those tried) and build the httpcore request."""
-        lb = self.lb
-        tried = call.tried
         try:
-            if tried is None:
-                pick = lb.pick(call.key, prefer=call.prefer)
-            else:
-                pick = lb.pick(call.key, exclude={a for a, _ in tried})
+            pick = call.pick()
         except NoEndpointAvailable as exc:
             raise HTTPNoEndpointAvailable(exc, call.request) from exc
         request = call.request
         url = request.url
         scheme = url.raw_scheme
         extensions = call.extensions
-        sni = None
+        sni: str | None = None
         if scheme == b"https":
-            sni = extensions.get("sni_hostname") or self.server_name or url.host
-            if "sni_hostname" not in extensions:
+            sni = extensions.get("sni_hostname")
+            if sni is None:
+                sni = self.server_name or url.host
                 extensions = call.extensions = {**extensions, "sni_hostname": sni}
+        if call.deadline_at is not None:
+            extensions = self._bounded(call, extensions)
         try:
             route = self._route(pick, sni)
         except BaseException:
@@ -481,111 +483,84 @@ class _Router(Generic[P]):
             content=call.body if call.body is not None else request.stream,  # type: ignore[arg-type]
             extensions=extensions,
         )
-        return _Attempt(pick, route, core)
+        return _Attempt(pick, route, core, functools.partial(self.release, route))
 
-    def _may_retry(self, call: _Call, reached: bool) -> bool:
-        policy = call.policy
-        if policy is None:
-            return False
-        opt_in = call.extensions.get("clientlb.retry")
-        if opt_in is False:
-            return False
-        request = call.request
-        if reached and opt_in is not True and request.method not in policy.methods \
-                and "idempotency-key" not in request.headers:
-            return False
+    @staticmethod
+    def _bounded(call: _Call, extensions: dict[str, Any]) -> dict[str, Any]:
+        """httpx's timeouts for one attempt, none longer than the call's time left."""
+        left = call.remaining()
+        assert left is not None
+        if left <= 0:
+            raise httpx.TimeoutException(call.describe_failure(
+                "deadline exceeded before the attempt"), request=call.request)
+        timeout = dict(extensions.get("timeout") or {})
+        for phase in ("connect", "read", "write", "pool"):
+            value = timeout.get(phase)
+            timeout[phase] = left if value is None else min(value, left)
+        return {**extensions, "timeout": timeout}
+
+    def _body_allows_retry(self, call: _Call) -> bool:
         body = call.body
-        if body is not None and body.started:
-            return False  # a streamed body cannot be sent twice
-        if body is None and not isinstance(request.stream, httpx.ByteStream):
-            # Not replayable: track it, so that a retry knows whether it was sent.
-            call.body = (_AsyncBody if self._is_async else _SyncBody)(request.stream)
-            return not reached
-        return True
-
-    def _retry_delay(self, call: _Call, reached: bool, retry_after: float | None) -> float | None:
-        assert call.policy is not None
-        state = call.retry
-        if state is None:
-            state = call.retry = call.policy.start(self.lb.rng)
-        delay = state.next_delay(retry_after)
-        if delay is None:
-            return None
-        if call.budget is not None and not call.budget.try_withdraw():
-            call.note = "retry budget exhausted"
-            record_budget_exhausted(self.lb)  # an event on the caller's span
-            return None
-        return delay if reached else 0.0
+        return body is None or not body.started  # a streamed body cannot be sent twice
 
     def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
         """An attempt raised: report it; the delay before a retry, or raise the final error."""
         cls, outcome, reached = classify_exception(exc)
-        attempt.pick.done(outcome)
+        retired = attempt.finish(outcome)
+        if retired is not None:
+            with self._lock:
+                self.to_close.append(retired)
         if cls is None:
             raise exc  # not an I/O error (a bug, a cancellation): as it is
-        if call.tried is None:
-            call.tried = []
-        call.tried.append((attempt.pick._state.address, _describe(outcome, str(exc))))
-        if cls not in _NOT_RETRIED and self._may_retry(call, reached):
-            delay = self._retry_delay(call, reached, None)
-            if delay is not None:
-                record_retry(self.lb, attempt=len(call.tried) + 1, reason=outcome.value,
-                             endpoint=attempt.pick._state.address)
-                return delay
-        raise self._final_error(call, cls, exc) from exc
-
-    def _final_error(self, call: _Call, cls: type[httpx.TransportError],
-                     exc: BaseException) -> httpx.TransportError:
-        tried = call.tried or []
-        note = f"; {call.note}" if call.note else ""
-        if len(tried) == 1:
-            message = f"{exc} (service {self.lb.name!r}, endpoint {tried[0][0]}{note})"
+        retryable = cls not in _NOT_RETRIED and (call.body is None or not reached)
+        delay = None
+        if self._body_allows_retry(call):
+            delay = call.after_failure(attempt.address, outcome, reached=reached,
+                                       retryable=retryable, detail=str(exc))
         else:
-            steps = "; ".join(f"{a} → {d}" for a, d in tried)
-            message = (f"{exc} (service {self.lb.name!r}: {len(tried)} attempts failed: "
-                       f"{steps}{note})")
-        err = cls(message)
-        err.request = call.request
-        return err
+            call.tried.append((attempt.address, f"{outcome.value}: {exc}"))
+        if delay is None:
+            err = cls(call.describe_failure(str(exc)))
+            err.request = call.request
+            raise err from exc
+        return delay
 
     def responded(self, call: _Call, attempt: _Attempt[P],
                   response: httpcore.Response) -> float | None:
         """Headers arrived: the outcome; the delay before a retry, or None to return it."""
-        attempt.ttfb = self.lb.clock() - attempt.pick.started_at
+        attempt.mark_first_byte(self.lb.clock())
         status = response.status
         if status < 500:
             return None
         attempt.outcome = outcome = classify_status(status)
         policy = call.policy
-        if policy is None or status not in policy.statuses:
-            return None
-        if not self._may_retry(call, True):
+        if policy is None or status not in policy.statuses \
+                or not self._body_allows_retry(call):
             return None
         retry_after = None
         for k, v in response.headers:
             if k.lower() == b"retry-after":
                 retry_after = parse_retry_after(v.decode("latin-1"))
                 break
-        delay = self._retry_delay(call, True, retry_after)
-        if delay is not None:
-            if call.tried is None:
-                call.tried = []
-            call.tried.append((attempt.pick._state.address, f"{outcome.value}: HTTP {status}"))
-            record_retry(self.lb, attempt=len(call.tried) + 1, reason=f"http_{status}",
-                         endpoint=attempt.pick._state.address)
+        delay = call.after_failure(attempt.address, outcome, reached=True,
+                                   retryable=call.body is None, detail=f"HTTP {status}",
+                                   retry_after=retry_after, reason=f"http_{status}")
+        if delay is None:
+            call.tried.pop()  # this response is the answer, not a failed attempt
         return delay
 
     def response(self, call: _Call, attempt: _Attempt[P], resp: httpcore.Response,
                  stream: httpx.SyncByteStream | httpx.AsyncByteStream) -> httpx.Response:
         headers = resp.headers
         affinity = self.affinity
+        address = attempt.address
         if affinity is not None and self.tokens is not None:
-            token = self.tokens.token(attempt.pick._state.address)
+            token = self.tokens.token(address)
             if token != call.token:
                 headers = list(headers)
                 affinity.set_token(headers, token, call.request.url.raw_scheme == b"https")
         extensions = resp.extensions
-        extensions["clientlb.endpoint"] = attempt.pick._state.address
+        extensions["clientlb.endpoint"] = address
         if call.tried:
             extensions["clientlb.tried"] = tuple(call.tried)
         return httpx.Response(status_code=resp.status, headers=headers, stream=stream,
@@ -599,12 +574,6 @@ class _Router(Generic[P]):
         if cls is None:
             return exc
         return cls(str(exc))
-
-    def finish(self, attempt: _Attempt[P]) -> P | None:
-        """The response was closed (or drained before a retry): report the outcome;
-        a pool to close or None."""
-        attempt.pick.done(attempt.outcome, attempt.ttfb)
-        return self.release(attempt.route)
 
     def describe(self, kind: str) -> str:
         pools, in_flight = self.stats()
@@ -653,7 +622,7 @@ class _SyncResponseStream(httpx.SyncByteStream):
             if close is not None:
                 close()
         finally:
-            pool = self._router.finish(self._attempt)
+            pool = self._attempt.finish()
             if pool is not None:
                 pool.close()
 
@@ -693,6 +662,13 @@ class HTTPTransport(httpx.BaseTransport):
             4): another one opens when each has 4 requests in flight, as
             httpcore's pool cost grows with the requests it holds. ``limits``
             apply per pool; ``pool_shards=1`` keeps one pool per endpoint.
+        deadline: the total time of one request in seconds, every attempt and
+            backoff included (default None: the balancer's
+            ``RetryPolicy.deadline``). Each attempt's httpx timeouts (connect,
+            read, write, pool) are cut to the time left, so ``timeout=0.3`` with
+            ``deadline=0.5`` gives one attempt at most 0.3 s and all of them
+            0.5 s. A request may set its own with
+            ``extensions={"clientlb.deadline": seconds}``.
         **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
             ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
             ``local_address``, ``retries``, ``socket_options``).
@@ -704,13 +680,13 @@ class HTTPTransport(httpx.BaseTransport):
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
                  affinity: Affinity | None = None, pool_shards: int = 4,
-                 **options: Any) -> None:
+                 deadline: float | None = None, **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[httpcore.ConnectionPool] = _Router(
             self._lb, pool_factory=lambda: httpcore.ConnectionPool(**kwargs),
             server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, is_async=False)
+            pool_shards=pool_shards, is_async=False, deadline=deadline)
 
     @property
     def lb(self) -> LoadBalancer:
@@ -724,10 +700,10 @@ class HTTPTransport(httpx.BaseTransport):
             try:
                 resp = attempt.route.pool.handle_request(attempt.core_request)
             except BaseException as exc:
-                retired = router.release(attempt.route)
-                if retired is not None:
-                    retired.close()
-                wait = router.failed(call, attempt, exc)
+                try:
+                    wait = router.failed(call, attempt, exc)
+                finally:
+                    router.close_retired_sync()
                 if wait:
                     time.sleep(wait)
                 continue
@@ -738,7 +714,7 @@ class HTTPTransport(httpx.BaseTransport):
             try:
                 _drain(resp.stream)
             finally:
-                retired = router.finish(attempt)
+                retired = attempt.finish()
                 if retired is not None:
                     retired.close()
             if delay:
@@ -787,7 +763,7 @@ class _AsyncResponseStream(httpx.AsyncByteStream):
             if aclose is not None:
                 await aclose()
         finally:
-            pool = self._router.finish(self._attempt)
+            pool = self._attempt.finish()
             if pool is not None:
                 await pool.aclose()
 
@@ -820,13 +796,13 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
                  affinity: Affinity | None = None, pool_shards: int = 4,
-                 **options: Any) -> None:
+                 deadline: float | None = None, **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[httpcore.AsyncConnectionPool] = _Router(
             self._lb, pool_factory=lambda: httpcore.AsyncConnectionPool(**kwargs),
             server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, is_async=True)
+            pool_shards=pool_shards, is_async=True, deadline=deadline)
         self._ready = False
         self._closers: set[asyncio.Task[None]] = set()
 
@@ -872,10 +848,11 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             try:
                 resp = await attempt.route.pool.handle_async_request(attempt.core_request)
             except BaseException as exc:
-                retired = router.release(attempt.route)
-                if retired is not None:
-                    await retired.aclose()
-                wait = router.failed(call, attempt, exc)
+                try:
+                    wait = router.failed(call, attempt, exc)
+                finally:
+                    if router.to_close:
+                        await self._close_retired()
                 if wait:
                     await anyio.sleep(wait)
                 continue
@@ -886,7 +863,7 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             try:
                 await _adrain(resp.stream)
             finally:
-                retired = router.finish(attempt)
+                retired = attempt.finish()
                 if retired is not None:
                     await retired.aclose()
             if delay:
