@@ -3,8 +3,10 @@ and Redis replicas on loopback with one replica stopped mid-run, every read succ
 
 from __future__ import annotations
 
+import ast
 import glob
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +70,11 @@ def test_tcp_quickstart_runs() -> None:
     result = run_example("tcp_quickstart.py", timeout=60)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "'hello from echo0': 2, 'hello from echo1': 2, 'hello from echo2': 2" in out
+    # every server serves; the dead port leaves the rotation after its one failure, and the
+    # round-robin picker rebuilt without it restarts its cycle, so shares are 1 to 3
+    counts = ast.literal_eval(re.search(r"six connections: (\{.*?\})", out).group(1))
+    assert sorted(counts) == [f"hello from echo{i}" for i in range(3)]
+    assert sum(counts.values()) == 6
     assert "no error surfaced" in out
     assert "the next two went to ['echo0', 'echo0']; open now: {" in out
     assert "verified as 'echo.internal'" in out

@@ -20,16 +20,15 @@ as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
 detection vocabulary (see :mod:`clientlb._core.outcome`; a connect timeout is a
 connect failure, not ``TIMEOUT``, which means "accepted and did not answer")
 — and the next attempt picks again with ``exclude=`` the endpoints already
-tried. Attempts are bounded (``attempts``, by default the balancer's
-``RetryPolicy.attempts``, 3: with one endpoint down the second attempt avoids
-it; three covers two bad endpoints; ``retry=None`` means one attempt), never
-go back to an endpoint that already failed this connect, and share a total
-time (``deadline``). Each failover is also a retry withdrawn from the
-balancer's retry budget (``lb.retry_budget``, 20% of connects + 10/s), as
-Finagle's requeues of connect failures are: with a whole pool unreachable,
-connects fail fast instead of multiplying SYNs; outlier detection is what
-takes a dead endpoint out of the rotation before the budget matters. When
-every attempt failed, :class:`ConnectError` names each endpoint tried and
+tried. The call engine decides (clientlb._engine.call, docs/architecture.md):
+each endpoint is tried at most once per connect, within ``attempts`` when
+given (``retry=None`` means one attempt unless ``attempts=`` says otherwise)
+and within a total time (``deadline``). Failovers are free of the retry
+budget: that budget caps the extra load retries put on backends, and a
+refused connect put none; and after one connect failure the endpoint is left
+out of picks until a background probe connects to it again
+(clientlb._engine.connectivity), so a dead endpoint costs one failed attempt,
+not one per connect. When every attempt failed, :class:`ConnectError` names each endpoint tried and
 why; it is a :class:`ConnectionError` (so an ``except OSError`` or ``except
 ConnectionError`` written for the stdlib keeps working) and a
 :class:`~clientlb.ClientLBError`.
@@ -88,7 +87,6 @@ import math
 import socket
 import ssl as _ssl
 import sys
-import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
@@ -96,8 +94,9 @@ from ._core.balancer import LoadBalancer, Pick
 from ._core.endpoint import Endpoint
 from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable
 from ._core.outcome import Outcome
+from ._engine.call import LIVE_POLICY, Completion, LogicalCall
 from ._engine.naming import logical_name
-from ._ops.telemetry import record_budget_exhausted, record_retry
+from ._engine.retry import DEFAULT_RETRY_POLICY
 from ._strategies import Key
 
 __all__ = [
@@ -117,40 +116,34 @@ ErrorTypes = type[BaseException] | tuple[type[BaseException], ...]
 DEFAULT_TIMEOUT = 5.0
 
 
-class _Lease:
-    """What an open connection owes its pick: the outcome to report, and when."""
-
-    __slots__ = ("connect_latency", "outcome", "pick")
-
-    def __init__(self, pick: Pick, connect_latency: float) -> None:
-        self.pick = pick
-        self.connect_latency = connect_latency
-        self.outcome = Outcome.SUCCESS
-
-    def release(self, outcome: Outcome | None = None) -> None:
-        self.pick.done(outcome or self.outcome, latency=self.connect_latency)
+def _lease(pick: Pick) -> Completion:
+    """An open connection's completion handle: reports when it is closed, with the
+    connect time as its latency."""
+    lease = Completion(pick)
+    lease.mark_first_byte()
+    return lease
 
 
-def _set_outcome(lease: _Lease | None, outcome: Outcome | str) -> None:
+def _set_outcome(lease: Completion | None, outcome: Outcome | str) -> None:
     if lease is None:
         raise RuntimeError("this connection is not tracked by a balancer")
     lease.outcome = outcome if isinstance(outcome, Outcome) else Outcome(outcome)
 
 
-def _lease_of(sock: object) -> _Lease | None:
+def _lease_of(sock: object) -> Completion | None:
     # dup() and accept() build instances of the same class without a lease.
-    lease: _Lease | None = getattr(sock, "_clientlb_lease", None)
+    lease: Completion | None = getattr(sock, "_clientlb_lease", None)
     return lease
 
 
-def _tracked(sock: object) -> _Lease:
+def _tracked(sock: object) -> Completion:
     lease = _lease_of(sock)
     if lease is None:
         raise RuntimeError("this connection is not tracked by a balancer")
     return lease
 
 
-class _LeaseMixin:
+class CompletionMixin:
     """What both balanced socket classes add to theirs: see :class:`BalancedSocket`."""
 
     __slots__ = ()
@@ -161,7 +154,7 @@ class _LeaseMixin:
 
     @property
     def connect_latency(self) -> float:
-        return _tracked(self).connect_latency
+        return _tracked(self).first_byte or 0.0
 
     def set_outcome(self, outcome: Outcome | str) -> None:
         """The outcome reported when the connection closes (default: success)."""
@@ -173,10 +166,10 @@ class _LeaseMixin:
         finally:
             lease = _lease_of(self)
             if lease is not None:
-                lease.release()
+                lease.finish()
 
 
-class BalancedSocket(_LeaseMixin, socket.socket):
+class BalancedSocket(CompletionMixin, socket.socket):
     """A connected ``socket.socket`` whose ``close()`` completes its balancer pick.
 
     ``endpoint`` is the backend it is connected to, ``connect_latency`` the
@@ -188,16 +181,16 @@ class BalancedSocket(_LeaseMixin, socket.socket):
 
     __slots__ = ("_clientlb_lease",)
 
-    _clientlb_lease: _Lease | None
+    _clientlb_lease: Completion | None
 
 
-class BalancedSSLSocket(_LeaseMixin, _ssl.SSLSocket):
+class BalancedSSLSocket(CompletionMixin, _ssl.SSLSocket):
     """A TLS ``ssl.SSLSocket`` whose ``close()`` completes its balancer pick.
 
     Same attributes as :class:`BalancedSocket`.
     """
 
-    _clientlb_lease: _Lease | None = None
+    _clientlb_lease: Completion | None = None
 
 
 _ssl_classes: dict[type[_ssl.SSLSocket], type[BalancedSSLSocket]] = {}
@@ -228,7 +221,7 @@ class BalancedStreamWriter(asyncio.StreamWriter):
 
     @property
     def connect_latency(self) -> float:
-        return self._clientlb_lease.connect_latency
+        return self._clientlb_lease.first_byte or 0.0
 
     def set_outcome(self, outcome: Outcome | str) -> None:
         """The outcome reported when the connection closes (default: success)."""
@@ -238,15 +231,15 @@ class BalancedStreamWriter(asyncio.StreamWriter):
 class _BalancedProtocol(asyncio.StreamReaderProtocol):
     """Completes the pick in ``connection_lost``, however the connection ends."""
 
-    _clientlb_lease: _Lease | None = None
+    _clientlb_lease: Completion | None = None
     _clientlb_lost: tuple[Exception | None] | None = None
 
     @property
-    def lease(self) -> _Lease:
+    def lease(self) -> Completion:
         assert self._clientlb_lease is not None
         return self._clientlb_lease
 
-    def arm(self, lease: _Lease) -> None:
+    def arm(self, lease: Completion) -> None:
         """Hand the connected pick over; release at once if already lost."""
         self._clientlb_lease = lease
         if self._clientlb_lost is not None:
@@ -264,7 +257,7 @@ class _BalancedProtocol(asyncio.StreamReaderProtocol):
         lease = self._clientlb_lease
         assert lease is not None
         failed = exc is not None and lease.outcome is Outcome.SUCCESS
-        lease.release(Outcome.FAILURE if failed else None)
+        lease.finish(Outcome.FAILURE if failed else None)
 
 
 # -- shared helpers ---------------------------------------------------------------------
@@ -319,93 +312,95 @@ def _describe(exc: BaseException, timeout: float) -> str:
     return str(exc) or type(exc).__name__
 
 
-class _Attempts:
-    """Bookkeeping of one balanced connect: what was tried, time left, the final error."""
+class _Connect(LogicalCall):
+    """One balanced connect on the call engine: every failure is a connect failure
+    (it never reached the backend's application), so each endpoint is tried at
+    most once, free of the retry budget, within ``attempts`` and ``deadline``."""
 
-    __slots__ = ("attempts", "budget_spent", "deadline_at", "errors", "exhausted", "lb",
-                 "retry_budget", "timeout", "tried")
+    __slots__ = ("attempt_timeout", "errors")
 
     def __init__(self, lb: LoadBalancer, timeout: float, attempts: int | None,
-                 deadline: float | None) -> None:
-        self.lb = lb
-        self.timeout = float(timeout)
-        if attempts is None:
-            policy = lb.retry_policy
-            attempts = policy.attempts if policy is not None else 1
-        self.attempts = attempts
-        self.deadline_at = None if deadline is None else time.monotonic() + deadline
-        self.tried: set[str] = set()
-        self.errors: list[tuple[Endpoint, BaseException, str]] = []
-        self.exhausted = False
-        self.budget_spent = False
-        self.retry_budget = lb.retry_budget
-        if self.retry_budget is not None:
-            self.retry_budget.deposit()
+                 deadline: float | None, key: Key | None) -> None:
+        # An explicit attempts= fails over even under retry=None (one attempt by default).
+        policy = LIVE_POLICY if attempts is None else (lb.retry_policy or DEFAULT_RETRY_POLICY)
+        super().__init__(lb, key=key, deadline=deadline, policy=policy,
+                         max_unreached=None if attempts is None else attempts - 1)
+        self.attempt_timeout = float(timeout)
+        self.errors: list[tuple[Endpoint, BaseException]] = []
 
-    def budget(self) -> float | None:
-        """Seconds this attempt may take, or None when it may not be made."""
-        if len(self.errors) >= self.attempts:
-            return None
-        if self.deadline_at is None:
-            left = self.timeout
-        else:
-            left = min(self.timeout, self.deadline_at - time.monotonic())
-            if left <= 0:
-                return None
-        if self.tried and all(ep.address in self.tried for ep in self.lb.endpoints()):
-            self.exhausted = True  # before spending a retry token on nothing
-            return None
-        if self.errors:
-            if self.retry_budget is not None and not self.retry_budget.try_withdraw():
-                self.budget_spent = True
-                record_budget_exhausted(self.lb)
-                return None
-            record_retry(self.lb, attempt=len(self.errors) + 1, reason="connect_failure",
-                         endpoint=self.errors[-1][0].address)
-        return left
-
-    def pick(self, key: Key | None) -> Pick:
-        tried = self.tried
+    def next_pick(self) -> tuple[Pick, float]:
+        """The next endpoint and the seconds its attempt may take."""
+        left = self.timeout(self.attempt_timeout)
+        assert left is not None
+        if left <= 0:
+            self.note = "deadline exceeded"
+            self.raise_error()
         try:
-            pick = self.lb.pick(key, exclude=self.tried)
+            pick = self.pick()
         except NoEndpointAvailable as exc:
             if not self.errors:
                 raise _NoEndpointConnectError(exc.reason, service=exc.service) from exc
             raise self.error() from exc
-        if pick.endpoint.address in tried:
+        if self.tried and pick.address in self.tried_addresses():
             # Every endpoint that may take traffic failed already (the others
-            # are ejected or unhealthy): going round again at once would only
-            # hammer them; fail now.
+            # are ejected or unhealthy): going round again would only hammer them.
             pick.done(Outcome.CANCELLED)
-            self.exhausted = True
+            self.note = "every endpoint tried"
             self.raise_error()
-        return pick
+        return pick, left
 
-    def failed(self, pick: Pick, exc: BaseException, budget: float) -> None:
+    def failed(self, pick: Pick, exc: BaseException, seconds: float) -> None:
+        """Report the failed attempt; raise the final error when no other may follow."""
         pick.done(Outcome.CONNECT_FAILURE)
-        self.tried.add(pick.endpoint.address)
-        self.errors.append((pick.endpoint, exc, _describe(exc, budget)))
+        self.errors.append((pick.endpoint, exc))
+        if self.after_failure(pick.address, Outcome.CONNECT_FAILURE, reached=False,
+                              retryable=True, detail=_describe(exc, seconds)) is None:
+            self.raise_error()
 
     def error(self) -> ConnectError:
         n = len(self.errors)
         tries = f"{n} attempt{'s' if n != 1 else ''}"
-        if self.exhausted:
+        if self.note == "every endpoint tried":
             why = f"on any endpoint ({tries}, every endpoint tried)"
-        elif self.budget_spent:
-            why = f"({tries}; the retry budget allows no more)"
-        elif n >= self.attempts:
-            why = f"after {tries}"
-        else:
+        elif self.note == "deadline exceeded":
             why = f"within the deadline ({tries})"
-        err = ConnectError(f"could not connect to {self.lb.name!r} {why}",
-                           service=self.lb.name,
-                           errors=[(ep, exc) for ep, exc, _ in self.errors],
-                           reasons=[reason for _, _, reason in self.errors])
-        return err
+        else:
+            why = f"after {tries}"
+        return ConnectError(f"could not connect to {self.lb.name!r} {why}",
+                            service=self.lb.name, errors=self.errors,
+                            reasons=[detail.partition(": ")[2] for _, detail in self.tried])
 
     def raise_error(self) -> NoReturn:
         last = self.errors[-1][1] if self.errors else None
         raise self.error() from last
+
+
+def _connect_loop(call: _Connect, attempt: Callable[[Pick, float], T],
+                  errors: tuple[type[BaseException], ...]) -> tuple[T, Pick]:
+    """Drive ``attempt(pick, seconds)`` until one connects (the sync shell)."""
+    while True:
+        pick, seconds = call.next_pick()
+        try:
+            return attempt(pick, seconds), pick
+        except errors as exc:
+            call.failed(pick, exc, seconds)
+        except BaseException as exc:
+            pick.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+
+
+async def _aconnect_loop(call: _Connect, attempt: Callable[[Pick, float], Awaitable[T]],
+                         errors: tuple[type[BaseException], ...]) -> tuple[T, Pick]:
+    """Await ``attempt(pick, seconds)`` until one connects (the asyncio shell)."""
+    while True:
+        pick, seconds = call.next_pick()
+        try:
+            return await attempt(pick, seconds), pick
+        except errors as exc:
+            call.failed(pick, exc, seconds)
+        except BaseException as exc:
+            pick.__exit__(type(exc), exc, exc.__traceback__)
+            raise
 
 
 class _NoEndpointConnectError(NoEndpointAvailable, ConnectionError):
@@ -441,10 +436,11 @@ def connect(
             logical name ``lb.name``.
         attempts: endpoints tried at most, each a different one (when every
             endpoint that may take traffic has failed, the connect fails
-            without going round again). Default: the balancer's
-            ``RetryPolicy.attempts`` (3), or 1 with ``retry=None``.
-        deadline: seconds for all attempts together (default None: bounded
-            by ``attempts × timeout``).
+            without going round again). Default: every endpoint once, or 1
+            with ``retry=None``.
+        deadline: seconds for all attempts together (default None: the
+            balancer's ``RetryPolicy.deadline``, else bounded by the
+            endpoints × ``timeout``).
         key: the pick key for ``ring_hash``/``maglev`` (shard by key).
         source_address: passed to :func:`socket.create_connection`.
 
@@ -460,39 +456,24 @@ def connect(
     _check_options(timeout, attempts, deadline)
     tls_name = (_tls_name(lb, server_hostname, ssl_context)
                 if ssl_context is not None else None)
-    state = _Attempts(lb, timeout, attempts, deadline)
-    clock = lb.clock
-    while True:
-        budget = state.budget()
-        if budget is None:
-            state.raise_error()
-        pick = state.pick(key)
+    call = _Connect(lb, timeout, attempts, deadline, key)
+
+    def attempt(pick: Pick, seconds: float) -> socket.socket:
         endpoint = pick.endpoint
-        raw: socket.socket | None = None
-        try:
-            raw = socket.create_connection((endpoint.host, endpoint.port), budget,
-                                           source_address)
-            if ssl_context is not None and tls_name is not None:
-                # The handshake shares the attempt's budget (raw's timeout).
-                sock: socket.socket = ssl_context.wrap_socket(
-                    raw, server_hostname=tls_name(endpoint))
-            else:
-                sock = raw
-        except OSError as exc:
-            if raw is not None:
-                raw.close()
-            state.failed(pick, exc, budget)
-            continue
+        raw = socket.create_connection((endpoint.host, endpoint.port), seconds, source_address)
+        if ssl_context is None or tls_name is None:
+            return raw
+        try:  # the handshake shares the attempt's time (raw's timeout)
+            return ssl_context.wrap_socket(raw, server_hostname=tls_name(endpoint))
         except BaseException:
-            if raw is not None:
-                raw.close()
-            pick.done(Outcome.CANCELLED)
+            raw.close()
             raise
-        lease = _Lease(pick, max(0.0, clock() - pick.started_at))
-        return _adopt(sock, lease, timeout)
+
+    sock, pick = _connect_loop(call, attempt, (OSError,))
+    return _adopt(sock, _lease(pick), timeout)
 
 
-def _adopt(sock: socket.socket, lease: _Lease,
+def _adopt(sock: socket.socket, lease: Completion,
            timeout: float) -> BalancedSocket | BalancedSSLSocket:
     """Turn a connected socket into its balanced class, without a second connect."""
     if isinstance(sock, _ssl.SSLSocket):
@@ -500,7 +481,7 @@ def _adopt(sock: socket.socket, lease: _Lease,
             sock.__class__ = _balanced_ssl_class(type(sock))
         except TypeError:  # an exotic sslsocket_class with its own layout
             sock.close()
-            lease.release(Outcome.CANCELLED)
+            lease.finish(Outcome.CANCELLED)
             raise ConfigError(f"cannot track connections of {type(sock).__name__}; use "
                               "ssl.SSLSocket as the context's sslsocket_class",
                               field="ssl_context") from None
@@ -571,14 +552,11 @@ async def open_connection(
         context = ssl
     tls_name = _tls_name(lb, server_hostname, context) if context is not None else None
     await lb.wait_ready_async()
-    state = _Attempts(lb, timeout, attempts, deadline)
+    call = _Connect(lb, timeout, attempts, deadline, key)
     loop = asyncio.get_running_loop()
-    clock = lb.clock
-    while True:
-        budget = state.budget()
-        if budget is None:
-            state.raise_error()
-        pick = state.pick(key)
+
+    async def attempt(pick: Pick, seconds: float
+                      ) -> tuple[asyncio.StreamReader, BalancedStreamWriter]:
         endpoint = pick.endpoint
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = _BalancedProtocol(reader, loop=loop)
@@ -586,20 +564,14 @@ async def open_connection(
         if context is not None and tls_name is not None:
             # "" tells asyncio "no SNI, no hostname check" (None would mean the IP)
             tls = {"ssl": context, "server_hostname": tls_name(endpoint) or ""}
-        try:
-            transport = await _within(
-                budget, loop.create_connection(_factory(protocol), endpoint.host,
-                                               endpoint.port, **tls, **kwds))
-        except (OSError, asyncio.TimeoutError) as exc:
-            state.failed(pick, exc, budget)
-            continue
-        except BaseException:
-            pick.done(Outcome.CANCELLED)
-            raise
-        protocol.arm(_Lease(pick, max(0.0, clock() - pick.started_at)))
+        transport = await _within(seconds, loop.create_connection(
+            _factory(protocol), endpoint.host, endpoint.port, **tls, **kwds))
+        protocol.arm(_lease(pick))
         assert isinstance(transport, asyncio.WriteTransport)
-        writer = BalancedStreamWriter(transport, protocol, reader, loop)
-        return reader, writer
+        return reader, BalancedStreamWriter(transport, protocol, reader, loop)
+
+    streams, _ = await _aconnect_loop(call, attempt, (OSError, asyncio.TimeoutError))
+    return streams
 
 
 # -- any driver ------------------------------------------------------------------------
@@ -653,20 +625,8 @@ def connect_with(
     """
     errors = _check_errors(connect_errors)
     _check_options(1.0, attempts, deadline)
-    state = _Attempts(lb, math.inf, attempts, deadline)
-    while True:
-        if state.budget() is None:
-            state.raise_error()
-        pick = state.pick(key)
-        try:
-            conn = factory(pick.endpoint)
-        except errors as exc:
-            state.failed(pick, exc, math.inf)
-            continue
-        except BaseException as exc:
-            pick.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return conn, pick
+    call = _Connect(lb, math.inf, attempts, deadline, key)
+    return _connect_loop(call, lambda pick, _: factory(pick.endpoint), errors)
 
 
 async def aconnect_with(
@@ -682,17 +642,5 @@ async def aconnect_with(
     errors = _check_errors(connect_errors)
     _check_options(1.0, attempts, deadline)
     await lb.wait_ready_async()
-    state = _Attempts(lb, math.inf, attempts, deadline)
-    while True:
-        if state.budget() is None:
-            state.raise_error()
-        pick = state.pick(key)
-        try:
-            conn = await factory(pick.endpoint)
-        except errors as exc:
-            state.failed(pick, exc, math.inf)
-            continue
-        except BaseException as exc:
-            pick.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return conn, pick
+    call = _Connect(lb, math.inf, attempts, deadline, key)
+    return await _aconnect_loop(call, lambda pick, _: factory(pick.endpoint), errors)

@@ -103,6 +103,10 @@ class Pick:
     def finished(self) -> bool:
         return self._finished
 
+    def elapsed(self) -> float:
+        """Seconds since the pick, on the balancer's clock."""
+        return self._lb._clock() - self._start
+
     def done(self, outcome: Outcome | str = _SUCCESS, latency: float | None = None) -> None:
         """Report how the call ended and, optionally, its latency in seconds.
 

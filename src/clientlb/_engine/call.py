@@ -45,7 +45,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .._core.errors import NoEndpointAvailable
 from .._core.outcome import Outcome
 from .._ops.telemetry import record_budget_exhausted, record_retry
 from .retry import RetryBudget, RetryPolicy, RetryState
@@ -87,8 +86,10 @@ class Completion:
     def address(self) -> str:
         return self.pick.address
 
-    def mark_first_byte(self, now: float) -> None:
-        self.first_byte = now - self.pick.started_at
+    def mark_first_byte(self) -> None:
+        """The attempt got its first answer (response headers, a connection): the
+        latency reported is measured to now."""
+        self.first_byte = self.pick.elapsed()
 
     def finish(self, outcome: Outcome | None = None) -> Any:
         """Report the outcome (``outcome`` or the one recorded); returns what
@@ -114,7 +115,7 @@ class LogicalCall:
         prefer: the address of a sticky endpoint for the first attempt.
         replayable: whether an attempt that may have reached a backend may be
             sent again (idempotent method, opt-in, replayable body).
-        deadline: seconds for the whole call, or None.
+        deadline: seconds for the whole call; None: the policy's ``deadline``.
         max_unreached: a cap on retries of attempts that never reached a
             backend (None: each endpoint once).
         policy: a policy overriding the balancer's (gRPC's ``max_attempts=``).
@@ -136,6 +137,8 @@ class LogicalCall:
         self.key = key
         self.prefer = prefer
         self.replayable = replayable
+        if deadline is None and self.policy is not None:
+            deadline = self.policy.deadline
         self.deadline_at = None if deadline is None else time.monotonic() + deadline
         self.max_unreached = max_unreached
         self.tried: list[tuple[str, str]] = []
@@ -230,6 +233,3 @@ class LogicalCall:
         return f"{first_line} (service {name!r}: {len(tried)} attempts failed: {steps}{note})"
 
 
-def no_endpoint(exc: NoEndpointAvailable) -> NoEndpointAvailable:
-    """Kept for shells that re-raise the balancer's error as their own type."""
-    return exc

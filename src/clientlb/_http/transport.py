@@ -444,8 +444,6 @@ class _Router(Generic[P]):
             if token is not None and self.tokens is not None:
                 prefer = self.tokens.address(token)
         deadline = request.extensions.get("clientlb.deadline", self.deadline)
-        if deadline is None and self.lb.retry_policy is not None:
-            deadline = self.lb.retry_policy.deadline
         call = _Call(self.lb, request, key, prefer, token, deadline)
         if not isinstance(request.stream, httpx.ByteStream):
             # Not replayable: track it, so that a retry knows whether it was sent.
@@ -528,7 +526,7 @@ class _Router(Generic[P]):
     def responded(self, call: _Call, attempt: _Attempt[P],
                   response: httpcore.Response) -> float | None:
         """Headers arrived: the outcome; the delay before a retry, or None to return it."""
-        attempt.mark_first_byte(self.lb.clock())
+        attempt.mark_first_byte()
         status = response.status
         if status < 500:
             return None
