@@ -15,7 +15,7 @@ twins of :func:`socket.create_connection` and :func:`asyncio.open_connection`:
 
 **Failover.** A connect that is refused, unreachable, times out or fails its
 TLS handshake never reached the backend's application, so it is always safe
-to try elsewhere (DESIGN.md, "nothing lost"). The failed attempt is reported
+to try elsewhere (docs/architecture.md, "The call engine"). The failed attempt is reported
 as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
 detection vocabulary (see :mod:`clientlb._core.outcome`; a connect timeout is a
 connect failure, not ``TIMEOUT``, which means "accepted and did not answer")

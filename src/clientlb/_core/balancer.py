@@ -1,6 +1,6 @@
 """The load balancer: snapshots in, picks out, outcomes back.
 
-Data flows one way (DESIGN.md): a resolver publishes :class:`EndpointSet`
+Data flows one way (docs/architecture.md, "Data flow"): a resolver publishes :class:`EndpointSet`
 snapshots; the balancer keeps one :class:`EndpointState` per address (load,
 counters, health), selects the endpoints that may take traffic, and asks the
 strategy for a new picker, which it publishes with a single reference
@@ -49,7 +49,7 @@ OutcomeListener = Callable[[EndpointState, Outcome, float, float], None]
 DiffListener = Callable[[EndpointSetDiff], None]
 
 _SUCCESS = Outcome.SUCCESS
-#: On by default (DESIGN.md); frozen, so one shared instance is safe.
+#: On by default (the public contract); frozen, so one shared instance is safe.
 _DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
 _CONNECT_FAILURE = Outcome.CONNECT_FAILURE

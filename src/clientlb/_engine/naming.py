@@ -21,7 +21,7 @@ HTTP health checks present. It is derived here, once (docs/architecture.md,
 
 An explicit ``server_name=`` (gRPC) / ``server_hostname=`` (TCP) overrides
 both, for that integration only. HTTP takes the name from the request URL's
-host, which is the logical name by contract (DESIGN.md's transports).
+host, which is the logical name by contract (docs/http.md).
 """
 
 from __future__ import annotations

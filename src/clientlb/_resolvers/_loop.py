@@ -14,7 +14,7 @@ Either way discovery I/O never runs on the caller of ``pick()``: the loop
 publishes immutable :class:`~clientlb.EndpointSet` snapshots and ``pick()``
 only reads the picker built from the last one.
 
-Shared rules (DESIGN.md, "Rules every part keeps"):
+Shared rules (docs/architecture.md, "Layers and their contracts"):
 
 * :meth:`LoopResolver.publish` is the only way a set reaches the balancer. It
   de-duplicates by address and skips a set equal to the last one published.

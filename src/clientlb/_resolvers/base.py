@@ -2,7 +2,7 @@
 
 A resolver publishes through a :class:`ResolverSink` (the balancer):
 ``publish(endpoint_set)`` for every new snapshot and ``error(exc)`` when its
-source fails. The rules every resolver keeps (DESIGN.md):
+source fails. The rules every resolver keeps (docs/architecture.md, "Layers and their contracts"):
 
 * it keeps the last good set when its source fails — an error or a timeout
   calls ``error()``, never ``publish()`` with an empty set; only an
