@@ -37,6 +37,7 @@ within about a second of coming back (the outage-recovery target).
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 import itertools
 import logging
@@ -126,16 +127,10 @@ class _Scheduler:
                 return
 
 
-_scheduler: _Scheduler | None = None
-_scheduler_lock = threading.Lock()
-
-
+@functools.cache
 def _get_scheduler() -> _Scheduler:
-    global _scheduler
-    with _scheduler_lock:
-        if _scheduler is None:
-            _scheduler = _Scheduler()
-        return _scheduler
+    """The process-wide scheduler, created on first use (its thread on first probe)."""
+    return _Scheduler()
 
 
 class ConnectivityTracker:
