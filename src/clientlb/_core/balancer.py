@@ -630,6 +630,11 @@ class LoadBalancer:
         return self._strategy
 
     @property
+    def discovery_error(self) -> BaseException | None:
+        """The last discovery failure, or None since the last good endpoint set."""
+        return self._discovery_error
+
+    @property
     def clock(self) -> Clock:
         return self._clock
 
