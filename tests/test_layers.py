@@ -32,8 +32,6 @@ SRC = Path(__file__).resolve().parent.parent / "src" / "clientlb"
 #: from the rule, each with the reason. Keep it short, and drop an entry as soon
 #: as its module passes.
 ALLOWED: dict[str, str] = {
-    "_http/": "being ported to the call engine (issue 12)",
-    "_tcp.py": "being ported to the call engine (issue 12)",
     "grpc/": "being ported to the call engine (issue 12)",
 }
 

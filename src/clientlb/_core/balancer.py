@@ -103,6 +103,11 @@ class Pick:
     def finished(self) -> bool:
         return self._finished
 
+    @property
+    def draining(self) -> bool:
+        """The endpoint left the target (or was drained) since it was picked."""
+        return self._state.draining
+
     def elapsed(self) -> float:
         """Seconds since the pick, on the balancer's clock."""
         return self._lb._clock() - self._start

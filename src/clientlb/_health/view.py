@@ -9,7 +9,8 @@ so the two sides meet at one typed seam instead of the manager reaching into
 the balancer's private attributes (issue 12: "a narrow, typed interface
 between the balancer and health"). grpc-go draws the same line between a
 balancer and its ``ClientConn`` (``balancer/balancer.go``): the policy sees a
-small interface, never the channel itself.
+small interface, never the channel itself. The table of members is in
+docs/architecture.md, "Health ↔ balancer: the contract".
 
 :class:`~clientlb.LoadBalancer` implements it. Its methods are public in name
 only so that another module may call them: they are the layer's contract, not
