@@ -227,6 +227,8 @@ class LogicalCall:
         tried = self.tried
         note = f"; {self.note}" if self.note else ""
         name = self.lb.name
+        if not tried:
+            return f"{first_line} (service {name!r}{note})"
         if len(tried) == 1:
             return f"{first_line} (service {name!r}, endpoint {tried[0][0]}{note})"
         steps = "; ".join(f"{a} → {d}" for a, d in tried)

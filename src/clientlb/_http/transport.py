@@ -452,6 +452,12 @@ class _Router(Generic[P]):
 
     def attempt(self, call: _Call) -> _Attempt[P]:
         """Pick an endpoint (avoiding those tried) and build the httpcore request."""
+        if call.deadline_at is not None:
+            left = call.remaining()
+            if left is not None and left <= 0:  # checked before a pick is in flight
+                call.note = "deadline exceeded"
+                raise httpx.TimeoutException(call.describe_failure(
+                    "deadline exceeded before an attempt"), request=call.request)
         try:
             pick = call.pick()
         except NoEndpointAvailable as exc:
@@ -486,11 +492,7 @@ class _Router(Generic[P]):
     @staticmethod
     def _bounded(call: _Call, extensions: dict[str, Any]) -> dict[str, Any]:
         """httpx's timeouts for one attempt, none longer than the call's time left."""
-        left = call.remaining()
-        assert left is not None
-        if left <= 0:
-            raise httpx.TimeoutException(call.describe_failure(
-                "deadline exceeded before the attempt"), request=call.request)
+        left = max(call.remaining() or 0.0, 0.001)
         timeout = dict(extensions.get("timeout") or {})
         for phase in ("connect", "read", "write", "pool"):
             value = timeout.get(phase)
