@@ -147,7 +147,7 @@ def update_service(registry: Registry, name: str, body: Mapping[str, Any]) -> li
     """
     lb = _balancer(registry, name)
     path = f"services.{name}"
-    allowed = ("weights", *balancer_options())
+    allowed = ("weights", "target", "name", *balancer_options())
     changes: dict[str, Any] = {}
     for key, value in body.items():
         where = f"{path}.{key}"
