@@ -209,6 +209,13 @@ class _Watchers:
             return False
         return True
 
+    def end_streams(self) -> None:
+        """Tell every live viewer to finish (thread-safe; a server shutting down calls it)."""
+        self.closing = True
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.wake)
+
     async def close(self) -> None:
         self.closing = True
         self.wake()
@@ -309,6 +316,7 @@ def create_app(registry: Registry, *, token: str | None = None,
                                   "application/json")
         if 200 <= response.status_code < 300:
             result = "ok"
+            await run_in_threadpool(monitor.publish)  # viewers see the change now, not in 1 s
             watchers.wake()
         else:
             result = f"refused {response.status_code}"

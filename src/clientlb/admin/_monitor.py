@@ -133,6 +133,14 @@ class Monitor:
                     history = self._history[name] = _History(lb)
                 history.add(now, snap)
             self.ticks += 1
+        return self._publish(now, snapshots)
+
+    def publish(self) -> str:
+        """Render ``latest`` again without taking a sample (after a change: show it now)."""
+        return self._publish(self._clock(), self._snapshots())
+
+    def _publish(self, now: float,
+                 snapshots: dict[str, tuple[LoadBalancer, BalancerSnapshot]]) -> str:
         data = self._render(snapshots, charts=True)
         text = json.dumps({"time": now, "services": data}, separators=(",", ":"),
                           allow_nan=False)

@@ -182,6 +182,7 @@ def render(services: list[dict[str, Any]] | None, *, base: str, changes_enabled:
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
+<link rel="icon" href="data:,">
 <title>clientlb control room</title>
 <link rel="stylesheet" href="{_e(base)}/static/dashboard.css">
 <script src="{_e(base)}/static/dashboard.js" defer></script>

@@ -186,7 +186,14 @@ def serve(config: str, *, host: str = "127.0.0.1", port: int = 9901,
             generator.start()
             print(f"synthetic traffic: {traffic:g} GET {traffic_path} a second per service",
                   file=out, flush=True)
-        server = uvicorn.Server(uvicorn.Config(
+        watchers = app.state.watchers
+
+        class Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: Any) -> None:
+                watchers.end_streams()  # live viewers would hold the graceful shutdown
+                super().handle_exit(sig, frame)
+
+        server = Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="on",
             timeout_graceful_shutdown=2, log_config=None))
         server.run(sockets=[sock])
