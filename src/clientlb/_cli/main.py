@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated strategy names")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--plot", metavar="FILE.png", help="write a latency chart (matplotlib)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                   help="do not serve the control room while the demo runs")
+    p.add_argument("--dashboard-port", type=int, default=9901, metavar="PORT",
+                   help="the control room's port on 127.0.0.1 (default 9901; another free "
+                   "one when taken)")
     return parser
 
 
@@ -262,6 +267,7 @@ def serve(args: argparse.Namespace) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     log = logging.getLogger("clientlb")
+    level, propagate = log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
@@ -271,6 +277,8 @@ def serve(args: argparse.Namespace) -> int:
                          traffic_path=args.traffic_path, out=sys.stdout)
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 # -- check --------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .._core.errors import ClientLBError, ConfigError
 from .._ops.config import load_config, parse_config
 from .._ops.registry import Registry
 
-__all__ = ["TOKEN_ENV", "Traffic", "read_token", "serve"]
+__all__ = ["TOKEN_ENV", "BackgroundServer", "Traffic", "read_token", "serve"]
 
 TOKEN_ENV = "CLIENTLB_ADMIN_TOKEN"
 logger = logging.getLogger("clientlb.admin")
@@ -149,6 +149,47 @@ def _listen(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+class BackgroundServer:
+    """The control room of ``registry`` served by uvicorn in a daemon thread (``clientlb demo``).
+
+    Listens on ``host:port``, or on any free port when that one is taken;
+    ``url`` is the dashboard's address; ``close()`` stops it.
+    """
+
+    def __init__(self, registry: Registry, *, host: str = "127.0.0.1", port: int = 9901,
+                 token: str | None = None) -> None:
+        import uvicorn
+
+        from ._app import create_app
+
+        app = create_app(registry, token=token)
+        try:
+            sock = _listen(host, port)
+        except OSError:
+            sock = _listen(host, 0)
+        bound = sock.getsockname()
+        shown_host = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        self.url = f"http://{shown_host}:{bound[1]}/"
+        self._watchers = app.state.watchers
+        self._server = uvicorn.Server(uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="on",
+            timeout_graceful_shutdown=1, log_config=None))
+        self._sock = sock
+        self._thread = threading.Thread(target=self._run, name="clientlb-admin", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.run(self._server.serve(sockets=[self._sock]))
+
+    def close(self) -> None:
+        self._watchers.end_streams()
+        self._server.should_exit = True
+        self._thread.join(5)
+        self._sock.close()
 
 
 def serve(config: str, *, host: str = "127.0.0.1", port: int = 9901,
