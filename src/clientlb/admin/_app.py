@@ -73,8 +73,27 @@ _SECRET_KEYS = re.compile(r"(?i)token|password|passwd|secret|credential|auth")
 _KEEPALIVE = 15.0
 
 
+def mount_point(scope: Scope) -> str:
+    """Where the app is mounted (``/lb``), for the page's links: the ASGI ``root_path``, or,
+    for frameworks that do not set it (Litestar), what ``raw_path`` has before ``path``."""
+    root = str(scope.get("root_path") or "")
+    if root:
+        return root.rstrip("/")
+    raw = scope.get("raw_path")
+    path = str(scope.get("path", "")).rstrip("/")
+    if isinstance(raw, bytes):
+        text = raw.decode("latin-1").split("?", 1)[0].rstrip("/")
+        if path and text.endswith(path):
+            return text[:-len(path)]
+        if not path:
+            return text
+    return ""
+
+
 class _SecurityHeaders:
-    """ASGI middleware: the security headers on every response, ``no-store`` on the API."""
+    """ASGI middleware: the security headers on every response, ``no-store`` on the API;
+    a trailing slash is ignored (``/api/services/`` is ``/api/services``), because some
+    frameworks add one when they mount an app."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,7 +102,12 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        api = not scope.get("path", "").startswith("/static/")
+        path = str(scope.get("path", ""))
+        root = str(scope.get("root_path") or "")
+        route = path[len(root):] if root and path.startswith(root) else path
+        if len(route) > 1 and route.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/")}
+        api = not route.startswith("/static/")
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -334,7 +358,7 @@ def create_app(registry: Registry, *, token: str | None = None,
         readable = auth.may_read(request)
         html = _page.render(
             monitor.services(charts=True) if readable else None,
-            base=request.scope.get("root_path", ""),
+            base=mount_point(request.scope),
             changes_enabled=auth.changes_enabled,
             read_requires_token=auth.read_requires_token,
         )
@@ -361,7 +385,7 @@ def create_app(registry: Registry, *, token: str | None = None,
         return Response(text, media_type=_metrics.CONTENT_TYPE)
 
     async def openapi_document(request: Request) -> Response:
-        return JSONResponse(openapi(request.scope.get("root_path", "")))
+        return JSONResponse(openapi(mount_point(request.scope)))
 
     # -- the API -------------------------------------------------------------------------
 
@@ -497,6 +521,7 @@ def create_app(registry: Registry, *, token: str | None = None,
     app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)],
                     exception_handlers={HTTPException: not_found, Exception: internal},
                     lifespan=lifespan)
+    app.router.redirect_slashes = False  # a redirect would lose a mount without root_path
     app.state.monitor = monitor
     app.state.watchers = watchers
     return app
