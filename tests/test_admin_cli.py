@@ -102,3 +102,14 @@ def test_the_dashboard_of_the_demo_can_be_turned_off() -> None:
     args = build_parser().parse_args(["demo", "--no-dashboard"])
     assert args.dashboard is False
     assert build_parser().parse_args(["demo"]).dashboard is True
+
+
+def test_the_overhead_benchmark_runs_in_smoke_mode() -> None:
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "admin_overhead.py"
+    result = subprocess.run([sys.executable, str(bench), "--smoke"], capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    for case in ("no control room", "served, nobody watching", "1 live client (SSE)",
+                 "5 live clients (SSE)"):
+        assert f"| {case} |" in result.stdout
+    assert "ms per tick" in result.stdout
