@@ -21,7 +21,7 @@ from ._admin_server import AUTH, TOKEN, AdminServer
 from ._helpers import wait_until
 from ._http_backend import Backend
 
-CONSUL_SECRET = "consul-acl-0f3e9a77"
+CONSUL_SECRET = "consul-acl-0f3e9a77"  # also the etcd password below
 
 
 @pytest.fixture(scope="module")
@@ -334,18 +334,26 @@ def test_no_secret_reaches_a_page_an_answer_an_error_or_a_log(
         "name": "users2", "target": target, "strategy": "nope",
         "resolver_options": {"password": CONSUL_SECRET}})
     assert bad.status_code == 400
+    etcd = admin.client.post("/api/services", headers=AUTH, json={
+        "name": "cfg", "target": "etcd://127.0.0.1:1/services/cfg",
+        "resolver_options": {"username": "lb", "password": CONSUL_SECRET},
+        "first_resolution_timeout": 0.1})
+    assert etcd.status_code == 201, etcd.text
     wait_until(lambda: admin.client.get("/api/services/users").json()["discovery"]["errors"],
                timeout=10, message="a discovery error")
     admin.client.post("/api/services", headers={"Authorization": "Bearer " + TOKEN + "x"},
                       json={"name": "z", "target": target})
+    wait_until(lambda: admin.client.get("/api/services/cfg").json()["discovery"]["errors"],
+               timeout=10, message="an etcd error")
     texts = [admin.client.get(p).text for p in ("/", "/api/services", "/api/services/users",
-                                                 "/metrics")]
+                                                 "/api/services/cfg", "/metrics")]
     texts.append(bad.text)
     texts.append(caplog.text)
     for text in texts:
         assert CONSUL_SECRET not in text and TOKEN not in text
     assert "token=***" in admin.client.get("/api/services/users").json()["target"]
     registry.delete("users", timeout=0)
+    registry.delete("cfg", timeout=0)
 
 
 def test_each_change_writes_one_audit_line(admin: AdminServer, backends: list[Backend],
