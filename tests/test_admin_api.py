@@ -371,6 +371,14 @@ def test_each_change_writes_one_audit_line(admin: AdminServer, backends: list[Ba
     assert lines[2].endswith("action='update service web (weights)' result=ok")
 
 
+def test_clientlb_admin_exports_create_app_only() -> None:
+    import clientlb.admin
+
+    assert clientlb.admin.__all__ == ["create_app"]
+    public = sorted(n for n in vars(clientlb.admin) if not n.startswith("_"))
+    assert public == ["annotations", "create_app"]  # "annotations": the __future__ import
+
+
 def test_the_core_library_does_not_import_starlette() -> None:
     code = "import sys, clientlb; sys.exit('starlette' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

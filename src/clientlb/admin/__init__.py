@@ -32,7 +32,7 @@ See docs/control-room.md.
 from __future__ import annotations
 
 try:
-    import starlette  # noqa: F401
+    import starlette as _starlette  # noqa: F401 - only to name the missing extra
 except ImportError as exc:  # pragma: no cover - exercised without the extra only
     raise ImportError(
         "clientlb.admin needs Starlette and uvicorn: pip install 'clientlb[admin]'"
