@@ -67,7 +67,7 @@ def test_serve_says_when_the_port_is_taken(tmp_path: Path,
 def test_the_demo_serves_its_balancers_on_the_dashboard_while_it_runs() -> None:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "COLUMNS": "120",
            "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([CLIENTLB, "demo", "--duration", "4", "--strategies",
+    proc = subprocess.Popen([CLIENTLB, "demo", "--duration", "2", "--strategies",
                              "round_robin,peak_ewma", "--dashboard-port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     lines: list[str] = []

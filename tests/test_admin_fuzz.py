@@ -19,7 +19,7 @@ from clientlb.admin import create_app
 from ._admin_server import AdminServer
 from ._http_backend import Backend
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=True,
+SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow])
 
 KEYS = ["name", "target", "strategy", "weights", "retry", "health_check", "outlier_detection",
