@@ -161,7 +161,7 @@ def update_service(registry: Registry, name: str, body: Mapping[str, Any]) -> li
         changes[key] = _live_value(key, value, where)
     if not changes:
         return []
-    if lb is not registry.get(name):  # deleted and re-created meanwhile: say so, change nothing
+    if lb is not _balancer(registry, name):  # deleted (and re-created) meanwhile: change nothing
         raise ActionError(409, f"{path}: the service was replaced meanwhile; try again")
     try:
         registry.update(name, **changes)
