@@ -403,7 +403,7 @@ def create_app(registry: Registry, *, token: str | None = None,
         name = request.path_params["name"]
         service = await run_in_threadpool(monitor.service, name)
         if service is None:
-            return _error(404, _control._no_service(registry, name))
+            return _error(404, _control.no_service(registry, name))
         return JSONResponse(service)
 
     async def post_service(request: Request) -> Response:

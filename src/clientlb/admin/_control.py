@@ -39,6 +39,7 @@ __all__ = [
     "decode",
     "delete_service",
     "delete_timeout",
+    "no_service",
     "set_draining",
     "update_service",
     "valid_name",
@@ -166,7 +167,7 @@ def update_service(registry: Registry, name: str, body: Mapping[str, Any]) -> li
     try:
         registry.update(name, **changes)
     except KeyError:
-        raise ActionError(404, _no_service(registry, name)) from None
+        raise ActionError(404, no_service(registry, name)) from None
     except ConfigError as exc:  # validated above: only a race could get here
         raise _under(exc, path) from None
     return sorted(changes)
@@ -212,10 +213,11 @@ def _balancer(registry: Registry, name: str) -> Any:
     try:
         return registry.get(name)
     except KeyError:
-        raise ActionError(404, _no_service(registry, name)) from None
+        raise ActionError(404, no_service(registry, name)) from None
 
 
-def _no_service(registry: Registry, name: str) -> str:
+def no_service(registry: Registry, name: str) -> str:
+    """The 404 message: no such service, and the services there are."""
     known = ", ".join(registry.names()) or "none"
     return f"no service named {_short(name)} (services: {known})"
 

@@ -183,7 +183,6 @@ class Monitor:
 def _service(name: str, lb: LoadBalancer, snap: BalancerSnapshot, history: _History | None,
              charts: bool) -> dict[str, Any]:
     now = lb.clock()
-    slow_window = _slow_start_window(lb)
     endpoints = []
     for row in sorted(snap.endpoints, key=lambda r: (r.endpoint.priority, r.address)):
         ep = row.endpoint
@@ -191,9 +190,10 @@ def _service(name: str, lb: LoadBalancer, snap: BalancerSnapshot, history: _Hist
         ejected_for = None
         if row.state == "ejected" and state is not None and state.ejected_until is not None:
             ejected_for = round(max(0.0, state.ejected_until - now), 1)
-        slow_start = bool(
-            row.state == "healthy" and slow_window and state is not None
-            and state.ramp_start is not None and now - state.ramp_start < slow_window)
+        # the health layer sets ramp_start while slow start ramps the weight up, and
+        # clears it at the first rebuild after the ramp (so: at the next pick)
+        slow_start = bool(row.state == "healthy" and state is not None
+                          and state.ramp_start is not None)
         item: dict[str, Any] = {
             "address": row.address,
             "host": ep.host,
@@ -252,14 +252,6 @@ def _discovery(lb: LoadBalancer) -> dict[str, Any]:
         "errors": stats.errors,
         "consecutive_errors": stats.consecutive_errors,
     }
-
-
-def _slow_start_window(lb: LoadBalancer) -> float:
-    # The health manager owns slow start; read its window defensively (0: off).
-    health = getattr(lb, "_health", None)
-    slow = getattr(health, "slow_start", None)
-    window = getattr(slow, "window", 0.0)
-    return float(window) if isinstance(window, (int, float)) else 0.0
 
 
 def _number(value: float) -> float | None:
