@@ -71,7 +71,7 @@ class Serve:
 
 @pytest.fixture(scope="module")
 def backends() -> Iterator[list[Backend]]:
-    backends = [Backend(f"b{i}") for i in range(3)]
+    backends = [Backend(f"b{i}") for i in range(4)]
     yield backends
     for b in backends:
         b.close()
@@ -154,7 +154,7 @@ def screenshot(page: Any, name: str) -> None:
 
 def test_the_page_shows_every_endpoint_and_its_traffic(page: Any,
                                                         backends: list[Backend]) -> None:
-    expect(page.locator("#service-web tbody tr")).to_have_count(3)
+    expect(page.locator("#service-web tbody tr")).to_have_count(4)
     for b in backends:
         expect(row(page, b).locator(".state")).to_have_text("healthy")
         # the synthetic traffic shows as a share and a success rate
@@ -164,12 +164,23 @@ def test_the_page_shows_every_endpoint_and_its_traffic(page: Any,
     expect(page.locator("#service-web .mode")).to_have_text("normal")
 
 
-def test_a_stopped_backend_turns_ejected_on_screen_within_seconds(
+def test_a_stopped_backend_turns_unreachable_on_screen_within_seconds(
         page: Any, backends: list[Backend]) -> None:
+    """Connect failures take an endpoint out of picks at once (connectivity), before
+    outlier detection would count enough of them to eject it."""
     backends[2].close()
-    expect(row(page, backends[2]).locator(".state")).to_contain_text("ejected")
-    expect(row(page, backends[2]).locator(".state")).to_contain_text("s left")
-    expect(row(page, backends[2]).locator(".f-ejections")).to_have_text("1")
+    expect(row(page, backends[2]).locator(".state")).to_have_text("unreachable")
+    assert "background probe" in str(row(page, backends[2]).locator(".state")
+                                     .get_attribute("title"))
+
+
+def test_a_failing_backend_turns_ejected_on_screen_within_seconds(
+        page: Any, backends: list[Backend]) -> None:
+    backends[3].status = 503  # answers, but fails: outlier detection's case
+    expect(row(page, backends[3]).locator(".state")).to_contain_text("ejected")
+    expect(row(page, backends[3]).locator(".state")).to_contain_text("s left")
+    expect(row(page, backends[3]).locator(".f-ejections")).to_have_text("1")
+    backends[3].status = 200  # still ejected for its base_ejection_time (60 s)
 
 
 def test_a_change_without_the_token_is_refused(page: Any, serve: Serve,

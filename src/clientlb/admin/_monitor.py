@@ -203,6 +203,7 @@ def _service(name: str, lb: LoadBalancer, snap: BalancerSnapshot, history: _Hist
             "weight": _number(ep.weight),
             "effective_weight": _number(round(row.effective_weight, 4)),
             "state": row.state,
+            "connectivity": str(getattr(row, "connectivity", "idle")),
             "ejected_for": ejected_for,
             "slow_start": slow_start,
             "in_flight": row.in_flight,

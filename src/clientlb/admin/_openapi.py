@@ -81,6 +81,10 @@ def openapi(root_path: str = "") -> dict[str, Any]:
             "effective_weight": {"type": ["number", "null"]},
             "state": {"type": "string",
                       "enum": ["healthy", "ejected", "unhealthy", "draining"]},
+            "connectivity": {"type": "string",
+                             "enum": ["idle", "connecting", "ready", "transient_failure"],
+                             "description": "the last connection attempt's result; a "
+                             "healthy endpoint in transient_failure is skipped"},
             "ejected_for": {"type": ["number", "null"],
                             "description": "seconds of ejection left"},
             "slow_start": {"type": "boolean"}, "in_flight": {"type": "integer"},

@@ -60,9 +60,36 @@ def _number(value: float | None, unit: str = "", digits: int = 1) -> str:
     return f"{value:.{digits}f}{unit}"
 
 
+#: What the state badge says of a healthy endpoint, by connectivity (the picker skips it
+#: while its connection fails: clientlb._engine.connectivity).
+_CONNECTIVITY = {"transient_failure": "unreachable", "connecting": "reconnecting"}
+
+
+def badge(ep: dict[str, Any]) -> str:
+    """The state to show: the health state, or for a healthy endpoint that cannot be
+    connected to, ``unreachable``/``reconnecting``. The same rule is in dashboard.js."""
+    state = str(ep["state"])
+    if state == "healthy":
+        return _CONNECTIVITY.get(str(ep.get("connectivity")), state)
+    return state
+
+
+def state_title(ep: dict[str, Any]) -> str:
+    """The badge's tooltip: why the endpoint is in its state."""
+    if ep.get("note"):
+        return str(ep["note"])
+    if badge(ep) == "unreachable":
+        return UNREACHABLE
+    return ""
+
+
+UNREACHABLE = ("its last connection attempt failed: skipped while another endpoint can take "
+               "the call, until a background probe connects")
+
+
 def state_text(ep: dict[str, Any]) -> str:
-    """``ejected (27 s left)``, ``healthy, slow start``, ``draining``..."""
-    text = str(ep["state"])
+    """``ejected (27 s left)``, ``healthy, slow start``, ``unreachable``, ``draining``..."""
+    text = badge(ep)
     if ep["state"] == "ejected" and ep.get("ejected_for") is not None:
         text += f" ({ep['ejected_for']:.0f} s left)"
     if ep.get("slow_start"):
@@ -91,7 +118,7 @@ def _endpoint_row(service: str, ep: dict[str, Any]) -> str:
     label = "Undrain" if draining else "Drain"
     return f"""<tr data-address="{addr}">
 <th scope="row" data-label="Endpoint">{addr}</th>
-<td data-label="State"><span class="state state-{_e(ep['state'])}" title="{_e(ep.get('note'))}">{_e(state_text(ep))}</span></td>
+<td data-label="State"><span class="state state-{_e(badge(ep))}" title="{_e(state_title(ep))}">{_e(state_text(ep))}</span></td>
 <td data-label="Weight"><form class="weight-form" data-service="{_e(service)}" data-address="{addr}">
 <input name="weight" type="text" inputmode="decimal" size="5" value="{_e(ep['weight'])}" aria-label="Weight of {addr}">
 <button type="submit">Set</button></form></td>

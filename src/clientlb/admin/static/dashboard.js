@@ -43,8 +43,19 @@
     return Number(value).toFixed(digits === undefined ? 1 : digits) + (unit || "");
   }
 
+  // Same rule as _page.badge(): a healthy endpoint whose connection fails is skipped.
+  const CONNECTIVITY = { transient_failure: "unreachable", connecting: "reconnecting" };
+
+  const UNREACHABLE = "its last connection attempt failed: skipped while another endpoint can "
+    + "take the call, until a background probe connects";
+
+  function badge(ep) {
+    if (ep.state === "healthy") return CONNECTIVITY[ep.connectivity] || ep.state;
+    return ep.state;
+  }
+
   function stateText(ep) {
-    let text = ep.state;
+    let text = badge(ep);
     if (ep.state === "ejected" && ep.ejected_for !== null) text += ` (${Math.round(ep.ejected_for)} s left)`;
     if (ep.slow_start) text += ", slow start";
     return text;
@@ -148,9 +159,9 @@
 
   function updateRow(tr, ep) {
     const state = tr.querySelector(".state");
-    state.className = `state state-${ep.state}`;
+    state.className = `state state-${badge(ep)}`;
     state.textContent = stateText(ep);
-    state.title = ep.note || "";
+    state.title = ep.note || (badge(ep) === "unreachable" ? UNREACHABLE : "");
     const input = tr.querySelector("input[name=weight]");
     if (document.activeElement !== input && !input.dataset.dirty) input.value = ep.weight === null ? "" : ep.weight;
     tr.querySelector(".f-effective").textContent = fmt(ep.effective_weight, "", 2);
