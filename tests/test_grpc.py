@@ -522,20 +522,22 @@ def test_channel_follows_srv_changes_and_drains_the_endpoint_that_left(
 def test_the_logical_name_becomes_authority_and_tls_name() -> None:
     """dns:// targets send NAME:PORT as :authority and check NAME in certificates;
     server_name= wins; a bare static list keeps gRPC's default (the address)."""
+    from clientlb._engine.naming import LogicalName
     from clientlb.grpc._common import channel_options, endpoint_target, logical_name
 
     lb = clientlb.LoadBalancer(["127.0.0.1:1"])
     assert logical_name(lb, None) is None
     assert channel_options(None, None) == ()
-    assert logical_name(lb, "users.internal") == "users.internal"
+    assert logical_name(lb, "users.internal") == LogicalName("users.internal")
     named = clientlb.LoadBalancer(["127.0.0.1:1"], name="orders.internal")
-    assert logical_name(named, None) == "orders.internal"
+    assert logical_name(named, None) == LogicalName("orders.internal")
     opts = dict(channel_options([("grpc.max_receive_message_length", 1 << 20)],
-                                "users.internal:50051"))
+                                LogicalName("users.internal", 50051)))
     assert opts == {"grpc.max_receive_message_length": 1 << 20,
                     "grpc.default_authority": "users.internal:50051",
                     "grpc.ssl_target_name_override": "users.internal"}
-    mine = dict(channel_options([("grpc.default_authority", "x")], "users.internal"))
+    mine = dict(channel_options([("grpc.default_authority", "x")],
+                                LogicalName("users.internal")))
     assert mine["grpc.default_authority"] == "x"  # the caller's own option wins
     assert endpoint_target(clientlb.Endpoint("10.0.0.7", 50051)) == "ipv4:10.0.0.7:50051"
     assert endpoint_target(clientlb.Endpoint("::1", 50051)) == "ipv6:[::1]:50051"
@@ -543,7 +545,7 @@ def test_the_logical_name_becomes_authority_and_tls_name() -> None:
     with pytest.raises(clientlb.ConfigError, match="options"):
         channel_options(42, None)  # type: ignore[arg-type]
     dns = clientlb.LoadBalancer("dns://127.0.0.1:1/users.internal:50051")  # never picked
-    assert logical_name(dns, None) == "users.internal:50051"
+    assert logical_name(dns, None) == LogicalName("users.internal", 50051)
     for balancer in (lb, named, dns):
         balancer.close()
 
