@@ -1,0 +1,146 @@
+"""clientlb.grpc on the call engine: one policy per logical call, sync and aio alike.
+
+Real grpcio servers on 127.0.0.1 (tests/_grpc_servers.py); every test runs the
+same scenario through the sync and the grpc.aio channel, since both drive the
+same state machine (clientlb/grpc/_policy.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+import clientlb
+import clientlb.grpc
+import clientlb.grpc.aio
+
+from ._grpc_servers import SUNARY, UNARY, USTREAM, GrpcBackend
+
+KINDS = ["sync", "aio"]
+
+
+@pytest.fixture
+def backends() -> Iterator[list[GrpcBackend]]:
+    servers = [GrpcBackend(f"b{i}") for i in range(3)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
+    seen: list[tuple[str, clientlb.Outcome]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome)))
+    return seen
+
+
+def run(kind: str, lb: clientlb.LoadBalancer, body: Callable[[Any, bool], Any],
+        **options: Any) -> Any:
+    """Run ``body(channel, is_aio)`` on a sync or an aio channel over ``lb``; ``body``
+    returns a value, or a coroutine for aio."""
+    if kind == "sync":
+        with clientlb.grpc.insecure_channel(lb, **options) as channel:
+            return body(channel, False)
+
+    async def main() -> Any:
+        async with clientlb.grpc.aio.insecure_channel(lb, **options) as channel:
+            return await body(channel, True)
+
+    return asyncio.run(main())
+
+
+def unary_results(channel: Any, aio: bool, n: int) -> Any:
+    """``n`` unary calls: the list of answers, with ``None`` for each RpcError."""
+    call = channel.unary_unary(UNARY)
+
+    def one() -> bytes | None:
+        try:
+            return call(b"x", timeout=5)  # type: ignore[no-any-return]
+        except grpc.RpcError:
+            return None
+
+    async def one_aio() -> bytes | None:
+        try:
+            return await call(b"x", timeout=5)  # type: ignore[no-any-return]
+        except grpc.RpcError:
+            return None
+
+    if not aio:
+        return [one() for _ in range(n)]
+
+    async def many() -> list[bytes | None]:
+        return [await one_aio() for _ in range(n)]
+
+    return many()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_retry_switched_off_live_reaches_a_channel_built_before(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """Registry.update(retry=None) stops the retries of an existing channel at once, and a
+    new RetryPolicy turns them back on: the policy is read per call, not copied."""
+    bad, good = backends[0], backends[1]
+    bad.status = grpc.StatusCode.UNAVAILABLE
+    with clientlb.Registry(telemetry=False) as registry:
+        lb = registry.create("svc", [bad.address, good.address], strategy="round_robin",
+                             outlier_detection=None)
+
+        def body(channel: Any, aio: bool) -> Any:
+            async def steps() -> list[list[bytes | None]]:
+                out = [await unary_results(channel, True, 6)]
+                registry.update("svc", retry=None)
+                out.append(await unary_results(channel, True, 6))
+                registry.update("svc", retry=clientlb.RetryPolicy())
+                out.append(await unary_results(channel, True, 6))
+                return out
+
+            if aio:
+                return steps()
+            out = [unary_results(channel, False, 6)]
+            registry.update("svc", retry=None)
+            out.append(unary_results(channel, False, 6))
+            registry.update("svc", retry=clientlb.RetryPolicy())
+            out.append(unary_results(channel, False, 6))
+            return out
+
+        before, off, on = run(kind, lb, body, retryable_codes={grpc.StatusCode.UNAVAILABLE})
+    assert before == [b"b1"] * 6
+    assert off.count(None) == 3 and off.count(b"b1") == 3  # round robin: every other call
+    assert on == [b"b1"] * 6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_call_shape_deposits_once_in_the_retry_budget(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """Server-streaming (and client-streaming) calls deposit in the budget they may draw on:
+    one deposit per logical call, whatever its shape or its attempts."""
+    lb = clientlb.LoadBalancer([b.address for b in backends])
+
+    def body(channel: Any, aio: bool) -> Any:
+        ustream = channel.unary_stream(USTREAM)
+        sunary = channel.stream_unary(SUNARY)
+
+        async def steps() -> None:
+            for _ in range(3):
+                assert len([p async for p in ustream(b"x", timeout=5)]) == 3
+            for _ in range(2):
+                await sunary(iter([b"a"]), timeout=5)
+
+        if aio:
+            return steps()
+        for _ in range(3):
+            assert len(list(ustream(b"x", timeout=5))) == 3
+        for _ in range(2):
+            sunary(iter([b"a"]), timeout=5)
+        return None
+
+    run(kind, lb, body)
+    budget = lb.retry_budget
+    assert budget is not None and budget.statistics()["requests"] == 5
+    lb.close()
+
