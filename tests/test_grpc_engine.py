@@ -19,7 +19,8 @@ import clientlb
 import clientlb.grpc
 import clientlb.grpc.aio
 
-from ._grpc_servers import SUNARY, UNARY, USTREAM, GrpcBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend
+from ._helpers import free_port
 
 KINDS = ["sync", "aio"]
 
@@ -115,6 +116,34 @@ def test_retry_switched_off_live_reaches_a_channel_built_before(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_an_endpoint_that_cannot_connect_is_one_connect_failure_for_every_call_shape(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """A dead port, client streams then unary calls: the dead endpoint's only outcome is
+    CONNECT_FAILURE (never CANCELLED for a skip, sync as aio), and no call fails."""
+    dead = f"127.0.0.1:{free_port()}"
+    lb = clientlb.LoadBalancer([dead, backends[0].address], strategy="round_robin",
+                               outlier_detection=None)
+    seen = outcomes_of(lb)
+
+    def body(channel: Any, aio: bool) -> Any:
+        sunary = channel.stream_unary(SUNARY)
+
+        async def steps() -> list[Any]:
+            out = [await sunary(iter([b"a"]), timeout=5) for _ in range(4)]
+            return out + await unary_results(channel, True, 4)  # type: ignore[no-any-return]
+
+        if aio:
+            return steps()
+        return [sunary(iter([b"a"]), timeout=5) for _ in range(4)] + unary_results(
+            channel, False, 4)
+
+    answers = run(kind, lb, body)
+    lb.close()
+    assert answers == [b"b0:1"] * 4 + [b"b0"] * 4
+    assert {o for a, o in seen if a == dead} == {clientlb.Outcome.CONNECT_FAILURE}
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_call_shape_deposits_once_in_the_retry_budget(
         backends: list[GrpcBackend], kind: str) -> None:
     """Server-streaming (and client-streaming) calls deposit in the budget they may draw on:
@@ -142,5 +171,42 @@ def test_every_call_shape_deposits_once_in_the_retry_budget(
     run(kind, lb, body)
     budget = lb.retry_budget
     assert budget is not None and budget.statistics()["requests"] == 5
+    lb.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_and_bidi_streams_never_fail_with_one_dead_endpoint_of_four(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """300 client-streaming and 300 bidi calls over 3 live endpoints and a dead port: none
+    fails, as none does on grpcio's own round_robin (it only sends to READY sub-channels)."""
+    dead = f"127.0.0.1:{free_port()}"
+    lb = clientlb.LoadBalancer([dead, *(b.address for b in backends)], strategy="round_robin",
+                               outlier_detection=None)
+
+    def body(channel: Any, aio: bool) -> Any:
+        sunary = channel.stream_unary(SUNARY)
+        bidi = channel.stream_stream(SSTREAM)
+        failures: list[BaseException] = []
+
+        async def steps() -> list[BaseException]:
+            for _ in range(300):
+                try:
+                    await sunary(iter([b"a"]), timeout=5)
+                    assert [p[:2] async for p in bidi(iter([b"p"]), timeout=5)] == [b"p@"]
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+            return failures
+
+        if aio:
+            return steps()
+        for _ in range(300):
+            try:
+                sunary(iter([b"a"]), timeout=5)
+                assert [p[:2] for p in bidi(iter([b"p"]), timeout=5)] == [b"p@"]
+            except grpc.RpcError as exc:
+                failures.append(exc)
+        return failures
+
+    assert run(kind, lb, body) == []
     lb.close()
 

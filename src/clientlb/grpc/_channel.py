@@ -31,9 +31,9 @@ import grpc
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.outcome import Outcome
-from .._engine.connectivity import _get_scheduler
+from .._engine.connectivity import _get_scheduler, tcp_probe
 from ._common import ChannelConfig
-from ._policy import WAIT, Attempt, RpcCall
+from ._policy import WAIT, Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate
 
 __all__ = ["BalancedChannel"]
@@ -47,6 +47,26 @@ _CANCELLED = Outcome.CANCELLED
 def _later(delay: float, fn: Callable[[], None]) -> None:
     """Run ``fn`` in ``delay`` seconds on the engine's timer thread (no thread per call)."""
     _get_scheduler().call_later(delay, fn)
+
+
+def _connected(sub: SubChannel, timeout: float, early: bool) -> bool:
+    """Wait (at most ``timeout``) for ``sub`` to be READY; see ``connect_verdict``."""
+    verdicts: list[bool] = []
+    ended = threading.Event()
+
+    def on_state(state: grpc.ChannelConnectivity) -> None:
+        verdict = connect_verdict(state, early)
+        if verdict is not None and not verdicts:
+            verdicts.append(verdict)
+            ended.set()
+
+    sub.watched = True
+    sub.channel.subscribe(on_state, try_to_connect=True)
+    try:
+        ended.wait(timeout)
+    finally:
+        sub.channel.unsubscribe(on_state)
+    return verdicts == [True]
 
 
 def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
@@ -87,6 +107,17 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         timer = threading.Timer(_POLL_TICK if sub.watched else 0.0, sub.channel.close)
         timer.daemon = True
         timer.start()
+
+    def _probe(self, endpoint: Endpoint, timeout: float) -> bool:
+        """The balancer's connect probe: True once the endpoint's sub-channel is READY."""
+        sub = self._probe_sub(endpoint)
+        if sub is None:
+            return tcp_probe(endpoint, timeout)
+        try:
+            return _connected(sub, timeout, False)
+        finally:
+            if sub.draining:  # left the target meanwhile: close it if nothing runs on it
+                sub.drain()
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
         if diff.added and self._connect_all:  # someone asked to connect everything
@@ -129,7 +160,14 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
                 compression: Any, how: str = "__call__") -> Any:
         """A client- or bidi-streaming call: one attempt (its requests cannot be replayed)."""
         rpc = RpcCall(self, key[1], None, metadata, timeout, wait_for_ready, replayable=False)
-        attempt = self._start(rpc, key, requests, how, metadata=metadata,
+        attempt = rpc.next()
+        while rpc.must_connect_first(attempt) and not _connected(
+                attempt.sub, rpc.connect_timeout(), True):
+            another = rpc.unready(attempt)
+            attempt = rpc.next()
+            if not another:
+                break  # no endpoint can connect: let grpcio say why
+        attempt = self._start(rpc, key, requests, how, attempt, metadata=metadata,
                               credentials=credentials, compression=compression)
         attempt.call.add_done_callback(functools.partial(_report, rpc, attempt))
         return attempt.call

@@ -76,6 +76,12 @@ _LOCAL_ORIGIN_MARKERS = (
     "empty address list",
 )
 
+# A sub-channel is one address: grpcio's reconnect backoff (up to 120 s) would keep an
+# endpoint that came back unusable long after the balancer's probe (backoff up to 1 s,
+# clientlb._engine.connectivity) saw it return. Unless the caller set it, cap it too.
+_MAX_BACKOFF_OPTION = "grpc.max_reconnect_backoff_ms"
+_MAX_BACKOFF_MS = 1000
+
 _OK = StatusCode.OK
 _CANCELLED = StatusCode.CANCELLED
 _UNAVAILABLE = StatusCode.UNAVAILABLE
@@ -329,8 +335,8 @@ def prepare_channel(lb_or_target: object, lb_options: dict[str, Any],
     """What every channel constructor does first: ``(lb, owns_lb, config, options)``.
 
     Builds (or takes) the balancer, validates the channel's options and adds
-    the authority/TLS-name overrides; a balancer built here is closed again
-    if anything is invalid.
+    the authority/TLS-name overrides and a 1 s cap on grpcio's reconnect backoff
+    (unless given); a balancer built here is closed again if anything is invalid.
     """
     lb, owns = make_lb(lb_or_target, lb_options)
     with close_on_error(lb, owns):
@@ -338,6 +344,8 @@ def prepare_channel(lb_or_target: object, lb_options: dict[str, Any],
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
                               hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
+    if not any(key == _MAX_BACKOFF_OPTION for key, _ in opts):
+        opts += ((_MAX_BACKOFF_OPTION, _MAX_BACKOFF_MS),)
     return lb, owns, config, opts
 
 

@@ -42,13 +42,14 @@ import grpc
 from .._core.errors import NoEndpointAvailable
 from .._core.outcome import Outcome
 from .._engine.call import Completion, LogicalCall
+from .._engine.connectivity import PROBE_TIMEOUT, Connectivity
 from ._common import NoEndpointRpcError, classify
 
 if TYPE_CHECKING:
     from .._core.balancer import Pick
     from ._pool import ChannelBase, SubChannel
 
-__all__ = ["WAIT", "Attempt", "RpcCall"]
+__all__ = ["WAIT", "Attempt", "RpcCall", "connect_verdict"]
 
 #: :meth:`RpcCall.ended`: nothing to start now, other attempts are in flight.
 WAIT = math.inf
@@ -57,6 +58,24 @@ _OK = grpc.StatusCode.OK
 _CANCELLED_CODE = grpc.StatusCode.CANCELLED
 _CANCELLED = Outcome.CANCELLED
 _CONNECT_FAILURE = Outcome.CONNECT_FAILURE
+_READY = grpc.ChannelConnectivity.READY
+_FAILING = grpc.ChannelConnectivity.TRANSIENT_FAILURE
+_SHUTDOWN = grpc.ChannelConnectivity.SHUTDOWN
+
+
+def connect_verdict(state: grpc.ChannelConnectivity, early: bool) -> bool | None:
+    """A sub-channel being waited for is in ``state``: True when READY, False when it
+    cannot connect (shut down; in TRANSIENT_FAILURE, when ``early``), None: wait on.
+
+    ``early=False`` is the connect probe's patience: a sub-channel in grpcio's own
+    reconnect backoff stays in TRANSIENT_FAILURE until it connects, so only READY
+    (or the probe's timeout) ends the wait.
+    """
+    if state is _READY:
+        return True
+    if state is _SHUTDOWN or (early and state is _FAILING):
+        return False
+    return None
 
 
 class Attempt(Completion):
@@ -146,6 +165,39 @@ class RpcCall:
         if len(logical.tried_addresses()) + 1 < len(logical.lb.endpoints()):
             return False
         return wfr
+
+    def must_connect_first(self, attempt: Attempt,
+                           state: grpc.ChannelConnectivity | None = None) -> bool:
+        """Should a call that cannot be replayed wait for its sub-channel to connect?
+
+        grpcio's own balancers only send to READY sub-channels; a client- or
+        bidi-streaming call sent to an endpoint that cannot connect is lost (its
+        requests cannot be sent again). So such a call first waits — at most
+        :meth:`connect_timeout` — until its sub-channel is READY when grpcio says it is
+        not (``state``, where the shell can read it cheaply) or, without ``state``,
+        when no call has reached the endpoint since it was last seen failing (the
+        engine's connectivity). A last candidate with ``wait_for_ready`` lets grpcio
+        wait instead.
+        """
+        if self.logical.replayable or self.wait_for_ready():
+            return False
+        if state is not None:
+            return state is not _READY
+        endpoint = self.channel._lb.state_of(attempt.address)
+        return endpoint is not None and endpoint.connectivity is not Connectivity.READY
+
+    def connect_timeout(self) -> float:
+        """How long a sub-channel may take to connect before its endpoint is skipped."""
+        return self.logical.timeout(PROBE_TIMEOUT) or 0.0
+
+    def unready(self, attempt: Attempt) -> bool:
+        """The attempt's sub-channel did not connect in time: report a connect failure
+        (the call never left); True when another endpoint may take the call."""
+        attempt.finish(_CONNECT_FAILURE)
+        self.in_flight -= 1
+        return self.logical.after_failure(
+            attempt.address, _CONNECT_FAILURE, reached=False, retryable=False,
+            detail="sub-channel not ready", reason="transparent_not_ready") is not None
 
     def report(self, attempt: Attempt, code: grpc.StatusCode | None,
                details: str | None) -> Outcome:

@@ -134,6 +134,20 @@ class ChannelBase:
         self._closed = False
         self._connect_all = False
         lb.add_diff_listener(self._on_diff)
+        # Endpoints in transient failure come back when their sub-channel is READY, not
+        # merely when a TCP handshake works (clientlb._engine.connectivity).
+        self._probe_fn: Callable[[Endpoint, float], bool] = self._probe
+        lb.set_connect_probe(self._probe_fn)
+
+    def _probe(self, endpoint: Endpoint, timeout: float) -> bool:
+        raise NotImplementedError
+
+    def _probe_sub(self, endpoint: Endpoint) -> SubChannel | None:
+        """The sub-channel a probe waits on (None when the channel is closed)."""
+        try:
+            return self._sub(endpoint)
+        except self.closed_error:
+            return None
 
     @property
     def lb(self) -> LoadBalancer:
@@ -167,10 +181,12 @@ class ChannelBase:
         return sub
 
     def _start(self, rpc: RpcCall, key: Key, first: Any, how: str = "__call__",
-               **kwargs: Any) -> Attempt:
-        """Start an attempt of ``rpc`` without waiting for it: ``attempt.call`` is the
-        grpcio call of ``sub.callable(key).<how>(first, timeout=, wait_for_ready=, ...)``."""
-        attempt = rpc.next()
+               attempt: Attempt | None = None, **kwargs: Any) -> Attempt:
+        """Start an attempt of ``rpc`` (``attempt``, or the next one) without waiting for
+        it: ``attempt.call`` is the grpcio call of
+        ``sub.callable(key).<how>(first, timeout=, wait_for_ready=, **kwargs)``."""
+        if attempt is None:
+            attempt = rpc.next()
         try:
             attempt.call = getattr(attempt.sub.callable(key), how)(
                 first, timeout=rpc.timeout(), wait_for_ready=rpc.wait_for_ready(), **kwargs)
@@ -201,6 +217,8 @@ class ChannelBase:
             self._subs.clear()
             self._draining.clear()
         self._lb.remove_listener(self._on_diff)
+        if self._lb._connectivity._probe is self._probe_fn:  # not another channel's
+            self._lb.set_connect_probe(None)
         for sub in subs:
             sub.closed = True
         return subs

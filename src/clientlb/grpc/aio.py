@@ -39,6 +39,7 @@ from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.errors import ConfigError
 from .._core.outcome import Outcome
+from .._engine.connectivity import tcp_probe
 from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     DEFAULT_FAILURE_CODES,
@@ -50,7 +51,7 @@ from ._common import (
     endpoint_target,
     prepare_channel,
 )
-from ._policy import Attempt, RpcCall
+from ._policy import Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate
 
 __all__ = ["BalancedChannel", "Hedging", "insecure_channel", "secure_channel"]
@@ -102,6 +103,29 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         loop = self._loop
         if loop is not None and not loop.is_closed():  # from any thread, on the loop
             loop.call_soon_threadsafe(_background, sub.channel.close())
+
+    def _probe(self, endpoint: Endpoint, timeout: float) -> bool:
+        """The balancer's connect probe (from its probe thread): True once the endpoint's
+        sub-channel, which lives on the channel's loop, is READY."""
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return tcp_probe(endpoint, timeout)
+        probe = asyncio.run_coroutine_threadsafe(self._aprobe(endpoint, timeout), loop)
+        try:
+            return probe.result(timeout + 1.0)
+        except Exception:  # the loop stopped meanwhile
+            probe.cancel()
+            return False
+
+    async def _aprobe(self, endpoint: Endpoint, timeout: float) -> bool:
+        sub = self._probe_sub(endpoint)
+        if sub is None:
+            return False
+        try:
+            return await _connected(sub.channel, timeout, False)
+        finally:
+            if sub.draining:  # left the target meanwhile: close it if nothing runs on it
+                sub.drain()
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
         loop = self._loop
@@ -234,6 +258,21 @@ async def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
         attempt.finish(_CANCELLED)  # nothing when reported above
 
 
+async def _connected(channel: grpc.aio.Channel, timeout: float, early: bool) -> bool:
+    """Wait (at most ``timeout``) for ``channel`` to be READY; see ``connect_verdict``."""
+    async def verdict() -> bool:
+        state = channel.get_state(try_to_connect=True)
+        while (ready := connect_verdict(state, early)) is None:
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+        return ready
+
+    try:
+        return await asyncio.wait_for(verdict(), timeout)
+    except asyncio.TimeoutError:
+        return False
+
+
 async def _status(call: Any) -> tuple[grpc.StatusCode, str | None]:
     """How an attempt ended: ``(code, details)``."""
     try:
@@ -306,7 +345,9 @@ class _StreamCall:
 
     A server-streaming call whose attempt fails before any message came back is
     sent again as the policy allows (``async for`` and ``read()`` carry on with
-    the new attempt); client- and bidi-streaming calls have one attempt.
+    the new attempt). A client- or bidi-streaming call has one attempt, sent once
+    its sub-channel is READY (``RpcCall.must_connect_first``); until then the
+    call's methods wait for it.
     """
 
     def __init__(self, channel: BalancedChannel, rpc: RpcCall, key: Key, request: Any,
@@ -316,13 +357,42 @@ class _StreamCall:
         self._key = key
         self._request = request
         self._kwargs = kwargs
-        self._attempt = self._open()
+        self._opening: asyncio.Future[None] | None = None
+        attempt = self._attempt = rpc.next()
+        if rpc.must_connect_first(attempt, attempt.sub.channel.get_state(True)):
+            self._opening = asyncio.ensure_future(self._connect_first(attempt))
+        else:
+            self._send(attempt)
 
-    def _open(self) -> Attempt:
-        attempt = self._ch._start(self._rpc, self._key, self._request, **self._kwargs)
+    def _send(self, attempt: Attempt | None = None) -> None:
+        attempt = self._ch._start(self._rpc, self._key, self._request, "__call__", attempt,
+                                  **self._kwargs)
         attempt.call.add_done_callback(functools.partial(_report_when_done, self._rpc,
                                                          attempt))
-        return attempt
+        self._attempt = attempt
+
+    async def _connect_first(self, attempt: Attempt) -> None:
+        rpc = self._rpc
+        try:
+            while not await _connected(attempt.sub.channel, rpc.connect_timeout(), True):
+                another = rpc.unready(attempt)
+                attempt = self._attempt = rpc.next()
+                if not another:
+                    break  # no endpoint can connect: let grpc.aio say why
+        except BaseException:
+            attempt.finish(_CANCELLED)  # cancelled before anything was sent
+            raise
+        self._send(attempt)
+
+    def _pending(self) -> asyncio.Future[None] | None:
+        opening = self._opening
+        return None if opening is None or opening.done() else opening
+
+    async def _call(self) -> Any:
+        """The current attempt's call, once sent."""
+        if self._opening is not None:
+            await asyncio.shield(self._opening)
+        return self._attempt.call
 
     async def _failed(self, exc: grpc.aio.AioRpcError) -> bool:
         """The attempt failed: True when another one was started in its place."""
@@ -331,13 +401,14 @@ class _StreamCall:
             return False
         if delay:
             await asyncio.sleep(delay)
-        self._attempt = self._open()
+        self._send()
         return True
 
     def __aiter__(self) -> Any:
         return self._iterate()
 
     async def _iterate(self) -> Any:
+        await self._call()
         while True:
             try:
                 async for item in self._attempt.call:
@@ -351,7 +422,7 @@ class _StreamCall:
     async def read(self) -> Any:
         while True:
             try:
-                item = await self._attempt.call.read()
+                item = await (await self._call()).read()
             except grpc.aio.AioRpcError as exc:
                 if await self._failed(exc):
                     continue
@@ -360,14 +431,50 @@ class _StreamCall:
                 self._rpc.replay = False
             return item
 
+    async def _response(self) -> Any:
+        return await (await self._call())
+
     def __await__(self) -> Generator[Any, None, Any]:  # stream-unary: the response
-        return self._attempt.call.__await__()  # type: ignore[no-any-return]
+        return self._response().__await__()
+
+    def cancel(self) -> bool:
+        opening = self._pending()
+        if opening is None:
+            return bool(self._attempt.call.cancel())
+        return opening.cancel()
+
+    def cancelled(self) -> bool:
+        opening = self._opening
+        if opening is not None and opening.done() and opening.cancelled():
+            return True
+        return self._pending() is None and bool(self._attempt.call.cancelled())
+
+    def done(self) -> bool:
+        opening = self._opening
+        if opening is not None and opening.done() and self._attempt.call is None:
+            return True  # cancelled, or no endpoint, before it was sent
+        return self._pending() is None and bool(self._attempt.call.done())
+
+    def time_remaining(self) -> float | None:
+        return self._rpc.timeout()
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._attempt.call.add_done_callback(lambda _call: callback(self))
+        opening = self._pending()
+        if opening is not None:
+            opening.add_done_callback(lambda _f: self.add_done_callback(callback))
+        elif self._attempt.call is None:
+            callback(self)
+        else:
+            self._attempt.call.add_done_callback(lambda _call: callback(self))
 
     def __getattr__(self, name: str) -> Any:  # the rest of grpc.aio.Call: the attempt's
-        return getattr(self._attempt.call, name)
+        if self._pending() is None:
+            return getattr(self._attempt.call, name)
+
+        async def when_sent(*args: Any) -> Any:
+            return await getattr(await self._call(), name)(*args)
+
+        return when_sent
 
     def __repr__(self) -> str:
         return f"<aio.StreamCall {self._key[1]} on {self._attempt.address}>"
