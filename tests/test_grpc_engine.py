@@ -20,7 +20,7 @@ import clientlb.grpc
 import clientlb.grpc.aio
 
 from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend
-from ._helpers import free_port
+from ._helpers import free_port, wait_until
 
 KINDS = ["sync", "aio"]
 
@@ -208,5 +208,46 @@ def test_client_and_bidi_streams_never_fail_with_one_dead_endpoint_of_four(
         return failures
 
     assert run(kind, lb, body) == []
+    lb.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_cancelled_unary_call_is_cancelled_and_done_at_once(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """cancel() on a call in progress: cancelled() and done() are True right away, as on
+    grpcio's own calls; the endpoint is not blamed."""
+    backends[0].delay = 2.0
+    lb = clientlb.LoadBalancer([backends[0].address])
+    seen = outcomes_of(lb)
+
+    def body(channel: Any, aio: bool) -> Any:
+        unary = channel.unary_unary(UNARY)
+
+        async def steps() -> None:
+            call = unary(b"x", timeout=5)
+            done: list[Any] = []
+            call.add_done_callback(done.append)
+            while backends[0].count() < 1:
+                await asyncio.sleep(0.01)
+            assert call.cancel()
+            assert call.cancelled() and call.done()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert done == [call]
+
+        if aio:
+            return steps()
+        future = unary.future(b"x", timeout=5)
+        wait_until(lambda: backends[0].count() == 1, timeout=5, message="call arrived")
+        assert future.cancel()
+        assert future.cancelled() and future.done()
+        assert future.code() is grpc.StatusCode.CANCELLED
+        with pytest.raises(grpc.FutureCancelledError):
+            future.result()
+        return None
+
+    run(kind, lb, body)
+    wait_until(lambda: seen, timeout=5, message="the attempt's outcome")
+    assert seen == [(backends[0].address, clientlb.Outcome.CANCELLED)]
     lb.close()
 

@@ -374,18 +374,18 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
     # -- grpc.Future ------------------------------------------------------------------------
 
     def cancel(self) -> bool:
+        """Cancel the call: done and cancelled at once, as grpcio's own futures; the
+        attempts in flight are cancelled and report CANCELLED when grpcio ends them."""
         with self._cond:
             if self._final is not None or self._error is not None:
                 return False
             self._cancelled = True
-            calls = [a.call for a in self._live]
-        for call in calls:
-            call.cancel()
+        self._finish(None, grpc.FutureCancelledError())
         return True
 
     def cancelled(self) -> bool:
         with self._cond:
-            return self._final is not None and self._final.cancelled()
+            return self._cancelled
 
     def running(self) -> bool:
         return not self.done()
@@ -402,6 +402,8 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait(timeout)
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
         if self._error is not None:
             return self._error
         exc: BaseException | None = self._final.exception()
@@ -442,6 +444,8 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def code(self) -> grpc.StatusCode:
         self._wait(None)
+        if self._cancelled:
+            return grpc.StatusCode.CANCELLED
         if self._error is not None:
             code = getattr(self._error, "code", None)
             return code() if callable(code) else grpc.StatusCode.UNKNOWN
@@ -450,6 +454,8 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def details(self) -> str | None:
         self._wait(None)
+        if self._cancelled:
+            return "Locally cancelled by application!"
         if self._error is not None:
             return str(self._error)
         details: str | None = self._final.details()

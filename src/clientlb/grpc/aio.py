@@ -582,6 +582,8 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         return await winner.call
 
     def _finish(self, response: Any, error: BaseException | None) -> None:
+        if self._finished:  # cancel() came first
+            return
         self._finished = True
         self._response = response
         self._error = error
@@ -647,13 +649,17 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         return self._rpc.timeout()
 
     def cancel(self) -> bool:
+        """Cancel the call: done and cancelled at once, as grpc.aio's own calls."""
         if self._finished:
             return False
         self._user_cancelled = True
-        if self._attempt is not None:
-            self._attempt.call.cancel()
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.call.cancel()
+            attempt.finish(_CANCELLED)  # nothing when the driver reported it already
         if isinstance(self._driver, asyncio.Task):
             self._driver.cancel()
+        self._finish(None, asyncio.CancelledError())
         return True
 
     def add_done_callback(self, callback: Callable[[Any], None]) -> None:
