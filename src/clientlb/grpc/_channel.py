@@ -34,7 +34,7 @@ from .._core.outcome import Outcome
 from .._engine.connectivity import _get_scheduler, tcp_probe
 from ._common import ChannelConfig
 from ._policy import WAIT, Attempt, RpcCall, connect_verdict
-from ._pool import ChannelBase, Key, SubChannel, aggregate
+from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
 
 __all__ = ["BalancedChannel"]
 
@@ -142,8 +142,10 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         try:
             c = attempt.sub.callable(key)
             result = (c.with_call if with_call else c)(
-                request, timeout=rpc.timeout(), metadata=metadata, credentials=credentials,
-                wait_for_ready=rpc.wait_for_ready(), compression=compression)
+                request, timeout=None if rpc.logical.deadline_at is None else rpc.timeout(),
+                metadata=metadata,
+                credentials=credentials, wait_for_ready=wait_for_ready and rpc.wait_for_ready(),
+                compression=compression)
         except grpc.RpcError as exc:
             delay = rpc.ended(attempt, exc.code(), exc.details())
             if delay is None:
@@ -157,7 +159,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
 
     def _stream(self, key: Key, requests: Iterator[Any], timeout: float | None,
                 metadata: Any, credentials: Any, wait_for_ready: bool | None,
-                compression: Any, how: str = "__call__") -> Any:
+                compression: Any, how: str = "") -> Any:
         """A client- or bidi-streaming call: one attempt (its requests cannot be replayed)."""
         rpc = RpcCall(self, key[1], None, metadata, timeout, wait_for_ready, replayable=False)
         attempt = rpc.next()
@@ -167,36 +169,18 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
             attempt = rpc.next()
             if not another:
                 break  # no endpoint can connect: let grpcio say why
-        attempt = self._start(rpc, key, requests, how, attempt, metadata=metadata,
-                              credentials=credentials, compression=compression)
+        attempt = self._start(rpc, key, requests, {
+            "metadata": metadata, "credentials": credentials, "compression": compression},
+            how, attempt)
         attempt.call.add_done_callback(functools.partial(_report, rpc, attempt))
         return attempt.call
 
     # -- grpc.Channel -----------------------------------------------------------------------
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool = False) -> grpc.UnaryUnaryMultiCallable:
-        return _UnaryUnary(self, ("unary_unary", method, request_serializer,
-                                  response_deserializer, _registered_method))
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool = False) -> grpc.UnaryStreamMultiCallable:
-        return _UnaryStream(self, ("unary_stream", method, request_serializer,
-                                   response_deserializer, _registered_method))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool = False) -> grpc.StreamUnaryMultiCallable:
-        return _StreamUnary(self, ("stream_unary", method, request_serializer,
-                                   response_deserializer, _registered_method))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool = False) -> grpc.StreamStreamMultiCallable:
-        return _StreamStream(self, ("stream_stream", method, request_serializer,
-                                    response_deserializer, _registered_method))
+    unary_unary = multicallable("unary_unary")
+    unary_stream = multicallable("unary_stream")
+    stream_unary = multicallable("stream_unary")
+    stream_stream = multicallable("stream_stream")
 
     # -- connectivity -------------------------------------------------------------------------
 
@@ -314,8 +298,8 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             if self._final is not None or self._error is not None:
                 return
             try:
-                attempt = self._ch._start(self._rpc, self._key, self._request, "future",
-                                          **self._kwargs)
+                attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs,
+                                          "future")
             except BaseException as exc:
                 error: BaseException | None = exc
             else:
@@ -481,7 +465,7 @@ class _ServerStream:
         self._attempt = self._open()
 
     def _open(self) -> Attempt:
-        attempt = self._ch._start(self._rpc, self._key, self._request, **self._kwargs)
+        attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs)
         attempt.call.add_done_callback(functools.partial(_report, self._rpc, attempt))
         return attempt
 
@@ -599,3 +583,7 @@ class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ig
                  wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         return self._ch._stream(self._key, request_iterator, timeout, metadata, credentials,
                                 wait_for_ready, compression)
+
+
+BalancedChannel._callables = {"unary_unary": _UnaryUnary, "unary_stream": _UnaryStream,
+                              "stream_unary": _StreamUnary, "stream_stream": _StreamStream}

@@ -1,6 +1,7 @@
-"""What the sync and asyncio gRPC channels share: outcomes, names, options, policies.
+"""What the sync and asyncio gRPC channels share: outcomes, names, options.
 
-Status codes → outcomes (the issue's rule, configurable with ``failure_codes=``):
+The shells classify their own errors into outcomes (docs/architecture.md,
+"Integrations"). Status codes → outcomes (configurable with ``failure_codes=``):
 
 * ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``INTERNAL``
   and ``UNKNOWN`` are the endpoint's failures — the codes gRFC A50 (outlier
@@ -326,18 +327,24 @@ def close_on_error(lb: LoadBalancer, owns: bool) -> Iterator[None]:
         raise
 
 
-def prepare_channel(lb_or_target: object, lb_options: dict[str, Any],
-                    options: Sequence[tuple[str, Any]] | None, server_name: str | None, *,
-                    failure_codes: object, retryable_codes: object, max_attempts: int | None,
-                    transparent_retries: int | None, hedging: Hedging | None,
-                    hash_key: object) -> tuple[LoadBalancer, bool, ChannelConfig,
-                                               tuple[tuple[str, Any], ...]]:
-    """What every channel constructor does first: ``(lb, owns_lb, config, options)``.
+def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | None, *,
+                    credentials: object = None, server_name: str | None = None,
+                    failure_codes: object = DEFAULT_FAILURE_CODES, retryable_codes: object = (),
+                    max_attempts: int | None = None, transparent_retries: int | None = None,
+                    hedging: Hedging | None = None, hash_key: object = None,
+                    **lb_options: Any) -> tuple[LoadBalancer, bool, ChannelConfig,
+                                                tuple[tuple[str, Any], ...]]:
+    """What every channel constructor (sync and aio) does first, with its keyword
+    arguments (documented at :func:`clientlb.grpc.insecure_channel`):
+    ``(lb, owns_lb, config, options)``.
 
     Builds (or takes) the balancer, validates the channel's options and adds
     the authority/TLS-name overrides and a 1 s cap on grpcio's reconnect backoff
     (unless given); a balancer built here is closed again if anything is invalid.
     """
+    if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
+                          field="credentials")
     lb, owns = make_lb(lb_or_target, lb_options)
     with close_on_error(lb, owns):
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,

@@ -101,10 +101,11 @@ class RpcCall:
         config = channel._config
         lb = channel._lb
         hash_key = config.hash_key
+        source, policy = config._cache  # config.policy(lb), without a call when unchanged
         self.logical = LogicalCall(
             lb, key=None if hash_key is None else hash_key(method, request, metadata),
             replayable=replayable, deadline=timeout, max_unreached=config.max_unreached,
-            policy=config.policy(lb))
+            policy=policy if source is lb.retry_policy else config.policy(lb))
         hedging = config.hedging
         self.hedging = hedging if hedge and hedging is not None and hedging.applies_to(
             method) else None
@@ -145,7 +146,8 @@ class RpcCall:
 
     def timeout(self) -> float | None:
         """The attempt's grpcio ``timeout``: what is left of the call's."""
-        return self.logical.timeout(None)
+        logical = self.logical
+        return None if logical.deadline_at is None else logical.timeout(None)
 
     def wait_for_ready(self) -> bool | None:
         """The attempt's ``wait_for_ready``.
@@ -158,9 +160,11 @@ class RpcCall:
         only the last candidate waits.
         """
         wfr = self.wfr
+        if not wfr:
+            return wfr
         logical = self.logical
         cap = logical.max_unreached
-        if not wfr or logical.policy is None or (cap is not None and logical.unreached >= cap):
+        if logical.policy is None or (cap is not None and logical.unreached >= cap):
             return wfr
         if len(logical.tried_addresses()) + 1 < len(logical.lb.endpoints()):
             return False

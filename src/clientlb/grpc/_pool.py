@@ -29,7 +29,7 @@ from ._common import ChannelConfig
 if TYPE_CHECKING:
     from ._policy import Attempt, RpcCall
 
-__all__ = ["ORDER", "ChannelBase", "Key", "SubChannel", "aggregate"]
+__all__ = ["ORDER", "ChannelBase", "Key", "SubChannel", "aggregate", "multicallable"]
 
 _CANCELLED = Outcome.CANCELLED
 
@@ -49,6 +49,18 @@ ORDER = (
 def aggregate(states: set[grpc.ChannelConnectivity]) -> grpc.ChannelConnectivity:
     """READY when any sub-channel is, else CONNECTING, IDLE, TRANSIENT_FAILURE."""
     return next((s for s in ORDER if s in states), grpc.ChannelConnectivity.IDLE)
+
+
+def multicallable(kind: str) -> Callable[..., Any]:
+    """A channel's ``unary_unary``/``unary_stream``/... method: the channel's
+    ``_callables[kind]`` multicallable for ``(kind, method, serializers, registered)``."""
+    def make(self: Any, method: str, request_serializer: Any = None,
+             response_deserializer: Any = None, _registered_method: bool | None = False) -> Any:
+        return self._callables[kind](self, (kind, method, request_serializer,
+                                            response_deserializer, bool(_registered_method)))
+
+    make.__name__ = make.__qualname__ = kind
+    return make
 
 
 class SubChannel:
@@ -121,6 +133,8 @@ class ChannelBase:
     """
 
     closed_error: ClassVar[type[Exception]] = ValueError
+    #: the multicallable class of each call shape (``multicallable`` makes the methods)
+    _callables: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, lb: LoadBalancer, owns_lb: bool, factory: Callable[[Endpoint], Any],
                  config: ChannelConfig) -> None:
@@ -171,7 +185,7 @@ class ChannelBase:
             sub = self._subs.get(endpoint.address)
             if sub is not None and not sub.draining:
                 return sub
-            sub = SubChannel(endpoint.address, self._factory(endpoint), self._close_sub)
+            sub = self._new_sub(endpoint)
             current = self._lb.state_of(endpoint.address)
             if current is None or current.draining:
                 # Picked just before it left the target: serve this call, then close.
@@ -180,20 +194,27 @@ class ChannelBase:
             self._subs[endpoint.address] = sub
         return sub
 
-    def _start(self, rpc: RpcCall, key: Key, first: Any, how: str = "__call__",
-               attempt: Attempt | None = None, **kwargs: Any) -> Attempt:
+    def _start(self, rpc: RpcCall, key: Key, first: Any, kwargs: dict[str, Any],
+               how: str = "", attempt: Attempt | None = None) -> Attempt:
         """Start an attempt of ``rpc`` (``attempt``, or the next one) without waiting for
-        it: ``attempt.call`` is the grpcio call of
-        ``sub.callable(key).<how>(first, timeout=, wait_for_ready=, **kwargs)``."""
+        it: ``attempt.call`` is the grpcio call of ``sub.callable(key)[.how](first,
+        timeout=, wait_for_ready=, **kwargs)``."""
         if attempt is None:
             attempt = rpc.next()
         try:
-            attempt.call = getattr(attempt.sub.callable(key), how)(
-                first, timeout=rpc.timeout(), wait_for_ready=rpc.wait_for_ready(), **kwargs)
+            start = attempt.sub.callable(key)
+            if how:
+                start = getattr(start, how)
+            attempt.call = start(
+                first, timeout=None if rpc.logical.deadline_at is None else rpc.timeout(),
+                wait_for_ready=rpc.wfr and rpc.wait_for_ready(), **kwargs)
         except BaseException:
             attempt.finish(_CANCELLED)
             raise
         return attempt
+
+    def _new_sub(self, endpoint: Endpoint) -> SubChannel:
+        return SubChannel(endpoint.address, self._factory(endpoint), self._close_sub)
 
     def _drain_removed(self, diff: EndpointSetDiff) -> list[SubChannel]:
         """Drain the sub-channels of the endpoints that left; returns them."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Collection, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 import grpc
@@ -37,14 +37,11 @@ import grpc.aio
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError
 from .._core.outcome import Outcome
 from .._engine.connectivity import tcp_probe
-from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
+from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
-    DEFAULT_FAILURE_CODES,
     ChannelConfig,
-    HashKey,
     Hedging,
     NoEndpointRpcError,
     close_on_error,
@@ -52,7 +49,7 @@ from ._common import (
     prepare_channel,
 )
 from ._policy import Attempt, RpcCall, connect_verdict
-from ._pool import ChannelBase, Key, SubChannel, aggregate
+from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
 
 __all__ = ["BalancedChannel", "Hedging", "insecure_channel", "secure_channel"]
 
@@ -94,10 +91,10 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     # -- sub-channels ---------------------------------------------------------------------
 
-    def _sub(self, endpoint: Endpoint) -> SubChannel:
-        if self._loop is None:
+    def _new_sub(self, endpoint: Endpoint) -> SubChannel:
+        if self._loop is None:  # grpc.aio channels belong to the loop that makes them
             self._loop = asyncio.get_running_loop()
-        return super()._sub(endpoint)
+        return super()._new_sub(endpoint)
 
     def _close_sub(self, sub: SubChannel) -> None:
         loop = self._loop
@@ -150,29 +147,10 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool | None = False) -> Any:
-        return _UnaryUnary(self, ("unary_unary", method, request_serializer,
-                                  response_deserializer, bool(_registered_method)))
-
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        return _Streaming(self, ("unary_stream", method, request_serializer,
-                                 response_deserializer, bool(_registered_method)))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool | None = False) -> Any:
-        return _Streaming(self, ("stream_unary", method, request_serializer,
-                                 response_deserializer, bool(_registered_method)))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool | None = False) -> Any:
-        return _Streaming(self, ("stream_stream", method, request_serializer,
-                                 response_deserializer, bool(_registered_method)))
+    unary_unary = multicallable("unary_unary")
+    unary_stream = multicallable("unary_stream")
+    stream_unary = multicallable("stream_unary")
+    stream_stream = multicallable("stream_stream")
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         """READY when any sub-channel is READY, else CONNECTING, IDLE, TRANSIENT_FAILURE.
@@ -365,8 +343,8 @@ class _StreamCall:
             self._send(attempt)
 
     def _send(self, attempt: Attempt | None = None) -> None:
-        attempt = self._ch._start(self._rpc, self._key, self._request, "__call__", attempt,
-                                  **self._kwargs)
+        attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs, "",
+                                  attempt)
         attempt.call.add_done_callback(functools.partial(_report_when_done, self._rpc,
                                                          attempt))
         self._attempt = attempt
@@ -485,7 +463,7 @@ grpc.aio.StreamUnaryCall.register(_StreamCall)
 grpc.aio.StreamStreamCall.register(_StreamCall)
 
 
-class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     """A unary-unary call across attempts; awaits like grpc.aio's own call.
 
     The first attempt starts at once. ``await call`` drives the attempts in
@@ -514,13 +492,13 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             self._ensure_driver()  # hedges, or the first resolution must be awaited first
         else:
             try:
-                self._launch()
+                self._attempt = channel._start(rpc, key, request, kwargs)
             except NoEndpointRpcError as exc:  # surfaces when awaited, as grpc.aio errors do
                 self._driver = "done"
                 self._finish(None, exc)
 
     def _launch(self) -> Attempt:
-        self._attempt = self._ch._start(self._rpc, self._key, self._request, **self._kwargs)
+        self._attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs)
         return self._attempt
 
     async def _drive(self) -> Any:
@@ -677,20 +655,6 @@ class _UnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         assert self._attempt is not None
         return await getattr(self._attempt.call, name)()
 
-    async def initial_metadata(self) -> Any:
-        return await self._answer("initial_metadata")
-
-    async def trailing_metadata(self) -> Any:
-        return await self._answer("trailing_metadata")
-
-    async def code(self) -> grpc.StatusCode:
-        code: grpc.StatusCode = await self._answer("code")
-        return code
-
-    async def details(self) -> str:
-        details: str = await self._answer("details")
-        return details
-
     async def wait_for_connection(self) -> None:
         await self._wait_finished()
 
@@ -712,39 +676,28 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()  # the error is the caller's, through the call object
 
 
+
+BalancedChannel._callables = dict.fromkeys(("unary_stream", "stream_unary", "stream_stream"),
+                                           _Streaming)
+BalancedChannel._callables["unary_unary"] = _UnaryUnary
+
+
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
     compression: grpc.Compression | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
-    *,
-    server_name: str | None = None,
-    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
-    retryable_codes: Collection[grpc.StatusCode] = (),
-    max_attempts: int | None = None,
-    transparent_retries: int | None = None,
-    hedging: Hedging | None = None,
-    hash_key: str | HashKey | None = None,
-    **lb_options: Any,
+    **kwargs: Any,
 ) -> BalancedChannel:
     """A plaintext ``grpc.aio.Channel`` picking an endpoint per call.
 
-    Arguments as :func:`clientlb.grpc.insecure_channel`, plus ``interceptors``
-    (grpc.aio client interceptors, run once per call, above the retries).
+    Arguments as :func:`clientlb.grpc.insecure_channel` (``server_name=``,
+    ``failure_codes=``, ``retryable_codes=``, ``max_attempts=``,
+    ``transparent_retries=``, ``hedging=``, ``hash_key=`` and the balancer's
+    options), plus ``interceptors`` (grpc.aio client interceptors, run once per
+    call, above the retries).
     """
-    lb, owns, config, opts = prepare_channel(
-        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
-        retryable_codes=retryable_codes, max_attempts=max_attempts,
-        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
-    with close_on_error(lb, owns):
-        unary_chain, stream_chain = split_interceptors(interceptors)
-
-    def factory(endpoint: Endpoint) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(endpoint_target(endpoint), options=opts,
-                                         compression=compression, interceptors=stream_chain)
-
-    return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config,
-                           interceptors=unary_chain)
+    return _open(lb_or_target, None, options, compression, interceptors, kwargs)
 
 
 def secure_channel(
@@ -753,34 +706,33 @@ def secure_channel(
     options: Sequence[tuple[str, Any]] | None = None,
     server_name: str | None = None,
     *,
-    compression: grpc.Compression | None = None,
     interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
-    failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
-    retryable_codes: Collection[grpc.StatusCode] = (),
-    max_attempts: int | None = None,
-    transparent_retries: int | None = None,
-    hedging: Hedging | None = None,
-    hash_key: str | HashKey | None = None,
-    **lb_options: Any,
+    compression: grpc.Compression | None = None,
+    **kwargs: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
 
     Arguments as :func:`clientlb.grpc.secure_channel` and :func:`insecure_channel`.
     """
-    if not isinstance(credentials, grpc.ChannelCredentials):
-        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
-                          field="credentials")
-    lb, owns, config, opts = prepare_channel(
-        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
-        retryable_codes=retryable_codes, max_attempts=max_attempts,
-        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
+    return _open(lb_or_target, credentials, options, compression, interceptors,
+                 {"server_name": server_name, **kwargs})
+
+
+def _open(lb_or_target: Any, credentials: grpc.ChannelCredentials | None,
+          options: Sequence[tuple[str, Any]] | None, compression: grpc.Compression | None,
+          interceptors: object, kwargs: dict[str, Any]) -> BalancedChannel:
+    lb, owns, config, opts = prepare_channel(lb_or_target, options, credentials=credentials,
+                                             **kwargs)
     with close_on_error(lb, owns):
         unary_chain, stream_chain = split_interceptors(interceptors)
 
     def factory(endpoint: Endpoint) -> grpc.aio.Channel:
-        return grpc.aio.secure_channel(endpoint_target(endpoint), credentials, options=opts,
+        target = endpoint_target(endpoint)
+        if credentials is None:
+            return grpc.aio.insecure_channel(target, options=opts, compression=compression,
+                                             interceptors=stream_chain)
+        return grpc.aio.secure_channel(target, credentials, options=opts,
                                        compression=compression, interceptors=stream_chain)
 
     return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config,
                            interceptors=unary_chain)
-
