@@ -8,6 +8,7 @@ same state machine (clientlb/grpc/_policy.py).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -251,3 +252,81 @@ def test_a_cancelled_unary_call_is_cancelled_and_done_at_once(
     assert seen == [(backends[0].address, clientlb.Outcome.CANCELLED)]
     lb.close()
 
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_endpoint_that_comes_back_is_ready_again_through_its_sub_channel(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """A dead endpoint is left out of picks; once a server listens on its port again, the
+    channel's connect probe (its sub-channel READY) puts it back, streams included."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    lb = clientlb.LoadBalancer([address, backends[0].address], strategy="round_robin",
+                               outlier_detection=None)
+    revived: list[GrpcBackend] = []
+
+    def connectivity() -> str:
+        return lb.snapshot().by_address()[address].connectivity
+
+    def revive() -> None:
+        revived.append(GrpcBackend("revived", port=port))
+
+    def body(channel: Any, aio: bool) -> Any:
+        sunary = channel.stream_unary(SUNARY)
+
+        async def steps() -> set[bytes]:
+            await unary_results(channel, True, 2)
+            assert connectivity() != "ready"
+            revive()
+            while connectivity() != "ready":
+                await asyncio.sleep(0.02)
+            return {await sunary(iter([b"a"]), timeout=5) for _ in range(6)}
+
+        if aio:
+            return steps()
+        unary_results(channel, False, 2)
+        assert connectivity() != "ready"
+        revive()
+        wait_until(lambda: connectivity() == "ready", timeout=10, message="probe succeeded")
+        return {sunary(iter([b"a"]), timeout=5) for _ in range(6)}
+
+    try:
+        answers = run(kind, lb, body)
+    finally:
+        lb.close()
+        for server in revived:
+            server.stop()
+    assert answers == {b"b0:1", b"revived:1"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_timeout_bounds_the_whole_call_across_its_retries(
+        backends: list[GrpcBackend], kind: str) -> None:
+    """timeout= is the logical call's deadline: attempts that each take 0.3 s and are
+    retried (UNAVAILABLE declared retryable, 5 attempts) end the call within about 0.6 s."""
+    for b in backends:
+        b.delay = 0.3
+        b.status = grpc.StatusCode.UNAVAILABLE
+    lb = clientlb.LoadBalancer([b.address for b in backends], outlier_detection=None)
+
+    def body(channel: Any, aio: bool) -> Any:
+        unary = channel.unary_unary(UNARY)
+
+        async def one() -> float:
+            start = time.monotonic()
+            with pytest.raises(grpc.RpcError):
+                await unary(b"x", timeout=0.6)
+            return time.monotonic() - start
+
+        if aio:
+            return one()
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            unary(b"x", timeout=0.6)
+        return time.monotonic() - start
+
+    elapsed = run(kind, lb, body, retryable_codes={grpc.StatusCode.UNAVAILABLE},
+                  max_attempts=5)
+    lb.close()
+    assert 0.3 <= elapsed < 1.2
+    assert sum(b.count() for b in backends) <= 3
