@@ -21,10 +21,20 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+import clientlb
+
 UNARY = "/demo.Echo/Unary"
 USTREAM = "/demo.Echo/UStream"
 SUNARY = "/demo.Echo/SUnary"
 SSTREAM = "/demo.Echo/SStream"
+
+
+def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
+    """The ``(address, outcome)`` of every outcome ``lb`` reports from now on."""
+    seen: list[tuple[str, clientlb.Outcome]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome)))
+    return seen
 
 
 class GrpcBackend:

@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -17,23 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import clientlb
 import clientlb.grpc
 
-from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend, outcomes_of
 from ._helpers import free_port, wait_until
-
-
-@pytest.fixture
-def backends() -> Iterator[list[GrpcBackend]]:
-    servers = [GrpcBackend(f"b{i}") for i in range(3)]
-    yield servers
-    for s in servers:
-        s.stop()
-
-
-def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
-    seen: list[tuple[str, clientlb.Outcome]] = []
-    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
-        (state.address, outcome)))
-    return seen
 
 
 @pytest.mark.parametrize("strategy", ["round_robin", "random", "least_request", "peak_ewma"])

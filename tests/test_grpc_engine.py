@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -20,25 +20,10 @@ import clientlb
 import clientlb.grpc
 import clientlb.grpc.aio
 
-from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, outcomes_of
 from ._helpers import free_port, wait_until
 
 KINDS = ["sync", "aio"]
-
-
-@pytest.fixture
-def backends() -> Iterator[list[GrpcBackend]]:
-    servers = [GrpcBackend(f"b{i}") for i in range(3)]
-    yield servers
-    for s in servers:
-        s.stop()
-
-
-def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
-    seen: list[tuple[str, clientlb.Outcome]] = []
-    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
-        (state.address, outcome)))
-    return seen
 
 
 def run(kind: str, lb: clientlb.LoadBalancer, body: Callable[[Any, bool], Any],

@@ -31,7 +31,7 @@ import grpc
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.outcome import Outcome
-from .._engine.connectivity import _get_scheduler, tcp_probe
+from .._engine import connectivity
 from ._common import ChannelConfig
 from ._policy import WAIT, Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
@@ -46,7 +46,7 @@ _CANCELLED = Outcome.CANCELLED
 
 def _later(delay: float, fn: Callable[[], None]) -> None:
     """Run ``fn`` in ``delay`` seconds on the engine's timer thread (no thread per call)."""
-    _get_scheduler().call_later(delay, fn)
+    connectivity._get_scheduler().call_later(delay, fn)
 
 
 def _connected(sub: SubChannel, timeout: float, early: bool) -> bool:
@@ -112,7 +112,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         """The balancer's connect probe: True once the endpoint's sub-channel is READY."""
         sub = self._probe_sub(endpoint)
         if sub is None:
-            return tcp_probe(endpoint, timeout)
+            return connectivity.tcp_probe(endpoint, timeout)
         try:
             return _connected(sub, timeout, False)
         finally:

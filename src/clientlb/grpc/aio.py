@@ -38,7 +38,7 @@ import grpc.aio
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.outcome import Outcome
-from .._engine.connectivity import tcp_probe
+from .._engine import connectivity
 from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     ChannelConfig,
@@ -106,7 +106,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         sub-channel, which lives on the channel's loop, is READY."""
         loop = self._loop
         if loop is None or not loop.is_running():
-            return tcp_probe(endpoint, timeout)
+            return connectivity.tcp_probe(endpoint, timeout)
         probe = asyncio.run_coroutine_threadsafe(self._aprobe(endpoint, timeout), loop)
         try:
             return probe.result(timeout + 1.0)
