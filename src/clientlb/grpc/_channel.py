@@ -46,7 +46,7 @@ _CANCELLED = Outcome.CANCELLED
 
 def _later(delay: float, fn: Callable[[], None]) -> None:
     """Run ``fn`` in ``delay`` seconds on the engine's timer thread (no thread per call)."""
-    connectivity._get_scheduler().call_later(delay, fn)
+    connectivity.call_later(delay, fn)
 
 
 def _connected(sub: SubChannel, timeout: float, early: bool) -> bool:
@@ -90,8 +90,8 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
 
     # -- sub-channels ---------------------------------------------------------------------
 
-    def _sub(self, endpoint: Endpoint) -> SubChannel:
-        sub = super()._sub(endpoint)
+    def sub_channel(self, endpoint: Endpoint) -> SubChannel:
+        sub = super().sub_channel(endpoint)
         if self._subscribers and sub.watcher is None:
             self._watch(sub, False)
         return sub
@@ -123,7 +123,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         if diff.added and self._connect_all:  # someone asked to connect everything
             for ep in diff.added:
                 try:
-                    self._watch(self._sub(ep), True)
+                    self._watch(self.sub_channel(ep), True)
                 except ValueError:  # closed meanwhile
                     return
         if self._drain_removed(diff):
@@ -169,13 +169,16 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
             attempt = rpc.next()
             if not another:
                 break  # no endpoint can connect: let grpcio say why
-        attempt = self._start(rpc, key, requests, {
+        attempt = self.start_attempt(rpc, key, requests, {
             "metadata": metadata, "credentials": credentials, "compression": compression},
             how, attempt)
         attempt.call.add_done_callback(functools.partial(_report, rpc, attempt))
         return attempt.call
 
     # -- grpc.Channel -----------------------------------------------------------------------
+
+    def _multicallable(self, key: Key) -> Any:
+        return _CALLABLES[key[0]](self, key)
 
     unary_unary = multicallable("unary_unary")
     unary_stream = multicallable("unary_stream")
@@ -197,7 +200,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
             self._connect_all = True  # endpoints discovered later are connected too
             try:
                 for ep in self._lb.endpoints():
-                    self._sub(ep)
+                    self.sub_channel(ep)
             except ValueError:
                 pass
         if first or try_to_connect:
@@ -298,7 +301,7 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             if self._final is not None or self._error is not None:
                 return
             try:
-                attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs,
+                attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs,
                                           "future")
             except BaseException as exc:
                 error: BaseException | None = exc
@@ -465,7 +468,7 @@ class _ServerStream:
         self._attempt = self._open()
 
     def _open(self) -> Attempt:
-        attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs)
+        attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs)
         attempt.call.add_done_callback(functools.partial(_report, self._rpc, attempt))
         return attempt
 
@@ -585,5 +588,6 @@ class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ig
                                 wait_for_ready, compression)
 
 
-BalancedChannel._callables = {"unary_unary": _UnaryUnary, "unary_stream": _UnaryStream,
-                              "stream_unary": _StreamUnary, "stream_stream": _StreamStream}
+_CALLABLES: dict[str, type[_MultiCallable]] = {
+    "unary_unary": _UnaryUnary, "unary_stream": _UnaryStream,
+    "stream_unary": _StreamUnary, "stream_stream": _StreamStream}

@@ -98,14 +98,13 @@ class RpcCall:
     def __init__(self, channel: ChannelBase, method: str, request: Any, metadata: Any,
                  timeout: float | None, wait_for_ready: bool | None, *,
                  replayable: bool = True, hedge: bool = False) -> None:
-        config = channel._config
-        lb = channel._lb
+        config = channel.config
+        lb = channel.lb
         hash_key = config.hash_key
-        source, policy = config._cache  # config.policy(lb), without a call when unchanged
         self.logical = LogicalCall(
             lb, key=None if hash_key is None else hash_key(method, request, metadata),
             replayable=replayable, deadline=timeout, max_unreached=config.max_unreached,
-            policy=policy if source is lb.retry_policy else config.policy(lb))
+            policy=config.policy(lb))
         hedging = config.hedging
         self.hedging = hedging if hedge and hedging is not None and hedging.applies_to(
             method) else None
@@ -128,13 +127,13 @@ class RpcCall:
         """
         channel = self.channel
         while True:
-            if channel._closed:  # checked before the pick: no pick is left in flight
+            if channel.closed:  # checked before the pick: no pick is left in flight
                 raise channel.closed_error("Cannot invoke RPC on closed channel!")
             try:
                 pick = self.logical.pick()
             except NoEndpointAvailable as exc:
                 raise NoEndpointRpcError(exc) from exc
-            sub = channel._sub(pick.endpoint)
+            sub = channel.sub_channel(pick.endpoint)
             if sub.acquire():
                 break
             pick.done(_CANCELLED)  # closed between the pick and now: pick again
@@ -187,7 +186,7 @@ class RpcCall:
             return False
         if state is not None:
             return state is not _READY
-        endpoint = self.channel._lb.state_of(attempt.address)
+        endpoint = self.logical.lb.state_of(attempt.address)
         return endpoint is not None and endpoint.connectivity is not Connectivity.READY
 
     def connect_timeout(self) -> float:

@@ -16,6 +16,7 @@ closed once the calls it carries have ended (drained), never under them.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -53,11 +54,11 @@ def aggregate(states: set[grpc.ChannelConnectivity]) -> grpc.ChannelConnectivity
 
 def multicallable(kind: str) -> Callable[..., Any]:
     """A channel's ``unary_unary``/``unary_stream``/... method: the channel's
-    ``_callables[kind]`` multicallable for ``(kind, method, serializers, registered)``."""
+    multicallable for ``(kind, method, serializers, registered)``."""
     def make(self: Any, method: str, request_serializer: Any = None,
              response_deserializer: Any = None, _registered_method: bool | None = False) -> Any:
-        return self._callables[kind](self, (kind, method, request_serializer,
-                                            response_deserializer, bool(_registered_method)))
+        return self._multicallable((kind, method, request_serializer, response_deserializer,
+                                    bool(_registered_method)))
 
     make.__name__ = make.__qualname__ = kind
     return make
@@ -124,6 +125,11 @@ class SubChannel:
         return f"<SubChannel {self.address} {status} in_flight={self.in_flight}>"
 
 
+#: which channel's connect probe each balancer uses (the last channel built on it)
+_PROBE_OWNERS: weakref.WeakKeyDictionary[LoadBalancer, ChannelBase] = \
+    weakref.WeakKeyDictionary()
+
+
 class ChannelBase:
     """The sub-channels of a balanced channel and what every call needs from it.
 
@@ -133,15 +139,14 @@ class ChannelBase:
     """
 
     closed_error: ClassVar[type[Exception]] = ValueError
-    #: the multicallable class of each call shape (``multicallable`` makes the methods)
-    _callables: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, lb: LoadBalancer, owns_lb: bool, factory: Callable[[Endpoint], Any],
                  config: ChannelConfig) -> None:
         self._lb = lb
         self._owns_lb = owns_lb
         self._factory = factory
-        self._config = config
+        #: the channel's own options (the retry policy and budget are the balancer's)
+        self.config = config
         self._subs: dict[str, SubChannel] = {}
         self._draining: list[SubChannel] = []
         self._lock = threading.Lock()
@@ -150,8 +155,8 @@ class ChannelBase:
         lb.add_diff_listener(self._on_diff)
         # Endpoints in transient failure come back when their sub-channel is READY, not
         # merely when a TCP handshake works (clientlb._engine.connectivity).
-        self._probe_fn: Callable[[Endpoint, float], bool] = self._probe
-        lb.set_connect_probe(self._probe_fn)
+        lb.set_connect_probe(self._probe)
+        _PROBE_OWNERS[lb] = self
 
     def _probe(self, endpoint: Endpoint, timeout: float) -> bool:
         raise NotImplementedError
@@ -159,7 +164,7 @@ class ChannelBase:
     def _probe_sub(self, endpoint: Endpoint) -> SubChannel | None:
         """The sub-channel a probe waits on (None when the channel is closed)."""
         try:
-            return self._sub(endpoint)
+            return self.sub_channel(endpoint)
         except self.closed_error:
             return None
 
@@ -168,13 +173,21 @@ class ChannelBase:
         """The balancer that picks an endpoint for every call."""
         return self._lb
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def _close_sub(self, sub: SubChannel) -> None:
+        raise NotImplementedError
+
+    def _multicallable(self, key: Key) -> Any:
+        """The multicallable of ``key`` (``multicallable`` makes the four methods)."""
         raise NotImplementedError
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
         raise NotImplementedError
 
-    def _sub(self, endpoint: Endpoint) -> SubChannel:
+    def sub_channel(self, endpoint: Endpoint) -> SubChannel:
         """The sub-channel of ``endpoint``, created on first use."""
         sub = self._subs.get(endpoint.address)
         if sub is not None and not sub.draining:
@@ -194,8 +207,8 @@ class ChannelBase:
             self._subs[endpoint.address] = sub
         return sub
 
-    def _start(self, rpc: RpcCall, key: Key, first: Any, kwargs: dict[str, Any],
-               how: str = "", attempt: Attempt | None = None) -> Attempt:
+    def start_attempt(self, rpc: RpcCall, key: Key, first: Any, kwargs: dict[str, Any],
+                      how: str = "", attempt: Attempt | None = None) -> Attempt:
         """Start an attempt of ``rpc`` (``attempt``, or the next one) without waiting for
         it: ``attempt.call`` is the grpcio call of ``sub.callable(key)[.how](first,
         timeout=, wait_for_ready=, **kwargs)``."""
@@ -238,7 +251,8 @@ class ChannelBase:
             self._subs.clear()
             self._draining.clear()
         self._lb.remove_listener(self._on_diff)
-        if self._lb._connectivity._probe is self._probe_fn:  # not another channel's
+        if _PROBE_OWNERS.get(self._lb) is self:  # not another channel's probe
+            del _PROBE_OWNERS[self._lb]
             self._lb.set_connect_probe(None)
         for sub in subs:
             sub.closed = True

@@ -141,11 +141,14 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         self._drain_removed(diff)
         if diff.added and self._connect_all and not self._closed:
             for ep in diff.added:  # someone asked to connect everything: these too
-                self._sub(ep).channel.get_state(try_to_connect=True)
+                self.sub_channel(ep).channel.get_state(try_to_connect=True)
         if self._changed is not None:
             self._changed.set()  # wake wait_for_state_change: the set of endpoints moved
 
     # -- grpc.aio.Channel -------------------------------------------------------------------
+
+    def _multicallable(self, key: Key) -> Any:
+        return (_UnaryUnary if key[0] == "unary_unary" else _Streaming)(self, key)
 
     unary_unary = multicallable("unary_unary")
     unary_stream = multicallable("unary_stream")
@@ -160,7 +163,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         if try_to_connect and not self._closed:
             self._connect_all = True  # endpoints discovered later are connected too
             for ep in self._lb.endpoints():
-                self._sub(ep)
+                self.sub_channel(ep)
         if self._closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         return aggregate({s.channel.get_state(try_to_connect) for s in self._subs.values()})
@@ -178,7 +181,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
                 return
             if not self._subs:
                 for ep in self._lb.endpoints():
-                    self._sub(ep)
+                    self.sub_channel(ep)
             changed = self._changed
             changed.clear()
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(changed.wait())]
@@ -343,7 +346,7 @@ class _StreamCall:
             self._send(attempt)
 
     def _send(self, attempt: Attempt | None = None) -> None:
-        attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs, "",
+        attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs, "",
                                   attempt)
         attempt.call.add_done_callback(functools.partial(_report_when_done, self._rpc,
                                                          attempt))
@@ -492,19 +495,19 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             self._ensure_driver()  # hedges, or the first resolution must be awaited first
         else:
             try:
-                self._attempt = channel._start(rpc, key, request, kwargs)
+                self._attempt = channel.start_attempt(rpc, key, request, kwargs)
             except NoEndpointRpcError as exc:  # surfaces when awaited, as grpc.aio errors do
                 self._driver = "done"
                 self._finish(None, exc)
 
     def _launch(self) -> Attempt:
-        self._attempt = self._ch._start(self._rpc, self._key, self._request, self._kwargs)
+        self._attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs)
         return self._attempt
 
     async def _drive(self) -> Any:
         rpc = self._rpc
         if self._attempt is None:
-            await self._ch._lb.wait_ready_async()
+            await self._ch.lb.wait_ready_async()
             if rpc.hedging is not None:
                 return await self._hedged(rpc)
             self._launch()
@@ -675,11 +678,6 @@ def _consume(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # the error is the caller's, through the call object
 
-
-
-BalancedChannel._callables = dict.fromkeys(("unary_stream", "stream_unary", "stream_stream"),
-                                           _Streaming)
-BalancedChannel._callables["unary_unary"] = _UnaryUnary
 
 
 def insecure_channel(
