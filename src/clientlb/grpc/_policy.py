@@ -14,7 +14,11 @@ start grpcio calls, wait and sleep as they are told, so the two cannot disagree:
   (``_common.classify``: "failed to connect" ``UNAVAILABLE`` is a
   ``CONNECT_FAILURE``, any other ``UNAVAILABLE`` a ``GATEWAY_FAILURE``) and say
   what follows — ``None``: this attempt's answer is the call's; a delay: start
-  another attempt after it; :data:`WAIT`: nothing now (hedges in flight).
+  another attempt after it; :data:`WAIT`: nothing now (hedges in flight);
+* :meth:`RpcCall.must_connect_first` / :meth:`RpcCall.unready` — a call that
+  cannot be replayed (client and bidi streams) is only sent on a READY
+  sub-channel, as gRPC's own balancers only pick READY sub-channels; one that
+  does not connect in time is that attempt's ``CONNECT_FAILURE``.
 
 The retry rule is the engine's, gRFC A6's in gRPC words: an attempt that never
 reached a server is retried at once on another endpoint (*transparent retry*,
