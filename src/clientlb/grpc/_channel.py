@@ -199,7 +199,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         if try_to_connect:
             self._connect_all = True  # endpoints discovered later are connected too
             try:
-                for ep in self._lb.endpoints():
+                for ep in self.lb.endpoints():
                     self.sub_channel(ep)
             except ValueError:
                 pass
@@ -228,7 +228,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
 
     def _update_state(self) -> None:
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
             new = aggregate({s.state for s in self._subs.values() if s.state is not None})
             if new is self._state:
@@ -257,7 +257,7 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
             else:
                 sub.channel.close()
         if self._owns_lb:
-            self._lb.close()
+            self.lb.close()
 
     def __enter__(self) -> BalancedChannel:
         return self

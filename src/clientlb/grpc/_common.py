@@ -210,8 +210,8 @@ class ChannelConfig:
     policy object changes.
     """
 
-    __slots__ = ("_cache", "failure_codes", "hash_key", "hedging", "max_attempts",
-                 "max_unreached", "retryable_codes")
+    __slots__ = ("failure_codes", "hash_key", "hedging", "max_attempts", "max_unreached",
+                 "policy_cache", "retryable_codes")
 
     def __init__(self, *, failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
                  retryable_codes: frozenset[grpc.StatusCode] = frozenset(),
@@ -223,12 +223,13 @@ class ChannelConfig:
         self.max_unreached = max_unreached
         self.hedging = hedging
         self.hash_key = hash_key
-        self._cache: tuple[object, RetryPolicy | None] = (None, None)
+        #: ``(the balancer's policy, the policy derived from it)``, see :meth:`policy`
+        self.policy_cache: tuple[object, RetryPolicy | None] = (None, None)
 
     def policy(self, lb: LoadBalancer) -> RetryPolicy | None:
         """The balancer's current policy with this channel's ``max_attempts`` on top."""
         live = lb.retry_policy
-        source, derived = self._cache
+        source, derived = self.policy_cache
         if source is live:
             return derived
         derived = live
@@ -236,7 +237,7 @@ class ChannelConfig:
             attempts = self.max_attempts or min(live.attempts, 5)  # gRFC A6 caps at 5
             if attempts != live.attempts:
                 derived = replace(live, attempts=attempts)
-        self._cache = (live, derived)
+        self.policy_cache = (live, derived)
         return derived
 
 

@@ -96,25 +96,24 @@ class Attempt(Completion):
 class RpcCall:
     """The policy of one logical gRPC call (see the module doc); not thread-safe."""
 
-    __slots__ = ("attempts", "channel", "done", "failure_codes", "hedge_ok", "hedging",
-                 "in_flight", "logical", "replay", "retryable_codes", "wfr")
+    __slots__ = ("attempts", "channel", "config", "done", "hedge_ok", "hedging", "in_flight",
+                 "logical", "replay", "wfr")
 
     def __init__(self, channel: ChannelBase, method: str, request: Any, metadata: Any,
                  timeout: float | None, wait_for_ready: bool | None, *,
                  replayable: bool = True, hedge: bool = False) -> None:
-        config = channel.config
+        self.config = config = channel.config
         lb = channel.lb
         hash_key = config.hash_key
+        source, policy = config.policy_cache  # config.policy(lb) without a call, mostly
         self.logical = LogicalCall(
             lb, key=None if hash_key is None else hash_key(method, request, metadata),
             replayable=replayable, deadline=timeout, max_unreached=config.max_unreached,
-            policy=config.policy(lb))
+            policy=policy if source is lb.retry_policy else config.policy(lb))
         hedging = config.hedging
         self.hedging = hedging if hedge and hedging is not None and hedging.applies_to(
             method) else None
         self.channel = channel
-        self.failure_codes = config.failure_codes
-        self.retryable_codes = config.retryable_codes
         self.wfr = wait_for_ready
         #: may a failed attempt be replaced? Never for client streams (their requests
         #: are an iterator), and no longer once a server stream's first message came.
@@ -209,7 +208,7 @@ class RpcCall:
     def report(self, attempt: Attempt, code: grpc.StatusCode | None,
                details: str | None) -> Outcome:
         """Finish the attempt's completion with the outcome of ``code``."""
-        outcome = classify(code, details, self.failure_codes)
+        outcome = classify(code, details, self.config.failure_codes)
         attempt.finish(outcome)
         return outcome
 
@@ -224,7 +223,7 @@ class RpcCall:
         if not self.replay:
             self.done = True
             return None
-        return self.decide(attempt, classify(code, details, self.failure_codes), code)
+        return self.decide(attempt, classify(code, details, self.config.failure_codes), code)
 
     def decide(self, attempt: Attempt, outcome: Outcome,
                code: grpc.StatusCode | None) -> float | None:
@@ -238,7 +237,8 @@ class RpcCall:
         reached = outcome is not _CONNECT_FAILURE
         hedging = self.hedging
         if hedging is not None:
-            if not reached or code in hedging.non_fatal_codes or code in self.retryable_codes:
+            retryable = self.config.retryable_codes
+            if not reached or code in hedging.non_fatal_codes or code in retryable:
                 if self.hedge():
                     return 0.0
                 if self.in_flight:
@@ -247,7 +247,8 @@ class RpcCall:
             return None
         name = code.name.lower()
         delay = self.logical.after_failure(
-            attempt.address, outcome, reached=reached, retryable=code in self.retryable_codes,
+            attempt.address, outcome, reached=reached,
+            retryable=code in self.config.retryable_codes,
             detail=code.name, reason=name if reached else f"transparent_{name}")
         if delay is None:
             self.done = True

@@ -142,7 +142,8 @@ class ChannelBase:
 
     def __init__(self, lb: LoadBalancer, owns_lb: bool, factory: Callable[[Endpoint], Any],
                  config: ChannelConfig) -> None:
-        self._lb = lb
+        #: the balancer that picks an endpoint for every call
+        self.lb = lb
         self._owns_lb = owns_lb
         self._factory = factory
         #: the channel's own options (the retry policy and budget are the balancer's)
@@ -150,7 +151,8 @@ class ChannelBase:
         self._subs: dict[str, SubChannel] = {}
         self._draining: list[SubChannel] = []
         self._lock = threading.Lock()
-        self._closed = False
+        #: True once the channel is closed (calls then raise ``closed_error``)
+        self.closed = False
         self._connect_all = False
         lb.add_diff_listener(self._on_diff)
         # Endpoints in transient failure come back when their sub-channel is READY, not
@@ -168,14 +170,6 @@ class ChannelBase:
         except self.closed_error:
             return None
 
-    @property
-    def lb(self) -> LoadBalancer:
-        """The balancer that picks an endpoint for every call."""
-        return self._lb
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def _close_sub(self, sub: SubChannel) -> None:
         raise NotImplementedError
@@ -193,13 +187,13 @@ class ChannelBase:
         if sub is not None and not sub.draining:
             return sub
         with self._lock:
-            if self._closed:
+            if self.closed:
                 raise self.closed_error("Cannot invoke RPC on closed channel!")
             sub = self._subs.get(endpoint.address)
             if sub is not None and not sub.draining:
                 return sub
             sub = self._new_sub(endpoint)
-            current = self._lb.state_of(endpoint.address)
+            current = self.lb.state_of(endpoint.address)
             if current is None or current.draining:
                 # Picked just before it left the target: serve this call, then close.
                 sub.draining = True
@@ -244,16 +238,16 @@ class ChannelBase:
     def _take_all(self) -> list[SubChannel] | None:
         """Close the channel: every sub-channel (None when it was closed already)."""
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return None
-            self._closed = True
+            self.closed = True
             subs = [*self._subs.values(), *self._draining]
             self._subs.clear()
             self._draining.clear()
-        self._lb.remove_listener(self._on_diff)
-        if _PROBE_OWNERS.get(self._lb) is self:  # not another channel's probe
-            del _PROBE_OWNERS[self._lb]
-            self._lb.set_connect_probe(None)
+        self.lb.remove_listener(self._on_diff)
+        if _PROBE_OWNERS.get(self.lb) is self:  # not another channel's probe
+            del _PROBE_OWNERS[self.lb]
+            self.lb.set_connect_probe(None)
         for sub in subs:
             sub.closed = True
         return subs
@@ -273,6 +267,6 @@ class ChannelBase:
     def _describe(self, kind: str, status: str) -> str:
         subs = self.sub_channels()
         draining = sum(1 for v in subs.values() if v == "draining")
-        status = "closed" if self._closed else status
-        return (f"<{kind} {self._lb.name!r} [{len(subs)} sub-channels, "
+        status = "closed" if self.closed else status
+        return (f"<{kind} {self.lb.name!r} [{len(subs)} sub-channels, "
                 f"{draining} draining] {status}>")

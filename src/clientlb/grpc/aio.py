@@ -86,7 +86,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     def _check_ready(self) -> bool:
         """Whether the balancer's first resolution finished (remembered once true)."""
-        self._ready = self._lb.wait_ready(0)
+        self._ready = self.lb.wait_ready(0)
         return self._ready
 
     # -- sub-channels ---------------------------------------------------------------------
@@ -139,7 +139,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     def _apply_diff(self, diff: EndpointSetDiff) -> None:
         self._drain_removed(diff)
-        if diff.added and self._connect_all and not self._closed:
+        if diff.added and self._connect_all and not self.closed:
             for ep in diff.added:  # someone asked to connect everything: these too
                 self.sub_channel(ep).channel.get_state(try_to_connect=True)
         if self._changed is not None:
@@ -160,11 +160,11 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
         ``try_to_connect`` opens and connects a sub-channel to every endpoint.
         """
-        if try_to_connect and not self._closed:
+        if try_to_connect and not self.closed:
             self._connect_all = True  # endpoints discovered later are connected too
-            for ep in self._lb.endpoints():
+            for ep in self.lb.endpoints():
                 self.sub_channel(ep)
-        if self._closed:
+        if self.closed:
             return grpc.ChannelConnectivity.SHUTDOWN
         return aggregate({s.channel.get_state(try_to_connect) for s in self._subs.values()})
 
@@ -177,10 +177,10 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         if self._changed is None:
             self._changed = asyncio.Event()
         while self.get_state() is last_observed_state:
-            if self._closed:
+            if self.closed:
                 return
             if not self._subs:
-                for ep in self._lb.endpoints():
+                for ep in self.lb.endpoints():
                     self.sub_channel(ep)
             changed = self._changed
             changed.clear()
@@ -210,11 +210,11 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
         if subs:
             await asyncio.gather(*(s.channel.close(grace) for s in subs))
         if self._owns_lb:
-            await self._lb.aclose()
+            await self.lb.aclose()
 
     async def __aenter__(self) -> BalancedChannel:
         """Enter, after the balancer's first resolution (or its timeout)."""
-        await self._lb.wait_ready_async()
+        await self.lb.wait_ready_async()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
