@@ -163,12 +163,11 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         """A client- or bidi-streaming call: one attempt (its requests cannot be replayed)."""
         rpc = RpcCall(self, key[1], None, metadata, timeout, wait_for_ready, replayable=False)
         attempt = rpc.next()
-        while rpc.must_connect_first(attempt) and not _connected(
-                attempt.sub, rpc.connect_timeout(), True):
-            another = rpc.unready(attempt)
+        # each endpoint at most once: the last candidate is sent as it is (grpcio says why)
+        while rpc.must_connect_first(attempt) and rpc.logical.can_fail_over(attempt.address) \
+                and not _connected(attempt.sub, rpc.connect_timeout(), True):
+            rpc.unready(attempt)
             attempt = rpc.next()
-            if not another:
-                break  # no endpoint can connect: let grpcio say why
         attempt = self.start_attempt(rpc, key, requests, {
             "metadata": metadata, "credentials": credentials, "compression": compression},
             how, attempt)

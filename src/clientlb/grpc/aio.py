@@ -355,11 +355,11 @@ class _StreamCall:
     async def _connect_first(self, attempt: Attempt) -> None:
         rpc = self._rpc
         try:
-            while not await _connected(attempt.sub.channel, rpc.connect_timeout(), True):
-                another = rpc.unready(attempt)
+            # each endpoint at most once: the last candidate is sent as it is
+            while rpc.logical.can_fail_over(attempt.address) and not await _connected(
+                    attempt.sub.channel, rpc.connect_timeout(), True):
+                rpc.unready(attempt)
                 attempt = self._attempt = rpc.next()
-                if not another:
-                    break  # no endpoint can connect: let grpc.aio say why
         except BaseException:
             attempt.finish(_CANCELLED)  # cancelled before anything was sent
             raise
