@@ -152,6 +152,20 @@ def _io_failed(sock: object, exc: OSError) -> None:
                          else Outcome.FAILURE)
 
 
+def _watched(name: str) -> Callable[..., Any]:
+    """A socket method that records a failed read or write as the connection's outcome."""
+
+    def method(self: _TrackedMixin, *args: Any) -> Any:
+        try:
+            return getattr(super(_TrackedMixin, self), name)(*args)
+        except OSError as exc:
+            _io_failed(self, exc)
+            raise
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
 class _TrackedMixin:
     """What both balanced socket classes add to theirs: see :class:`BalancedSocket`."""
 
@@ -172,34 +186,10 @@ class _TrackedMixin:
     # Reads and writes that fail tell the balancer the connection failed (a reset, a
     # broken pipe, a timeout): the outcome reported when the socket closes. The methods
     # of the socket class after this one do the I/O.
-
-    def recv(self, *args: Any) -> bytes:
-        try:
-            return super().recv(*args)  # type: ignore[misc,no-any-return]
-        except OSError as exc:
-            _io_failed(self, exc)
-            raise
-
-    def recv_into(self, *args: Any) -> int:
-        try:
-            return super().recv_into(*args)  # type: ignore[misc,no-any-return]
-        except OSError as exc:
-            _io_failed(self, exc)
-            raise
-
-    def send(self, *args: Any) -> int:
-        try:
-            return super().send(*args)  # type: ignore[misc,no-any-return]
-        except OSError as exc:
-            _io_failed(self, exc)
-            raise
-
-    def sendall(self, *args: Any) -> None:
-        try:
-            super().sendall(*args)  # type: ignore[misc]
-        except OSError as exc:
-            _io_failed(self, exc)
-            raise
+    recv = _watched("recv")
+    recv_into = _watched("recv_into")
+    send = _watched("send")
+    sendall = _watched("sendall")
 
     def close(self) -> None:
         try:

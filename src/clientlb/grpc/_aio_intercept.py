@@ -31,31 +31,25 @@ from .._core.errors import ConfigError
 __all__ = ["Answers", "InterceptedUnaryUnaryCall", "split_interceptors"]
 
 
-class _UnaryStreamOnly(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
+def _only(kind: str, base: type) -> type:
+    """An interceptor of one call kind forwarding to ``inner`` (grpc.aio dispatches an
+    interceptor by the base classes it has, so one that implements several kinds is
+    split into one forwarder per kind)."""
+    method = f"intercept_{kind}"
+
+    def __init__(self: Any, inner: Any) -> None:
         self._inner = inner
 
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._inner.intercept_unary_stream(continuation, details, request)
+    async def forward(self: Any, continuation: Any, details: Any, request: Any) -> Any:
+        return await getattr(self._inner, method)(continuation, details, request)
+
+    return type(f"_{kind.title().replace('_', '')}Only", (base,),
+                {"__init__": __init__, method: forward})
 
 
-class _StreamUnaryOnly(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                     request_iterator: Any) -> Any:
-        return await self._inner.intercept_stream_unary(continuation, details, request_iterator)
-
-
-class _StreamStreamOnly(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def intercept_stream_stream(self, continuation: Any, details: Any,
-                                      request_iterator: Any) -> Any:
-        return await self._inner.intercept_stream_stream(continuation, details,
-                                                         request_iterator)
+_UnaryStreamOnly = _only("unary_stream", grpc.aio.UnaryStreamClientInterceptor)
+_StreamUnaryOnly = _only("stream_unary", grpc.aio.StreamUnaryClientInterceptor)
+_StreamStreamOnly = _only("stream_stream", grpc.aio.StreamStreamClientInterceptor)
 
 
 def split_interceptors(interceptors: object) -> tuple[tuple[Any, ...], list[Any] | None]:
