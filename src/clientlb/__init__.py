@@ -21,6 +21,7 @@ from ._core.errors import (
 from ._core.outcome import Outcome
 from ._core.state import EndpointState, Health
 from ._core.target import Target, parse_target
+from ._engine.hedging import Hedging
 from ._engine.retry import RetryBudget, RetryPolicy
 from ._health import (
     FailurePercentage,
@@ -87,6 +88,7 @@ __all__ = [
     "HeaderAffinity",
     "Health",
     "HealthCheck",
+    "Hedging",
     "LeastRequest",
     "LoadBalancer",
     "Maglev",

@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
+from .._engine.hedging import HedgeState, Hedging
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from .._resolvers.base import Resolver, create_resolver
@@ -111,6 +112,17 @@ class Pick:
     def elapsed(self) -> float:
         """Seconds since the pick, on the balancer's clock."""
         return self._lb._clock() - self._start
+
+    def latency_estimate(self) -> float:
+        """The endpoint's peak-EWMA latency estimate now (what ``peak_ewma`` compares)."""
+        return self._state.load.latency(self._lb._clock())
+
+    def outlasted(self) -> None:
+        """The call is given up unanswered (a hedge answered first): its endpoint's latency
+        estimate rises to at least the time it waited (``EndpointLoad.outlasted``)."""
+        if not self._finished:
+            now = self._lb._clock()
+            self._state.load.outlasted(now, now - self._start)
 
     def done(self, outcome: Outcome | str = _SUCCESS, latency: float | None = None) -> None:
         """Report how the call ended and, optionally, its latency in seconds.
@@ -239,6 +251,9 @@ class LoadBalancer:
         retry: the :class:`RetryPolicy` of the HTTP and gRPC integrations
             (default ``RetryPolicy()``); ``None`` turns retries off. The
             balancer keeps its own retry budget, ``lb.retry_budget``.
+        hedging: a :class:`Hedging` policy for the HTTP transports built on this
+            balancer (and the gRPC methods it names) — hedged requests, see
+            docs/http.md; default None: none. ``lb.hedging_statistics()`` counts them.
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
@@ -263,10 +278,12 @@ class LoadBalancer:
         max_requests: int | None = None,
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        hedging: Hedging | None = None,
     ) -> None:
         self._target = parse_target(target)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
+        _check_hedging(hedging)
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
@@ -284,6 +301,10 @@ class LoadBalancer:
         self.retry_policy: RetryPolicy | None = retry
         self.retry_budget: RetryBudget | None = (
             retry.new_budget(self._clock) if retry is not None else None)
+        #: The hedging policy of the integrations that take the balancer's (None: none);
+        #: read at each call, so ``set_hedging`` reaches them.
+        self.hedging: Hedging | None = hedging
+        self._hedge_state: HedgeState | None = None
         self._lock = threading.RLock()
         self._states: dict[str, EndpointState] = {}
         self._draining: dict[str, EndpointState] = {}
@@ -668,6 +689,35 @@ class LoadBalancer:
     def set_local_zone(self, local_zone: str | None) -> None:
         self._health.set_option("local_zone", local_zone)
 
+    def set_hedging(self, hedging: Hedging | None) -> None:
+        """Replace the hedging policy live (``None``: no hedging for the integrations that
+        use the balancer's); the adaptive delay and the counters carry over."""
+        _check_hedging(hedging)
+        self.hedging = hedging
+
+    def hedge_state(self) -> HedgeState:
+        """The balancer's hedging state (adaptive delay, extra-load budget, counters),
+        created — and fed by an outcome listener — the first time a call may be hedged."""
+        state = self._hedge_state
+        if state is None:
+            with self._lock:
+                state = self._hedge_state
+                if state is None:
+                    state = self._hedge_state = HedgeState(self._clock)
+                    self.add_outcome_listener(state.on_outcome)
+        return state
+
+    def hedging_statistics(self) -> dict[str, Any]:
+        """Hedged requests since the first one: ``requests`` (hedgeable calls), ``sent``,
+        ``won`` (a hedge answered first), ``refused`` (over the extra-load or retry
+        budget), ``probes`` (slow endpoints hedged at once), and the current
+        ``adaptive_delay`` in seconds (None before enough latencies were seen)."""
+        state = self._hedge_state
+        if state is None:
+            return {"requests": 0, "sent": 0, "won": 0, "refused": 0, "probes": 0,
+                    "adaptive_delay": None}
+        return state.statistics()
+
     def health_statistics(self) -> dict[str, int]:
         """Health counters since creation (ejections by detector, probes,
         transitions, panics, circuit-breaker rejections, re-resolution requests)
@@ -893,6 +943,12 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _check_hedging(hedging: object) -> None:
+    if hedging is not None and not isinstance(hedging, Hedging):
+        raise ConfigError(f"hedging must be a clientlb.Hedging or None, got {hedging!r}",
+                          field="hedging")
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

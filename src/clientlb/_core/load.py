@@ -23,6 +23,10 @@ Defaults (why):
 * A failed call is recorded as ``max(latency, current estimate)``: an endpoint
   that fails *fast* must not look fast (the "black hole" that lures a
   latency-based balancer); ejecting it is outlier detection's job.
+* A call given up because a hedge answered first (``_engine/hedging.py``) is a
+  *censored* observation: its true latency is at least the time it had been
+  waiting. :meth:`EndpointLoad.outlasted` raises the estimate to that, never
+  lowers it — the peak half of the rule, without guessing the rest.
 """
 
 from __future__ import annotations
@@ -70,6 +74,14 @@ class EndpointLoad:
             else:
                 self.ewma = decayed + latency * (1.0 - w)
             self.stamp = now
+
+    def outlasted(self, now: float, elapsed: float) -> None:
+        """A call was still unanswered after ``elapsed`` seconds when it was given up:
+        the estimate rises to at least ``elapsed`` (nothing else changes)."""
+        with self._lock:
+            if elapsed > self.latency(now):
+                self.ewma = elapsed
+                self.stamp = now
 
     def latency(self, now: float) -> float:
         """The peak-EWMA latency estimate, decayed to ``now``."""

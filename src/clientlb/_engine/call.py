@@ -31,7 +31,14 @@ shell only does what it is told; docs/architecture.md, "The call engine"):
   4. never past the call's deadline (``deadline=``: the total time of the
      logical call, all attempts and backoffs included).
 
-* :meth:`LogicalCall.take_hedge` — a hedged attempt is paid from the budget too.
+* hedging (``_engine/hedging.py``), for a call given a :class:`Hedging`:
+  :meth:`LogicalCall.hedge_delay` — when the next hedge is due (at once for a
+  probe of a slow endpoint), or that none is; :meth:`LogicalCall.take_hedge` —
+  pay for one from the extra-load budget and the retry budget;
+  :meth:`LogicalCall.lost` — what becomes of an attempt another one beat (a
+  probe runs on; any other is cancelled, its wait reported as a lower bound of
+  its endpoint's latency); :meth:`LogicalCall.won` — count a hedge that
+  answered first. The shells start, wait for and cancel the attempts.
 * :class:`Completion` — the one way an attempt reports its outcome: created
   next to the pick, carried into whatever the call returns (a response
   stream, a socket, a gRPC call object, as tower's ``TrackCompletion``), and
@@ -42,11 +49,12 @@ shell only does what it is told; docs/architecture.md, "The call engine"):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Any
 
 from .._core.outcome import Outcome
-from .._ops.telemetry import record_budget_exhausted, record_retry
+from .._ops.telemetry import record_budget_exhausted, record_hedge, record_retry
+from .hedging import HedgeState, Hedging
 from .retry import RetryBudget, RetryPolicy, RetryState
 
 if TYPE_CHECKING:
@@ -119,15 +127,19 @@ class LogicalCall:
         max_unreached: a cap on retries of attempts that never reached a
             backend (None: each endpoint once).
         policy: a policy overriding the balancer's (gRPC's ``max_attempts=``).
+        hedging: the :class:`Hedging` of this call when it may be hedged (the
+            integration decides: method, body, opt-in); None: never hedged.
     """
 
-    __slots__ = ("budget", "deadline_at", "key", "lb", "max_unreached", "note", "policy",
-                 "prefer", "replayable", "retry_state", "tried", "unreached")
+    __slots__ = ("budget", "deadline_at", "hedger", "hedges", "hedging", "key", "lb",
+                 "max_unreached", "note", "policy", "prefer", "probe", "replayable",
+                 "retry_state", "tried", "unreached")
 
     def __init__(self, lb: LoadBalancer, *, key: Key | None = None, prefer: str | None = None,
                  replayable: bool = True, deadline: float | None = None,
                  max_unreached: int | None = None,
-                 policy: RetryPolicy | None = LIVE_POLICY) -> None:
+                 policy: RetryPolicy | None = LIVE_POLICY,
+                 hedging: Hedging | None = None) -> None:
         self.lb = lb
         self.policy: RetryPolicy | None = lb.retry_policy if policy is LIVE_POLICY else policy
         budget: RetryBudget | None = lb.retry_budget
@@ -145,14 +157,23 @@ class LogicalCall:
         self.retry_state: RetryState | None = None
         self.unreached = 0
         self.note = ""
+        self.hedging = hedging
+        self.hedges = 0
+        self.probe: Pick | None = None
+        self.hedger: HedgeState | None = None
+        if hedging is not None:
+            self.hedger = lb.hedge_state()
+            self.hedger.begin(hedging)
 
     # -- attempts ---------------------------------------------------------------------
 
-    def pick(self) -> Pick:
-        """The endpoint of the next attempt (raises :class:`NoEndpointAvailable`)."""
-        if not self.tried:
+    def pick(self, busy: Collection[str] = ()) -> Pick:
+        """The endpoint of the next attempt (raises :class:`NoEndpointAvailable`); never
+        one already tried, nor one of ``busy`` (a hedge's: those of the attempts in
+        flight), while another may take the call."""
+        if not self.tried and not busy:
             return self.lb.pick(self.key, prefer=self.prefer)
-        return self.lb.pick(self.key, exclude=self.tried_addresses())
+        return self.lb.pick(self.key, exclude=self.tried_addresses().union(busy))
 
     def tried_addresses(self) -> set[str]:
         return {address for address, _ in self.tried}
@@ -226,14 +247,66 @@ class LogicalCall:
             return False
         return len(self.tried_addresses() | {address}) < len(self.lb.endpoints())
 
-    def take_hedge(self, attempt: int) -> bool:
-        """Pay one hedged attempt from the retry budget; False when it is spent."""
+    # -- hedging (clientlb._engine.hedging) ----------------------------------------------
+
+    def hedge_delay(self, alone: Pick | None = None) -> float | None:
+        """Seconds from now until the next hedge is due, or None when none will be.
+
+        ``alone``: the attempt just started with no other in flight (the first, or a
+        retry). When the probe rule calls its endpoint slow — its latency estimate is
+        ``PROBE_FACTOR`` times the hedge delay or more — the hedge is due at once (0)
+        and that attempt is the call's probe (:meth:`lost` lets it finish).
+        """
+        hedging = self.hedging
+        hedger = self.hedger
+        if hedging is None or hedger is None or self.hedges >= hedging.max_attempts - 1:
+            return None
+        delay = hedger.delay(hedging)
+        if delay is None:
+            return None
+        if alone is not None and hedger.is_probe(alone, delay):
+            self.probe = alone
+            delay = 0.0
+        left = self.remaining()
+        if left is not None and delay >= left:
+            return None
+        return delay
+
+    def take_hedge(self, attempt: int, endpoint: str | None = None) -> bool:
+        """Pay one hedge (the ``attempt``-th attempt; ``endpoint``: the slow one's address)
+        from the extra-load budget and the retry budget; False when either is spent."""
         budget = self.budget
-        if budget is not None and not budget.try_withdraw():
+        hedging = self.hedging
+        hedger = self.hedger
+        if hedging is None or hedger is None:  # a policy without hedging: the budget only
+            taken = budget is None or budget.try_withdraw()
+        else:
+            taken = hedger.take(hedging, None if budget is None else budget.try_withdraw)
+        if not taken:
             record_budget_exhausted(self.lb)
             return False
-        record_retry(self.lb, attempt=attempt, reason="hedge")
+        probe = self.hedges == 0 and self.probe is not None
+        if probe and hedger is not None:
+            hedger.count("probes")
+        self.hedges += 1
+        record_hedge(self.lb, attempt=attempt, reason="probe" if probe else "delay",
+                     endpoint=endpoint)
         return True
+
+    def lost(self, pick: Pick) -> bool:
+        """Another attempt answered first: True when ``pick``'s attempt is the probe, to be
+        left to finish (its outcome teaches the balancer the slow endpoint's latency);
+        False when it is to be cancelled — then the time it waited is reported as a lower
+        bound of its endpoint's latency (``Pick.outlasted``)."""
+        if pick is self.probe:
+            return True
+        pick.outlasted()
+        return False
+
+    def won(self, hedge: bool) -> None:
+        """The call's answer came from a hedge (``hedge``) or from the attempt it hedged."""
+        if hedge and self.hedger is not None:
+            self.hedger.count("won")
 
     def describe_failure(self, first_line: str) -> str:
         """``first_line`` followed by the service and every attempt that failed."""

@@ -20,6 +20,9 @@ The format (TOML shown; JSON has the same shape)::
     attempts = 3
     budget = { ratio = 0.2 }
 
+    [services.users.hedging]            # clientlb.Hedging(**table); true = defaults
+    max_extra_load = 0.05               # delay omitted: adaptive
+
 ``target`` may also be a list of ``"host:port"`` strings or of endpoint tables
 (``{ host = "10.0.0.1", port = 80, weight = 2 }``).
 
@@ -33,7 +36,8 @@ starts with the dotted path of the offending value
 Sections map onto the public classes by name — ``health_check`` →
 :class:`clientlb.HealthCheck`, ``outlier_detection`` →
 :class:`clientlb.OutlierDetection`, ``retry`` → :class:`clientlb.RetryPolicy`,
-``slow_start`` → ``clientlb.SlowStart`` — and every other key to the
+``slow_start`` → ``clientlb.SlowStart``, ``hedging`` → :class:`clientlb.Hedging`
+— and every other key to the
 :class:`~clientlb.LoadBalancer` argument of the same name; a key the installed
 version's ``LoadBalancer`` does not take is unknown. Nested tables build the
 nested classes (``retry.budget`` → ``RetryBudget``), found from type hints.
@@ -70,6 +74,7 @@ SECTION_CLASSES = {
     "outlier_detection": "OutlierDetection",
     "retry": "RetryPolicy",
     "slow_start": "SlowStart",
+    "hedging": "Hedging",
 }
 # LoadBalancer arguments that make no sense in a file.
 _NOT_IN_FILES = frozenset({"self", "target", "name", "clock", "rng"})

@@ -18,6 +18,8 @@ instrument                          kind       attributes
 ``clientlb.ejections``              counter    service, endpoint (observed from ``snapshot()``)
 ``clientlb.retries``                counter    service (retries the budget allowed)
 ``clientlb.retry.budget_exhausted`` counter    service (retries the budget refused)
+``clientlb.hedges``                 counter    service, ``clientlb.hedge`` (sent, won, refused,
+                                               probes: ``lb.hedging_statistics()``)
 ``clientlb.discovery.updates``      counter    service
 ``clientlb.discovery.errors``       counter    service, ``error.type``
 ``clientlb.discovery.malformed``    counter    service (records skipped as malformed)
@@ -44,7 +46,9 @@ adds a ``clientlb.attempt`` event (service, endpoint, attempt number within
 that span, outcome, duration); a retry layer that calls :func:`record_retry`
 adds ``clientlb.retry`` (attempt, reason, failed endpoint), and
 :func:`record_budget_exhausted` adds ``clientlb.retry.budget_exhausted`` — the
-HTTP, gRPC and TCP integrations call both.
+HTTP, gRPC and TCP integrations call both; a hedge adds ``clientlb.hedge``
+(attempt, reason ``delay`` or ``probe``, the slow endpoint) through
+:func:`record_hedge`. A hedge that lost reports its attempt ``cancelled``.
 
 Cost: the outcome listener looks up attribute sets pre-built per endpoint
 and outcome, increments a request count under a lock (the count is reported
@@ -72,7 +76,8 @@ from .._core.state import EndpointState, Health
 if TYPE_CHECKING:
     from .._core.balancer import LoadBalancer
 
-__all__ = ["Telemetry", "instrument", "record_budget_exhausted", "record_retry"]
+__all__ = ["Telemetry", "instrument", "record_budget_exhausted", "record_hedge",
+           "record_retry"]
 
 logger = logging.getLogger("clientlb.telemetry")
 
@@ -86,6 +91,9 @@ STATE = "clientlb.endpoint.state"
 RETRY_REASON = "clientlb.retry.reason"
 ATTEMPT = "clientlb.attempt"
 EVENT = "clientlb.event"
+HEDGE = "clientlb.hedge"
+HEDGE_REASON = "clientlb.hedge.reason"
+HEDGE_COUNTERS = ("sent", "won", "refused", "probes")
 
 _STATES = tuple(h.value for h in Health)
 
@@ -204,6 +212,10 @@ class Telemetry:
         meter.create_observable_counter(
             "clientlb.retry.budget_exhausted", callbacks=[self._observe_refused],
             unit="{retry}", description="Retries refused because the retry budget was spent.")
+        meter.create_observable_counter(
+            "clientlb.hedges", callbacks=[self._observe_hedges], unit="{hedge}",
+            description="Hedged requests of each balancer: sent, won, refused by a budget, "
+                        "probes hedged at once (lb.hedging_statistics()).")
         self._discovery_updates = meter.create_counter(
             "clientlb.discovery.updates", unit="{update}",
             description="Endpoint-set changes published by discovery.")
@@ -272,15 +284,16 @@ class Telemetry:
         event["clientlb.duration"] = latency
         span.add_event("clientlb.attempt", event)
 
-    def _retry(self, bound: _Bound, attempt: int, reason: str, address: str | None) -> None:
+    def _retry(self, bound: _Bound, attempt: int, reason: str, address: str | None,
+               name: str = "clientlb.retry", reason_key: str = RETRY_REASON) -> None:
         if self._span_events:
             span = trace.get_current_span()
             if span.is_recording():
                 event: dict[str, Any] = {SERVICE: bound.service, ATTEMPT: attempt,
-                                         RETRY_REASON: reason}
+                                         reason_key: reason}
                 if address is not None:
                     event["clientlb.endpoint"] = address
-                span.add_event("clientlb.retry", event)
+                span.add_event(name, event)
 
     # -- observable callbacks ---------------------------------------------------------
 
@@ -311,6 +324,14 @@ class Telemetry:
             budget = getattr(lb, "retry_budget", None)  # present with the retry layer
             if budget is not None:
                 yield Observation(int(budget.statistics()[key]), bound.service_attrs)
+
+    def _observe_hedges(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            statistics = lb.hedging_statistics()
+            if statistics["requests"]:
+                for counter in HEDGE_COUNTERS:
+                    yield Observation(int(statistics[counter]),
+                                      {SERVICE: bound.service, HEDGE: counter})
 
     def _observe_malformed(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
@@ -376,6 +397,15 @@ def record_retry(lb: LoadBalancer, *, attempt: int, reason: str,
     """
     for bound in _REGISTRY.get(lb, ()):
         bound.telemetry._retry(bound, attempt, reason, endpoint)
+
+
+def record_hedge(lb: LoadBalancer, *, attempt: int, reason: str,
+                 endpoint: str | None = None) -> None:
+    """Note a hedge of ``lb`` on the current span: a ``clientlb.hedge`` event with the
+    attempt number, ``clientlb.hedge.reason`` (``delay``: the hedge delay passed;
+    ``probe``: a slow endpoint, hedged at once) and the slow attempt's endpoint."""
+    for bound in _REGISTRY.get(lb, ()):
+        bound.telemetry._retry(bound, attempt, reason, endpoint, "clientlb.hedge", HEDGE_REASON)
 
 
 def record_budget_exhausted(lb: LoadBalancer) -> None:

@@ -28,7 +28,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess test
     ) from _exc
 
 from collections.abc import Collection, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
@@ -65,7 +65,7 @@ def insecure_channel(
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
-    hedging: Hedging | None = None,
+    hedging: Hedging | Literal[False] | None = None,
     hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:
@@ -97,7 +97,10 @@ def insecure_channel(
         transparent_retries: how many times a call that never reached a
             server (connect failure) is sent to another endpoint (default 3;
             free of the retry budget; none while the balancer has ``retry=None``).
-        hedging: a :class:`Hedging` policy for idempotent unary-unary methods.
+        hedging: a :class:`~clientlb.Hedging` policy for idempotent unary-unary
+            methods (``clientlb.grpc.Hedging`` is the same class); None
+            (default): the balancer's ``hedging``, for the gRPC methods its
+            ``methods`` names; False: none.
         hash_key: the pick key for ``ring_hash``/``maglev``: a metadata key
             (``"x-user-id"``) or ``callable(method, request, metadata)``
             (``request`` is None for client-streaming calls). Default none:
@@ -130,7 +133,7 @@ def secure_channel(
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
     transparent_retries: int | None = None,
-    hedging: Hedging | None = None,
+    hedging: Hedging | Literal[False] | None = None,
     hash_key: str | HashKey | None = None,
     **lb_options: Any,
 ) -> BalancedChannel:

@@ -326,22 +326,23 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             delay = self._rpc.ended(attempt, call.code(), call.details())
             self._live.remove(attempt)
         if delay is None:
-            self._finish(call, None)
+            self._finish(call, None, attempt)
         elif delay == 0:
             self._start()
         elif delay != WAIT:
             _later(delay, self._start)
 
-    def _finish(self, call: Any, error: BaseException | None) -> None:
+    def _finish(self, call: Any, error: BaseException | None,
+                winner: Attempt | None = None) -> None:
         with self._cond:
             if self._final is not None or self._error is not None:
                 return
             self._final = call
             self._error = error
-            losers = [a.call for a in self._live if a.call is not call]
+            losers = [a.call for a in self._rpc.losers(winner, self._live)]
             callbacks, self._callbacks = self._callbacks, []
             self._cond.notify_all()
-        for loser in losers:  # hedges that lost: their ends report CANCELLED
+        for loser in losers:  # hedges that lost: their ends report CANCELLED (a probe runs on)
             loser.cancel()
         for cb in callbacks:
             cb(self)

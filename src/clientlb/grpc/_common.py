@@ -24,11 +24,10 @@ sub-channel connects to one endpoint's IP address.
 from __future__ import annotations
 
 import ipaddress
-import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 
 import grpc
 
@@ -36,6 +35,8 @@ from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
+from .._engine.hedging import Hedging
+from .._engine.hedging import resolve as resolve_hedging
 from .._engine.naming import LogicalName, override_name
 from .._engine.naming import logical_name as balancer_name
 from .._engine.retry import RetryPolicy
@@ -135,53 +136,6 @@ def _check_codes(value: object, field_name: str) -> frozenset[grpc.StatusCode]:
     return frozenset(codes)
 
 
-@dataclass(frozen=True)
-class Hedging:
-    """Hedged unary-unary calls (gRFC A6 "hedging policy"), for idempotent methods only.
-
-    The first attempt goes out at once; while no attempt has answered, another
-    one starts on a different endpoint every ``delay`` seconds, up to
-    ``max_attempts`` in all; the first answer wins and the others are
-    cancelled. An attempt that fails with one of ``non_fatal_codes`` (or the
-    channel's ``retryable_codes``, or a connect failure) starts the next hedge
-    at once; any other answer (even an error) is final. On a hedged method
-    the hedges replace policy retries, as in gRFC A6.
-
-    Defaults: ``max_attempts=2`` (one extra request at most — hedging doubles
-    load in the worst case, so it starts small), ``delay=0.05`` s (about a
-    LAN p99: hedges only the slow tail), ``non_fatal_codes={UNAVAILABLE}``.
-    ``methods`` limits hedging to these full method names
-    (``"/pkg.Service/Method"``); ``None`` hedges every unary-unary method of
-    the channel, so only use that on a channel whose methods are all idempotent.
-    """
-
-    max_attempts: int = 2
-    delay: float = 0.05
-    non_fatal_codes: frozenset[grpc.StatusCode] = frozenset({StatusCode.UNAVAILABLE})
-    methods: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = self.max_attempts
-        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 5:
-            raise ConfigError(f"max_attempts must be an integer 2..5 (gRFC A6 caps it at 5), "
-                              f"got {n!r}", field="hedging.max_attempts")
-        d = self.delay
-        if isinstance(d, bool) or not isinstance(d, (int, float)) or not math.isfinite(d) or d < 0:
-            raise ConfigError(f"delay must be a number of seconds >= 0, got {d!r}",
-                              field="hedging.delay")
-        object.__setattr__(self, "non_fatal_codes",
-                           _check_codes(self.non_fatal_codes, "hedging.non_fatal_codes"))
-        if self.methods is not None:
-            if isinstance(self.methods, str) or not all(
-                    isinstance(m, str) and m.startswith("/") for m in self.methods):
-                raise ConfigError(f"methods must be full method names like '/pkg.Svc/Method', "
-                                  f"got {self.methods!r}", field="hedging.methods")
-            object.__setattr__(self, "methods", frozenset(self.methods))
-
-    def applies_to(self, method: str) -> bool:
-        return self.methods is None or method in self.methods
-
-
 #: ``hash_key(method, request, metadata)`` → the pick key of ``ring_hash``/``maglev``
 #: (``request`` is None for client-streaming calls).
 HashKey = Callable[[str, Any, Any], "str | bytes | int | None"]
@@ -221,6 +175,8 @@ class ChannelConfig:
         self.retryable_codes = retryable_codes
         self.max_attempts = max_attempts
         self.max_unreached = max_unreached
+        #: a Hedging, None (off), or LIVE_HEDGING: the balancer's, for the gRPC
+        #: methods its ``methods`` names (``RpcCall`` reads it at each call)
         self.hedging = hedging
         self.hash_key = hash_key
         #: ``(the balancer's policy, the policy derived from it)``, see :meth:`policy`
@@ -243,7 +199,8 @@ class ChannelConfig:
 
 def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: object,
                  max_attempts: int | None, transparent_retries: int | None,
-                 hedging: Hedging | None, hash_key: object = None) -> ChannelConfig:
+                 hedging: Hedging | Literal[False] | None, hash_key: object = None
+                 ) -> ChannelConfig:
     """Validate the channel's own options (``ConfigError`` names the field)."""
     if isinstance(hash_key, str):
         if not hash_key:
@@ -256,9 +213,7 @@ def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: ob
                           field="hash_key")
     codes = _check_codes(failure_codes, "failure_codes")
     retryable = _check_codes(retryable_codes, "retryable_codes")
-    if hedging is not None and not isinstance(hedging, Hedging):
-        raise ConfigError(f"hedging must be a clientlb.grpc.Hedging or None, got {hedging!r}",
-                          field="hedging")
+    policy = resolve_hedging(hedging)
     t = 3 if transparent_retries is None else transparent_retries
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise ConfigError(f"transparent_retries must be an integer >= 0, got {t!r}",
@@ -274,7 +229,7 @@ def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: ob
         if lb.retry_policy is None:
             raise ConfigError(f"max_attempts {no_policy}", field="max_attempts")
     return ChannelConfig(failure_codes=codes, retryable_codes=retryable,
-                         max_attempts=max_attempts, max_unreached=t, hedging=hedging,
+                         max_attempts=max_attempts, max_unreached=t, hedging=policy,
                          hash_key=hash_key)
 
 
@@ -332,7 +287,7 @@ def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | N
                     credentials: object = None, server_name: str | None = None,
                     failure_codes: object = DEFAULT_FAILURE_CODES, retryable_codes: object = (),
                     max_attempts: int | None = None, transparent_retries: int | None = None,
-                    hedging: Hedging | None = None, hash_key: object = None,
+                    hedging: Hedging | Literal[False] | None = None, hash_key: object = None,
                     **lb_options: Any) -> tuple[LoadBalancer, bool, ChannelConfig,
                                                 tuple[tuple[str, Any], ...]]:
     """What every channel constructor (sync and aio) does first, with its keyword

@@ -30,10 +30,13 @@ the call's ``timeout``, which bounds the whole call, every attempt included.
 The policy and budget are the balancer's *at call start*, so
 ``Registry.update(retry=...)`` reaches existing channels.
 
-Hedging (gRFC A6 hedging policy) is the same machine with several attempts in
-flight: a hedge starts every ``Hedging.delay`` while none has answered, or at
-once after a non-fatal failure; each is paid with ``LogicalCall.take_hedge``;
-the first success or fatal answer wins and the shell cancels the others.
+Hedging (gRFC A6 hedging policy, with the engine's decisions: ``_engine/hedging.py``)
+is the same machine with several attempts in flight: a hedge starts every hedge
+delay (``Hedging.delay``, or adaptive) while none has answered — at once when the
+first attempt probes an endpoint known to be slow — or at once after a non-fatal
+failure; each is paid with ``LogicalCall.take_hedge`` (extra-load and retry
+budgets); the first success or fatal answer wins and the shell cancels the others
+(:meth:`RpcCall.losers`), except a probe, which is reported when it ends.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from .._core.errors import NoEndpointAvailable
 from .._core.outcome import Outcome
 from .._engine.call import Completion, LogicalCall
 from .._engine.connectivity import PROBE_TIMEOUT, Connectivity
+from .._engine.hedging import LIVE_HEDGING, Hedging
 from ._common import NoEndpointRpcError, classify
 
 if TYPE_CHECKING:
@@ -96,8 +100,8 @@ class Attempt(Completion):
 class RpcCall:
     """The policy of one logical gRPC call (see the module doc); not thread-safe."""
 
-    __slots__ = ("attempts", "channel", "config", "done", "hedge_ok", "hedging", "in_flight",
-                 "logical", "replay", "wfr")
+    __slots__ = ("attempts", "channel", "config", "done", "first", "hedge_ok", "hedging",
+                 "in_flight", "latest", "logical", "replay", "wfr")
 
     def __init__(self, channel: ChannelBase, method: str, request: Any, metadata: Any,
                  timeout: float | None, wait_for_ready: bool | None, *,
@@ -106,13 +110,20 @@ class RpcCall:
         lb = channel.lb
         hash_key = config.hash_key
         source, policy = config.policy_cache  # config.policy(lb) without a call, mostly
+        hedging: Hedging | None = None
+        if hedge:
+            hedging = config.hedging
+            if hedging is LIVE_HEDGING:  # the balancer's: only the gRPC methods it names
+                hedging = lb.hedging
+                if hedging is not None and not hedging.names_grpc_methods():
+                    hedging = None
+            if hedging is not None and not hedging.applies_to(method):
+                hedging = None
+        self.hedging = hedging
         self.logical = LogicalCall(
             lb, key=None if hash_key is None else hash_key(method, request, metadata),
             replayable=replayable, deadline=timeout, max_unreached=config.max_unreached,
-            policy=policy if source is lb.retry_policy else config.policy(lb))
-        hedging = config.hedging
-        self.hedging = hedging if hedge and hedging is not None and hedging.applies_to(
-            method) else None
+            policy=policy if source is lb.retry_policy else config.policy(lb), hedging=hedging)
         self.channel = channel
         self.wfr = wait_for_ready
         #: may a failed attempt be replaced? Never for client streams (their requests
@@ -122,6 +133,8 @@ class RpcCall:
         self.in_flight = 0
         self.done = False
         self.hedge_ok = True
+        self.first: Attempt | None = None
+        self.latest: Attempt | None = None
 
     def next(self) -> Attempt:
         """Start an attempt: pick an endpoint and count it on its sub-channel.
@@ -142,9 +155,13 @@ class RpcCall:
             pick.done(_CANCELLED)  # closed between the pick and now: pick again
         self.attempts += 1
         self.in_flight += 1
+        attempt = Attempt(pick, sub)
         if self.hedging is not None:  # hedges go to endpoints not yet tried
             self.logical.tried.append((pick.address, "hedged"))
-        return Attempt(pick, sub)
+            self.latest = attempt
+            if self.first is None:
+                self.first = attempt
+        return attempt
 
     def timeout(self) -> float | None:
         """The attempt's grpcio ``timeout``: what is left of the call's."""
@@ -238,7 +255,7 @@ class RpcCall:
         hedging = self.hedging
         if hedging is not None:
             retryable = self.config.retryable_codes
-            if not reached or code in hedging.non_fatal_codes or code in retryable:
+            if not reached or code.name in hedging.non_fatal_codes or code in retryable:
                 if self.hedge():
                     return 0.0
                 if self.in_flight:
@@ -255,19 +272,36 @@ class RpcCall:
         return delay
 
     def hedge_delay(self) -> float | None:
-        """Seconds before the next hedge should start, or None when none may."""
+        """Seconds before the next hedge should start, or None when none may (the
+        engine's delay: fixed or adaptive, 0 when a lone attempt probes a slow endpoint)."""
         hedging = self.hedging
         if hedging is None or self.done or not self.hedge_ok \
                 or self.attempts >= hedging.max_attempts:
             return None
-        return hedging.delay
+        latest = self.latest
+        return self.logical.hedge_delay(
+            latest.pick if latest is not None and self.in_flight == 1 else None)
 
     def hedge(self) -> bool:
-        """May a hedge start now? It is paid from the retry budget (gRFC A6 throttling)."""
-        if self.hedge_delay() is None:
+        """May a hedge start now? It is paid from the extra-load and retry budgets (gRFC A6
+        throttling)."""
+        if self.hedging is None or self.done or not self.hedge_ok \
+                or self.attempts >= self.hedging.max_attempts:
             return False
-        self.hedge_ok = self.logical.take_hedge(self.attempts + 1)
+        latest = self.latest
+        self.hedge_ok = self.logical.take_hedge(
+            self.attempts + 1, None if latest is None else latest.address)
         return self.hedge_ok
+
+    def losers(self, winner: Attempt | None, live: list[Attempt]) -> list[Attempt]:
+        """The race is over (``winner``: the attempt whose answer is the call's; None when
+        the call was cancelled or failed): the attempts of ``live`` to cancel. A probe of a
+        slow endpoint is not among them: it runs on and reports what its endpoint did."""
+        logical = self.logical
+        if winner is None:
+            return [a for a in live if a is not winner]
+        logical.won(winner is not self.first)
+        return [a for a in live if a is not winner and not logical.lost(a.pick)]
 
     def __repr__(self) -> str:
         status = "done" if self.done else f"{self.in_flight} in flight"

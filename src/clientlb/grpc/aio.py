@@ -239,6 +239,15 @@ async def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
         attempt.finish(_CANCELLED)  # nothing when reported above
 
 
+def _report_probe(rpc: RpcCall, attempt: Attempt, task: asyncio.Future[Any]) -> None:
+    """A hedged call's probe that lost ended (``_status``): its one outcome report."""
+    _BACKGROUND.discard(task)
+    if task.cancelled() or task.exception() is not None:
+        attempt.finish(_CANCELLED)
+    else:
+        rpc.report(attempt, *task.result())
+
+
 async def _connected(channel: grpc.aio.Channel, timeout: float, early: bool) -> bool:
     """Wait (at most ``timeout``) for ``channel`` to be READY; see ``connect_verdict``."""
     async def verdict() -> bool:
@@ -555,10 +564,15 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                     elif delay == 0:
                         launch()
         finally:
+            cancel = rpc.losers(winner, list(tasks.values()))
             for task, attempt in tasks.items():  # the losers: cancelled, not blamed
-                attempt.call.cancel()
-                task.cancel()
-                attempt.finish(_CANCELLED)
+                if attempt in cancel:
+                    attempt.call.cancel()
+                    task.cancel()
+                    attempt.finish(_CANCELLED)
+                else:  # a probe of a slow endpoint: reported when it ends
+                    _BACKGROUND.add(task)
+                    task.add_done_callback(functools.partial(_report_probe, rpc, attempt))
         self._attempt = winner
         return await winner.call
 

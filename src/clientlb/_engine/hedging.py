@@ -1,0 +1,419 @@
+"""Hedged requests: a second attempt on another endpoint when the first is slow to answer.
+
+A service that fans out to many backends feels their slowest answers: when a page
+needs 100 calls, one call in a hundred at its p99 makes the page slow at its median.
+Dean and Barroso ("The Tail at Scale", CACM 56(2), 2013) showed the remedy that
+costs least: *defer sending a secondary request until the first has been
+outstanding for more than the 95th-percentile expected latency* — which limits the
+extra load to about 5% while cutting the tail (BigTable's 99.9th percentile fell
+from 1,800 ms to 74 ms for 2% more requests). Finagle's ``BackupRequestFilter`` and
+gRPC's hedging policy (gRFC A6) are that idea; this module is clientlb's, shared by
+the HTTP transports and the gRPC channels through the call engine
+(docs/architecture.md, "The call engine"):
+
+* :class:`Hedging` — the policy (one type for HTTP and gRPC).
+* :class:`LatencyWindow` — the *adaptive delay* (``Hedging(delay=None)``): the
+  95th percentile of the balancer's recent successful latencies, from an outcome
+  listener; a fixed ring of :data:`WINDOW` samples, the percentile recomputed every
+  :data:`REFRESH_EVERY` samples, never on a pick. Nothing is hedged on an adaptive
+  delay before :data:`MIN_SAMPLES` latencies were seen (Finagle sends no backup
+  before its histogram has data either).
+* :class:`ExtraLoadBudget` — the cap: over the last 10 s, hedges may not exceed
+  ``max_extra_load`` of the hedgeable requests (default 5%), or 10 for a client
+  sending fewer than 200 requests in that time (a quiet client can still hedge).
+  Every hedge is also withdrawn from the balancer's :class:`~clientlb.RetryBudget`
+  (Finagle combines its backup budget with the client's retry budget the same way),
+  so an overload never doubles traffic and hedges plus retries stay within the
+  retry budget's ratio.
+* The **probe rule** (:meth:`HedgeState.is_probe`): a strategy that sends a request
+  to an endpoint its own estimate calls slow (``peak_ewma`` probing a slow endpoint
+  to notice when it recovers, ``round_robin`` that does not look) hedges it *at
+  once* when the endpoint's latency estimate is at least :data:`PROBE_FACTOR` times
+  the hedge delay: the caller gets the fast answer, and the probe is left to finish
+  (its answer read and discarded) so that the balancer still learns the slow
+  endpoint's latency.
+* :class:`HedgeState` — one per balancer: the latency window, the budgets, the
+  counters of ``lb.hedging_statistics()`` and of the ``clientlb.hedges`` metric.
+
+What the call engine does with them (:class:`~clientlb._engine.call.LogicalCall`):
+``hedge_delay`` says when the next hedge is due (or that none is), ``take_hedge``
+pays for one, ``lost`` says what becomes of an attempt another one beat — a probe
+runs on; any other is cancelled and its elapsed time is reported as a lower bound
+on its endpoint's latency (it took *at least* that long), so that a latency-aware
+strategy learns from it — and ``won`` counts the hedges that answered first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .._core.errors import ConfigError
+from .._core.outcome import Outcome
+
+if TYPE_CHECKING:
+    from .._core.balancer import Pick
+    from .._core.state import EndpointState
+
+__all__ = ["ADAPTIVE_PERCENTILE", "DEFAULT_HTTP_METHODS", "PROBE_FACTOR", "ExtraLoadBudget",
+           "HedgeState", "Hedging", "LatencyWindow"]
+
+Clock = Callable[[], float]
+
+#: The percentile of recent latencies an adaptive delay waits for (Dean and Barroso's p95).
+ADAPTIVE_PERCENTILE = 0.95
+#: How many recent successful latencies the adaptive delay is computed from.
+WINDOW = 512
+#: The adaptive delay is recomputed every this many samples (a sort of WINDOW floats).
+REFRESH_EVERY = 64
+#: No adaptive hedge before this many latencies were seen.
+MIN_SAMPLES = 32
+#: The shortest adaptive delay (Finagle's ``MinSendBackupAfterMs``): a service that
+#: answers in microseconds still gets its tail cut, not every request doubled.
+MIN_DELAY = 0.001
+#: A first attempt whose endpoint's latency estimate is this many times the hedge
+#: delay (or more) is a probe of a slow endpoint: hedged at once.
+PROBE_FACTOR = 1.5
+#: HTTP methods hedged when ``methods`` is None: safe and idempotent (RFC 9110 §9.2).
+#: PUT and DELETE are idempotent but write: list them to hedge them.
+DEFAULT_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The extra-load budget's window, in seconds, and the hedges always allowed in it.
+BUDGET_WINDOW = 10.0
+BUDGET_FLOOR = 10
+_SLOTS = 10
+
+#: gRPC status code names (``non_fatal_codes``), without importing grpcio.
+GRPC_CODES = frozenset({
+    "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+    "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    "UNAUTHENTICATED",
+})
+_HTTP_METHOD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+_GRPC_METHOD = re.compile(r"/[^/\s]+/[^/\s]+\Z")
+
+
+def _number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value)
+
+
+def _code_names(value: object) -> frozenset[str]:
+    """``non_fatal_codes`` as status code names: ``grpc.StatusCode`` members or names."""
+    items: Iterable[Any] = (value,) if isinstance(value, str) or hasattr(value, "name") \
+        else value  # type: ignore[assignment]
+    try:
+        items = list(items)
+    except TypeError:
+        raise ConfigError(f"non_fatal_codes must be a collection of gRPC status codes, got "
+                          f"{value!r}", field="hedging.non_fatal_codes") from None
+    names = set()
+    for item in items:
+        name = item.upper() if isinstance(item, str) else getattr(item, "name", None)
+        if name not in GRPC_CODES:
+            raise ConfigError(f"non_fatal_codes must be gRPC status codes other than OK, got "
+                              f"{item!r}", field="hedging.non_fatal_codes")
+        names.add(name)
+    return frozenset(names)
+
+
+def _methods(value: object) -> frozenset[str]:
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise ConfigError(f"methods must be a collection of HTTP methods ('GET') or full gRPC "
+                          f"method names ('/pkg.Service/Method'), got {value!r}",
+                          field="hedging.methods")
+    out = set()
+    for item in value:
+        if isinstance(item, str) and _GRPC_METHOD.match(item):
+            out.add(item)
+        elif isinstance(item, str) and _HTTP_METHOD.match(item):
+            out.add(item.upper())
+        else:
+            raise ConfigError(f"methods must be HTTP methods ('GET') or full gRPC method "
+                              f"names ('/pkg.Service/Method'), got {item!r}",
+                              field="hedging.methods")
+    return frozenset(out)
+
+
+@dataclass(frozen=True)
+class Hedging:
+    """Hedged requests: when an attempt has not answered after ``delay``, another one
+    goes to a different endpoint; the first answer wins, the others are cancelled.
+
+    ::
+
+        lb = clientlb.LoadBalancer(target, hedging=clientlb.Hedging())   # every transport
+        transport = clientlb.HTTPTransport(lb, hedging=clientlb.Hedging(delay=0.05))
+        channel = clientlb.grpc.insecure_channel(
+            lb, hedging=clientlb.Hedging(methods={"/pkg.Users/Get"}))
+
+    One type for the HTTP transports and the gRPC channels
+    (``clientlb.grpc.Hedging`` is this class). Only idempotent calls are hedged: a
+    hedged call may run twice on the servers.
+
+    Args:
+        delay: seconds to wait for an answer before hedging; ``None`` (default)
+            adapts it to the balancer's recent latencies: their 95th percentile
+            (Dean and Barroso's choice: about 5% of requests get a hedge). ``0``
+            hedges every call at once (doubling the load up to the
+            ``max_extra_load`` cap).
+        max_attempts: attempts in flight for one call at most, the first included,
+            2..5 (default 2; gRFC A6 caps it at 5): with more, another hedge
+            starts every ``delay`` while none has answered.
+        max_extra_load: the most hedges may add to the requests, 0 < x <= 1
+            (default 0.05: 5% more requests; a quiet client may still send 10
+            hedges per 10 s). Hedges are also withdrawn from the retry budget.
+        methods: what is hedged: HTTP methods (``"GET"``) and full gRPC method
+            names (``"/pkg.Service/Method"``). ``None`` (default): GET, HEAD and
+            OPTIONS on HTTP; on a gRPC channel given this policy, every
+            unary-unary method (use it only where they are all idempotent), and
+            none when the policy is the balancer's (name them).
+        non_fatal_codes: gRPC only — status codes (``grpc.StatusCode`` or names)
+            after which the next hedge starts at once instead of the answer being
+            final (default ``{"UNAVAILABLE"}``, gRFC A6's ``nonFatalStatusCodes``).
+
+    A request may opt in or out with ``extensions={"clientlb.hedge": True/False}``
+    (HTTP); only requests whose body can be sent again (bytes) are hedged.
+
+    Raises:
+        ConfigError: a field out of its range, naming it.
+    """
+
+    delay: float | None = None
+    max_attempts: int = 2
+    max_extra_load: float = 0.05
+    methods: frozenset[str] | None = None
+    non_fatal_codes: frozenset[str] = frozenset({"UNAVAILABLE"})
+
+    def __post_init__(self) -> None:
+        d = self.delay
+        if d is not None and (not _number(d) or d < 0):
+            raise ConfigError(f"delay must be a number of seconds >= 0 or None (adaptive), "
+                              f"got {d!r}", field="hedging.delay")
+        n = self.max_attempts
+        if isinstance(n, bool) or not isinstance(n, int) or not 2 <= n <= 5:
+            raise ConfigError(f"max_attempts must be an integer 2..5 (gRFC A6 caps it at 5), "
+                              f"got {n!r}", field="hedging.max_attempts")
+        x = self.max_extra_load
+        if not _number(x) or not 0 < x <= 1:
+            raise ConfigError(f"max_extra_load must be a fraction of the requests, 0 < x <= 1, "
+                              f"got {x!r}", field="hedging.max_extra_load")
+        if d is not None:
+            object.__setattr__(self, "delay", float(d))
+        object.__setattr__(self, "max_extra_load", float(x))
+        if self.methods is not None:
+            object.__setattr__(self, "methods", _methods(self.methods))
+        object.__setattr__(self, "non_fatal_codes", _code_names(self.non_fatal_codes))
+
+    def applies_to(self, method: str) -> bool:
+        """Is ``method`` hedged: an HTTP method, or a gRPC method (``/pkg.Svc/Method``)?"""
+        methods = self.methods
+        if method.startswith("/"):
+            return methods is None or method in methods
+        return method in (DEFAULT_HTTP_METHODS if methods is None else methods)
+
+    def names_grpc_methods(self) -> bool:
+        """True when ``methods`` lists gRPC methods (the balancer's policy reaches gRPC
+        channels only for the methods it names)."""
+        return self.methods is not None and any(m.startswith("/") for m in self.methods)
+
+    def describe(self) -> str:
+        """``"adaptive"`` or the fixed delay, as the transports' ``repr`` shows it."""
+        return "adaptive" if self.delay is None else f"{self.delay * 1000:g}ms"
+
+
+class _Live:
+    """The default of the transports' and channels' ``hedging=``: the balancer's policy."""
+
+    def __repr__(self) -> str:
+        return "<the balancer's hedging>"
+
+
+#: ``hedging=`` not given to a transport or channel: use the balancer's, live.
+LIVE_HEDGING: Any = _Live()
+
+
+def resolve(given: object, field: str = "hedging") -> Hedging | None:
+    """Check a transport's or channel's ``hedging=``: a :class:`Hedging`, ``None`` for the
+    balancer's (kept as :data:`LIVE_HEDGING`, read at each call) or ``False`` for none."""
+    if given is None or given is LIVE_HEDGING:
+        live: Hedging | None = LIVE_HEDGING
+        return live
+    if given is False:
+        return None
+    if not isinstance(given, Hedging):
+        raise ConfigError(f"must be a clientlb.Hedging, None (the balancer's) or False (off), "
+                          f"got {given!r}", field=field)
+    return given
+
+
+class LatencyWindow:
+    """The :data:`ADAPTIVE_PERCENTILE` of the last :data:`WINDOW` latencies, cheaply.
+
+    :meth:`add` writes into a fixed ring; every :data:`REFRESH_EVERY` samples the
+    percentile is recomputed (one sort of the ring) and cached; :attr:`value` is a
+    plain attribute read. Thread-safe.
+    """
+
+    __slots__ = ("_lock", "_ring", "count", "percentile", "value")
+
+    def __init__(self, percentile: float = ADAPTIVE_PERCENTILE) -> None:
+        self._lock = threading.Lock()
+        self._ring: list[float] = []
+        self.count = 0
+        self.percentile = percentile
+        #: the cached percentile, None before MIN_SAMPLES latencies
+        self.value: float | None = None
+
+    def add(self, latency: float) -> None:
+        with self._lock:
+            count = self.count
+            if count < WINDOW:
+                self._ring.append(latency)
+            else:
+                self._ring[count % WINDOW] = latency
+            self.count = count = count + 1
+            if count % REFRESH_EVERY and count != MIN_SAMPLES:
+                return
+            samples = list(self._ring)
+        if len(samples) < MIN_SAMPLES:
+            return
+        samples.sort()  # the nearest-rank percentile
+        value = samples[max(0, math.ceil(self.percentile * len(samples)) - 1)]
+        self.value = max(MIN_DELAY, value)
+
+
+class ExtraLoadBudget:
+    """Caps hedges at ``ratio`` of the requests over the last :data:`BUDGET_WINDOW` seconds.
+
+    ``deposit()`` once per hedgeable request, ``try_take()`` before each hedge: it
+    succeeds while ``hedges + 1 <= max(ratio × requests, BUDGET_FLOOR)`` over the
+    window (counted in 10 slices that expire in turn, as :class:`RetryBudget`). Unlike
+    the retry budget's floor, which adds to the ratio, this one only applies to a
+    quiet client: at 200 requests or more per window the cap is exactly ``ratio``.
+    ``also`` (the retry budget's ``try_withdraw``) is asked under the lock and the
+    hedge is taken only when both agree. Thread-safe.
+    """
+
+    __slots__ = ("_clock", "_hedges", "_lock", "_requests", "_slot", "_width", "ratio")
+
+    def __init__(self, ratio: float, clock: Clock | None = None) -> None:
+        self.ratio = ratio
+        self._clock: Clock = clock or time.monotonic
+        self._width = BUDGET_WINDOW / _SLOTS
+        self._requests = [0] * _SLOTS
+        self._hedges = [0] * _SLOTS
+        self._slot = int(self._clock() / self._width)
+        self._lock = threading.Lock()
+
+    def _advance(self) -> int:
+        slot = int(self._clock() / self._width)
+        gap = slot - self._slot
+        if gap > 0:
+            for i in range(self._slot + 1, self._slot + 1 + min(gap, _SLOTS)):
+                self._requests[i % _SLOTS] = self._hedges[i % _SLOTS] = 0
+            self._slot = slot
+        return slot % _SLOTS
+
+    def deposit(self) -> None:
+        with self._lock:
+            self._requests[self._advance()] += 1
+
+    def try_take(self, also: Callable[[], bool] | None = None) -> bool:
+        with self._lock:
+            i = self._advance()
+            if sum(self._hedges) + 1 > max(self.ratio * sum(self._requests), BUDGET_FLOOR):
+                return False
+            if also is not None and not also():
+                return False
+            self._hedges[i] += 1
+            return True
+
+    def window(self) -> tuple[int, int]:
+        """``(requests, hedges)`` in the current window."""
+        with self._lock:
+            self._advance()
+            return sum(self._requests), sum(self._hedges)
+
+
+class HedgeState:
+    """One balancer's hedging: the adaptive delay, the extra-load budgets, the counters.
+
+    Created by ``lb.hedge_state()`` the first time a call may be hedged; from then on
+    an outcome listener feeds every successful latency to the :class:`LatencyWindow`.
+    Counters (``lb.hedging_statistics()``): ``sent`` hedges, ``won`` (a hedge answered
+    first), ``refused`` (a budget said no), ``probes`` (hedged at once by the probe
+    rule), ``requests`` (hedgeable calls).
+    """
+
+    __slots__ = ("__weakref__", "_budgets", "_clock", "_lock", "probes", "refused",
+                 "requests", "sent", "window", "won")
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._budgets: dict[float, ExtraLoadBudget] = {}
+        self.window = LatencyWindow()
+        self.requests = 0
+        self.sent = 0
+        self.won = 0
+        self.refused = 0
+        self.probes = 0
+
+    def on_outcome(self, state: EndpointState, outcome: Outcome, latency: float,
+                   now: float) -> None:
+        """The balancer's outcome listener: successful latencies feed the adaptive delay."""
+        if outcome is Outcome.SUCCESS and latency > 0:
+            self.window.add(latency)
+
+    def budget(self, hedging: Hedging) -> ExtraLoadBudget:
+        """The extra-load budget of ``hedging.max_extra_load`` (one per ratio in use)."""
+        budget = self._budgets.get(hedging.max_extra_load)
+        if budget is None:
+            with self._lock:
+                budget = self._budgets.setdefault(
+                    hedging.max_extra_load, ExtraLoadBudget(hedging.max_extra_load, self._clock))
+        return budget
+
+    def begin(self, hedging: Hedging) -> None:
+        """A hedgeable call starts: it adds ``max_extra_load`` of a hedge to the budget."""
+        self.budget(hedging).deposit()
+        with self._lock:
+            self.requests += 1
+
+    def count(self, counter: str) -> None:
+        """Add one to a counter (``won``, ``probes``)."""
+        with self._lock:
+            setattr(self, counter, getattr(self, counter) + 1)
+
+    def delay(self, hedging: Hedging) -> float | None:
+        """The hedge delay of ``hedging``: fixed, or adaptive (None before enough samples)."""
+        return hedging.delay if hedging.delay is not None else self.window.value
+
+    @staticmethod
+    def is_probe(pick: Pick, delay: float) -> bool:
+        """Does ``pick`` go to an endpoint its latency estimate calls slow (the probe rule)?"""
+        return delay > 0 and pick.latency_estimate() >= PROBE_FACTOR * delay
+
+    def take(self, hedging: Hedging, also: Callable[[], bool] | None = None) -> bool:
+        """Pay one hedge from the extra-load budget (and ``also``, the retry budget)."""
+        taken = self.budget(hedging).try_take(also)
+        self.count("sent" if taken else "refused")
+        return taken
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters since creation and the current adaptive delay (seconds, or None)."""
+        return {"requests": self.requests, "sent": self.sent, "won": self.won,
+                "refused": self.refused, "probes": self.probes,
+                "adaptive_delay": self.window.value}
+
+    def __repr__(self) -> str:
+        delay = self.window.value
+        shown = "warming up" if delay is None else f"{delay * 1000:.1f}ms"
+        return (f"<HedgeState delay={shown} sent={self.sent} won={self.won} "
+                f"refused={self.refused} probes={self.probes}>")
