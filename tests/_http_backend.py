@@ -13,6 +13,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from typing import Any
 
 
@@ -27,8 +28,10 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 
 class Backend:
     """``status`` for every request (``/stream`` streams two chunks, the second after
-    ``gate`` is set); ``hang`` blocks answers until set; ``reset`` closes the connection
-    without answering; ``requests`` records ``(method, path, Host, body)``."""
+    ``gate`` is set); ``hang`` blocks answers until set; ``delay`` seconds are spent on
+    each answer (a slow server); ``reset`` closes the connection without answering;
+    ``requests`` records ``(method, path, Host, body)``; ``connections`` counts the
+    connections accepted."""
 
     def __init__(self, name: str, *, status: int = 200, ssl_context: ssl.SSLContext | None = None
                  ) -> None:
@@ -36,6 +39,8 @@ class Backend:
         self.status = status
         self.retry_after: str | None = None
         self.hang: threading.Event | None = None
+        self.delay = 0.0
+        self.connections = 0
         self.reset = False
         self.gate = threading.Event()
         self.requests: list[tuple[str, str, str | None, bytes]] = []
@@ -54,6 +59,7 @@ class Backend:
                 super().setup()
                 with backend._lock:
                     backend._connections.add(self.connection)
+                    backend.connections += 1
 
             def finish(self) -> None:
                 with backend._lock:
@@ -85,6 +91,8 @@ class Backend:
                     return
                 if backend.hang is not None:
                     backend.hang.wait(20)
+                if backend.delay:
+                    time.sleep(backend.delay)  # the server's own latency
                 if self.path == "/stream":
                     self.send_response(200)
                     self.send_header("Transfer-Encoding", "chunked")

@@ -1,27 +1,65 @@
-"""Hedged requests (issue 19): the engine's rules with a fake clock, then real gRPC
-servers on loopback — the hedge winning, probes of a slow endpoint hedged at once."""
+"""Hedged requests (issue 19): the engine's rules with a fake clock, then real servers on
+loopback — HTTP sync and asyncio, gRPC — the hedge winning, the loser cancelled without
+breaking its pool, the caps holding under an outage, non-idempotent requests never
+hedged, probes of a slow endpoint hedged at once."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
+import httpx
 import pytest
+import tenacity
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import clientlb
 import clientlb.grpc
 import clientlb.grpc.aio
-from clientlb import ConfigError, Hedging, Outcome
+from clientlb import ConfigError, Hedging, Outcome, RetryBudget, RetryPolicy
 from clientlb._engine import hedging as engine
 from clientlb._engine.call import LogicalCall
+from clientlb._http.workers import WorkerPool
 
 from ._grpc_servers import UNARY, GrpcBackend, outcomes_of
-from ._helpers import FakeClock
+from ._helpers import FakeClock, wait_until
+from ._http_backend import Backend
 
+FAST = RetryPolicy(backoff=tenacity.wait_none())
 HEDGE = Hedging(delay=0.05)
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Backend]]:
+    """b0 (made slow or hung by the tests) and b1, quiet HTTP servers on loopback."""
+    started = [Backend(f"b{i}") for i in range(2)]
+    yield started
+    for b in started:
+        b.close()
+
+
+def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
+    options.setdefault("strategy", "round_robin")
+    options.setdefault("retry", FAST)
+    options.setdefault("outlier_detection", None)
+    return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+
+
+def outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome, float]]:
+    seen: list[tuple[str, Outcome, float]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome, latency)))
+    return seen
 
 
 def seed_latency(lb: clientlb.LoadBalancer, address: str, seconds: float) -> None:
@@ -178,6 +216,297 @@ def test_no_more_hedges_than_max_attempts_and_none_past_the_deadline(clock: Fake
     assert call.hedge_delay() is None
     assert LogicalCall(lb, hedging=HEDGE, deadline=0.01).hedge_delay() is None
     assert LogicalCall(lb).hedge_delay() is None  # a call without a policy
+
+
+# -- HTTP on real servers -----------------------------------------------------------------------
+
+
+def test_the_hedge_threads_are_few_and_refuse_work_rather_than_queue_it() -> None:
+    """A full pool refuses a job (the request then runs unhedged); threads are reused."""
+    pool = WorkerPool(size=1, idle=5.0, name="clientlb-test-pool")
+    gate = threading.Event()
+    ran: list[str] = []
+    assert pool.has_room() and pool.try_submit(lambda: (gate.wait(5), ran.append("a")))
+    assert not pool.has_room() and not pool.try_submit(lambda: ran.append("b"))
+    gate.set()
+    wait_until(lambda: ran == ["a"] and pool.has_room(), message="the job done")
+    assert pool.try_submit(lambda: ran.append("c"))
+    wait_until(lambda: ran == ["a", "c"], message="the second job, on the same thread")
+    assert sum(t.name == "clientlb-test-pool" for t in threading.enumerate()) == 1
+
+
+def test_sync_a_hedge_on_the_fast_endpoint_wins_and_the_loser_is_closed_when_it_answers(
+        servers: list[Backend]) -> None:
+    """b0 hangs: each request that starts there is answered by b1 after the hedge delay; the
+    hung attempt reports CANCELLED once its response arrives and is drained."""
+    servers[0].hang = threading.Event()
+    lb = make_lb([s.address for s in servers])
+    seen = outcomes(lb)
+    transport = clientlb.HTTPTransport(lb, hedging=HEDGE)
+    with httpx.Client(transport=transport) as client:
+        started = time.monotonic()
+        answers = [client.get("http://users/") for _ in range(4)]
+        elapsed = time.monotonic() - started
+        assert {r.text for r in answers} == {"b1\n"}
+        assert elapsed < 4 * 0.05 + 2.0  # never the hung attempt's answer
+        stats = lb.hedging_statistics()
+        assert stats["requests"] == 4 and stats["sent"] == stats["won"] >= 1
+        assert "hedging=50ms" in repr(transport)
+        assert lb.in_flight() == stats["sent"]  # the losers are still waiting for b0
+        servers[0].hang.set()
+        wait_until(lambda: lb.in_flight() == 0, message="the losers settled")
+        losers = [o for a, o, _ in seen if a == servers[0].address]
+        assert losers == [Outcome.CANCELLED] * stats["sent"]
+        servers[0].hang = None
+        later = [client.get("http://users/").text for _ in range(4)]  # b0's pool still works
+    assert later.count("b0\n") >= 1
+
+
+def test_async_the_loser_is_cancelled_at_once_without_breaking_its_pool(
+        servers: list[Backend]) -> None:
+    """asyncio: the hung attempt's task is cancelled when the hedge answers (CANCELLED while
+    b0 still hangs); httpcore closes that connection, and later requests on b0 succeed."""
+    servers[0].hang = threading.Event()
+
+    async def main() -> None:
+        lb = make_lb([s.address for s in servers])
+        seen = outcomes(lb)
+        transport = clientlb.AsyncHTTPTransport(lb, hedging=HEDGE)
+        async with httpx.AsyncClient(transport=transport) as client:
+            answers = await asyncio.gather(*(client.get("http://users/") for _ in range(6)))
+            assert {r.text for r in answers} == {"b1\n"}
+            stats = lb.hedging_statistics()
+            assert stats["sent"] == stats["won"] >= 1
+            for _ in range(200):  # cancelled, not waited for: b0 still hangs
+                if lb.in_flight() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert lb.in_flight() == 0
+            assert [o for a, o, _ in seen if a == servers[0].address] \
+                == [Outcome.CANCELLED] * stats["sent"]
+            route = next(r for r in transport._router.routes() if r.address == servers[0].address)
+            assert [c for c in route.pool.connections if not c.is_idle()] == []  # none broken
+            connections = servers[0].connections
+            assert servers[0].hang is not None
+            servers[0].hang.set()
+            servers[0].hang = None
+            later = await asyncio.gather(*(client.get("http://users/") for _ in range(6)))
+            assert {r.status_code for r in later} == {200}
+            assert "b0\n" in {r.text for r in later}
+            assert servers[0].connections > connections  # the cancelled ones were closed
+            assert lb.in_flight() == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_non_idempotent_requests_are_never_hedged_unless_they_opt_in(
+        servers: list[Backend], is_async: bool) -> None:
+    """POST (and a GET that opts out) waits for the slow endpoint; a POST that opts in is
+    hedged; a streamed body never is, even opted in."""
+    servers[0].delay = 0.3
+    lb = make_lb([servers[0].address, servers[1].address])
+
+    def body() -> Iterator[bytes]:
+        yield b"streamed"
+
+    async def abody() -> Any:
+        yield b"streamed"
+
+    def send(client: Any, method: str, **kwargs: Any) -> Any:
+        return client.request(method, "http://users/", **kwargs)
+
+    cases = [("POST", {"content": b"x"}, False),
+             ("GET", {"extensions": {"clientlb.hedge": False}}, False),
+             ("POST", {"content": b"x", "extensions": {"clientlb.hedge": True}}, True),
+             ("POST", {"extensions": {"clientlb.hedge": True}}, False)]
+
+    def check(texts: list[tuple[str, bool, str]]) -> None:
+        for method, hedged, text in texts:
+            assert text == "b1\n" if hedged else text == "b0\n", (method, hedged)
+
+    def cases_for(streamed: Any) -> list[tuple[str, dict[str, Any], bool]]:
+        out = [(m, dict(kw), h) for m, kw, h in cases]
+        out[-1][1]["content"] = streamed()
+        return out
+
+    results: list[tuple[str, bool, str]] = []
+    if is_async:
+        async def main() -> None:
+            transport = clientlb.AsyncHTTPTransport(lb, hedging=HEDGE)
+            async with httpx.AsyncClient(transport=transport) as client:
+                for method, kwargs, hedged in cases_for(abody):
+                    response = await send(client, method, **kwargs)
+                    results.append((method, hedged, response.text))
+
+        with _first_on(lb, servers[0].address):
+            asyncio.run(main())
+    else:
+        with _first_on(lb, servers[0].address), \
+                httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=HEDGE)) as client:
+            for method, kwargs, hedged in cases_for(body):
+                results.append((method, hedged, send(client, method, **kwargs).text))
+    check(results)
+    stats = lb.hedging_statistics()
+    assert stats["requests"] == 1 and stats["sent"] == 1  # only the POST that opted in
+    assert sum(1 for m, _, _, _ in servers[1].requests if m == "POST") == 1
+
+
+def test_under_an_outage_hedges_stay_within_the_extra_load_and_retry_budgets(
+        servers: list[Backend]) -> None:
+    """Every backend slower than the delay: hedges ≤ max(5% of requests, 10); with a tight
+    retry budget, ≤ what it allows — each hedge is withdrawn from both."""
+    for s in servers:
+        s.delay = 0.03
+
+    async def run(lb: clientlb.LoadBalancer, n: int) -> None:
+        transport = clientlb.AsyncHTTPTransport(lb, hedging=Hedging(delay=0.005,
+                                                                    max_extra_load=0.05))
+        async with httpx.AsyncClient(transport=transport) as client:
+            sem = asyncio.Semaphore(25)
+
+            async def one() -> int:
+                async with sem:
+                    return (await client.get("http://users/")).status_code
+
+            assert set(await asyncio.gather(*(one() for _ in range(n)))) == {200}
+
+    lb = make_lb([s.address for s in servers])
+    asyncio.run(run(lb, 300))
+    stats = lb.hedging_statistics()
+    assert stats["requests"] == 300
+    assert stats["sent"] <= max(0.05 * 300, engine.BUDGET_FLOOR) and stats["refused"] >= 250
+    assert lb.retry_budget is not None
+    assert lb.retry_budget.statistics()["retries"] == stats["sent"]
+    served = sum(s.served() for s in servers)
+    assert served <= 300 + stats["sent"]
+
+    tight = RetryPolicy(backoff=tenacity.wait_none(),
+                        budget=RetryBudget(ratio=0.01, min_retries_per_second=0))
+    lb = make_lb([s.address for s in servers], retry=tight)
+    asyncio.run(run(lb, 200))
+    assert lb.hedging_statistics()["sent"] <= 2  # the retry budget: 1% of 200
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_probe_of_a_slow_endpoint_is_hedged_at_once_and_still_teaches_its_latency(
+        servers: list[Backend], is_async: bool) -> None:
+    """peak_ewma-style probe: b0's estimate is 0.3 s; a request sent there is hedged at once
+    (answered by b1 before the delay), and b0's attempt runs to its end, reporting its real
+    outcome and latency instead of CANCELLED."""
+    servers[0].delay = 0.3
+    lb = make_lb([s.address for s in servers])
+    seed_latency(lb, servers[0].address, 0.3)
+    seen = outcomes(lb)
+    hedging = Hedging(delay=0.15)  # b0's 0.3 s estimate is ≥ 1.5 × 0.15: a probe
+
+    async def main() -> tuple[str, float]:
+        transport = clientlb.AsyncHTTPTransport(lb, hedging=hedging)
+        async with httpx.AsyncClient(transport=transport) as client:
+            started = time.monotonic()
+            text = (await client.get("http://users/")).text
+            elapsed = time.monotonic() - started
+            for _ in range(300):
+                if lb.in_flight() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            return text, elapsed
+
+    with _first_on(lb, servers[0].address):
+        if is_async:
+            text, elapsed = asyncio.run(main())
+        else:
+            with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=hedging)) as c:
+                started = time.monotonic()
+                text = c.get("http://users/").text
+                elapsed = time.monotonic() - started
+                wait_until(lambda: lb.in_flight() == 0, message="the probe ended")
+    assert text == "b1\n" and elapsed < 0.15  # before the delay: at once
+    stats = lb.hedging_statistics()
+    assert (stats["probes"], stats["sent"], stats["won"]) == (1, 1, 1)
+    probe = [(o, latency) for a, o, latency in seen if a == servers[0].address]
+    assert len(probe) == 1 and probe[0][0] is Outcome.SUCCESS and probe[0][1] >= 0.3
+    lb.close()
+
+
+def test_the_adaptive_delay_learns_the_latencies_then_hedges_a_slow_answer(
+        servers: list[Backend]) -> None:
+    """delay=None: no hedge before 32 latencies; then the p95 of what was seen (a few ms on
+    loopback), so a request stuck on a hung backend is answered by the other one."""
+    lb = make_lb([s.address for s in servers])
+    with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=Hedging())) as client:
+        for _ in range(engine.MIN_SAMPLES):
+            client.get("http://users/")
+        delay = lb.hedging_statistics()["adaptive_delay"]
+        assert delay is not None and delay < 0.5
+        assert lb.hedging_statistics()["sent"] == 0
+        servers[0].hang = threading.Event()
+        try:
+            with _first_on(lb, servers[0].address):
+                assert client.get("http://users/").text == "b1\n"
+        finally:
+            servers[0].hang.set()
+    assert lb.hedging_statistics()["won"] == 1
+    wait_until(lambda: lb.in_flight() == 0, message="the loser settled")
+
+
+def test_the_balancers_policy_is_live_and_comes_from_config_files_and_the_registry(
+        servers: list[Backend]) -> None:
+    """[services.X.hedging] builds a Hedging; Registry.update(hedging=...) reaches a transport
+    built before it; False turns it off; bad values name their dotted path."""
+    config = {"services": {"users": {
+        "target": [s.address for s in servers], "strategy": "round_robin",
+        "hedging": {"delay": 0.05, "methods": ["GET", "/pkg.Users/Get"]}}}}
+    with clientlb.Registry.from_config(config, telemetry=False) as registry:
+        lb = registry.get("users")
+        assert lb.hedging == Hedging(delay=0.05, methods=frozenset({"GET", "/pkg.Users/Get"}))
+        transport = clientlb.HTTPTransport(lb)
+        assert "hedging=50ms" in repr(transport)
+        registry.update("users", hedging=False)
+        assert lb.hedging is None and "hedging" not in repr(transport)
+        registry.update("users", hedging={"max_extra_load": 0.1})
+        assert lb.hedging == Hedging(max_extra_load=0.1) and "hedging=adaptive" in repr(transport)
+        assert "hedging" not in repr(clientlb.HTTPTransport(lb, hedging=False))
+    bad = {"services": {"users": {"target": "127.0.0.1:1", "hedging": {"delay": -1}}}}
+    with pytest.raises(ConfigError, match=r"^services\.users\.hedging\.delay: delay must be"):
+        clientlb.Registry.from_config(bad, telemetry=False)
+    with pytest.raises(ConfigError, match=r"^hedging: "):
+        clientlb.HTTPTransport(make_lb([servers[0].address]), hedging=0.05)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"^hedging: hedging must be a clientlb\.Hedging"):
+        clientlb.LoadBalancer(["127.0.0.1:1"], hedging=True)  # type: ignore[arg-type]
+
+
+def test_hedges_are_counted_in_metrics_and_shown_on_the_callers_span(
+        servers: list[Backend]) -> None:
+    """clientlb.hedges counts sent and won; the span gets a clientlb.hedge event and the
+    winning attempt's clientlb.attempt event."""
+    reader = InMemoryMetricReader()
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lb = make_lb([s.address for s in servers])
+    clientlb.Telemetry(meter_provider=MeterProvider(metric_readers=[reader])).instrument(lb)
+    servers[0].hang = threading.Event()
+    try:
+        with _first_on(lb, servers[0].address), \
+                httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=HEDGE)) as client, \
+                provider.get_tracer("test").start_as_current_span("request"):
+            assert trace.get_current_span().is_recording()
+            assert client.get("http://users/").text == "b1\n"
+    finally:
+        servers[0].hang.set()
+    wait_until(lambda: lb.in_flight() == 0, message="the loser settled")
+    data = reader.get_metrics_data()
+    assert data is not None
+    hedges = {dict(p.attributes)["clientlb.hedge"]: p.value
+              for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+              if m.name == "clientlb.hedges" for p in m.data.data_points}
+    assert hedges == {"sent": 1, "won": 1, "refused": 0, "probes": 0}
+    (span,) = exporter.get_finished_spans()
+    events = {e.name: dict(e.attributes or {}) for e in span.events}
+    assert events["clientlb.hedge"]["clientlb.hedge.reason"] == "delay"
+    assert events["clientlb.hedge"]["clientlb.endpoint"] == servers[0].address
+    assert events["clientlb.attempt"]["clientlb.outcome"] == "success"
 
 
 # -- gRPC ---------------------------------------------------------------------------------------

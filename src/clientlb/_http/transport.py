@@ -48,6 +48,19 @@ that was already sent is never replayed. When the attempts are spent the
 last response is returned, or the last error is raised as the same httpx
 exception, its message naming every endpoint tried.
 
+**Hedging** (``hedging=``, default the balancer's :class:`~clientlb.Hedging`,
+``False`` for none): a GET, HEAD or OPTIONS request (or one of
+``Hedging.methods``, or one with ``extensions={"clientlb.hedge": True}``) whose
+body is bytes gets a second attempt on another endpoint when the first has not
+answered after the hedge delay — at once when the first goes to an endpoint
+known to be slow (a probe) — and the first response wins. The loser is
+cancelled (async: its task, and httpcore closes that connection; sync: its
+response is drained and closed when it arrives, in its thread) and reports
+``CANCELLED``; a probe that loses runs on and reports what its endpoint did. The
+race is one sans-I/O generator (:meth:`_Router.race`); the sync transport runs
+the attempts in a few shared threads (``_http/workers.py``), the async one in
+asyncio tasks (under trio, requests are not hedged).
+
 **Affinity**: ``hash_key=`` feeds ``ring_hash``/``maglev``; ``affinity=``
 gives sticky sessions (see :mod:`clientlb._http.affinity`).
 
@@ -61,13 +74,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import email.utils
 import functools
+import math
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, ClassVar, Generic, NoReturn, TypeVar
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Iterable, Iterator
+from typing import Any, ClassVar, Generic, Literal, NoReturn, Protocol, TypeVar
 
 import anyio
 import httpcore
@@ -77,12 +92,20 @@ from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.errors import ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
-from .._engine.call import LIVE_POLICY, Completion, LogicalCall
+from .._engine.call import LIVE_POLICY, Completion, LogicalCall, describe
+from .._engine.hedging import LIVE_HEDGING, Hedging
+from .._engine.hedging import resolve as resolve_hedging
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
+from .workers import HEDGE_THREADS
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
 
 _SUCCESS = Outcome.SUCCESS
+_CANCELLED = Outcome.CANCELLED
+#: ``_Router.responded``/``failed`` in a race: this attempt failed, others may answer.
+WAIT = math.inf
+#: ``extensions={"clientlb.hedge": True}`` with no policy anywhere: the defaults.
+_OPT_IN = Hedging()
 
 # -- errors -----------------------------------------------------------------------------------
 
@@ -236,11 +259,11 @@ class _Call(LogicalCall):
     __slots__ = ("body", "extensions", "request", "target", "token")
 
     def __init__(self, lb: LoadBalancer, request: httpx.Request, key: Any, prefer: str | None,
-                 token: str | None, deadline: float | None) -> None:
+                 token: str | None, deadline: float | None, hedging: Hedging | None) -> None:
         extensions = request.extensions
         opt_in = extensions.get("clientlb.retry")
         super().__init__(lb, key=key, prefer=prefer, deadline=deadline,
-                         policy=None if opt_in is False else LIVE_POLICY)
+                         policy=None if opt_in is False else LIVE_POLICY, hedging=hedging)
         policy = self.policy
         self.replayable = opt_in is True or (
             policy is not None and (request.method in policy.methods
@@ -291,7 +314,7 @@ class _Router(Generic[P]):
     def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
                  server_name: str | None, hash_key: HashKey | None,
                  affinity: Affinity | None, pool_shards: int, is_async: bool,
-                 deadline: float | None = None) -> None:
+                 deadline: float | None = None, hedging: object = None) -> None:
         if not isinstance(lb, LoadBalancer):
             raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
         if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
@@ -314,6 +337,8 @@ class _Router(Generic[P]):
                               f"{deadline!r}", field="deadline")
         self.lb = lb
         self.deadline = deadline
+        #: a Hedging, None (off), or LIVE_HEDGING: the balancer's, read at each request
+        self.hedging: Hedging | None = resolve_hedging(hedging)
         self.server_name = server_name
         self.hash_key = hash_key
         self.affinity = affinity
@@ -443,14 +468,35 @@ class _Router(Generic[P]):
             if token is not None and self.tokens is not None:
                 prefer = self.tokens.address(token)
         deadline = request.extensions.get("clientlb.deadline", self.deadline)
-        call = _Call(self.lb, request, key, prefer, token, deadline)
-        if not isinstance(request.stream, httpx.ByteStream):
+        replayable = isinstance(request.stream, httpx.ByteStream)
+        call = _Call(self.lb, request, key, prefer, token, deadline,
+                     self.hedging_of(request) if replayable else None)
+        if not replayable:
             # Not replayable: track it, so that a retry knows whether it was sent.
             call.body = (_AsyncBody if self._is_async else _SyncBody)(request.stream)
         return call
 
-    def attempt(self, call: _Call) -> _Attempt[P]:
-        """Pick an endpoint (avoiding those tried) and build the httpcore request."""
+    def current_hedging(self) -> Hedging | None:
+        """The transport's hedging policy, or the balancer's (read live)."""
+        hedging = self.hedging
+        return self.lb.hedging if hedging is LIVE_HEDGING else hedging
+
+    def hedging_of(self, request: httpx.Request) -> Hedging | None:
+        """The policy hedging ``request`` (its body is bytes), or None: the method is one of
+        the policy's (GET, HEAD, OPTIONS by default), or the request opted in."""
+        opt = request.extensions.get("clientlb.hedge")
+        if opt is False:
+            return None
+        hedging = self.current_hedging()
+        if opt is True:
+            return hedging or _OPT_IN
+        if hedging is None or not hedging.applies_to(request.method):
+            return None
+        return hedging
+
+    def attempt(self, call: _Call, busy: Collection[str] = ()) -> _Attempt[P]:
+        """Pick an endpoint (avoiding those tried and ``busy``) and build the httpcore
+        request."""
         if call.deadline_at is not None:
             left = call.remaining()
             if left is not None and left <= 0:  # checked before a pick is in flight
@@ -458,7 +504,7 @@ class _Router(Generic[P]):
                 raise httpx.TimeoutException(call.describe_failure(
                     "deadline exceeded before an attempt"), request=call.request)
         try:
-            pick = call.pick()
+            pick = call.pick(busy)
         except NoEndpointAvailable as exc:
             raise HTTPNoEndpointAvailable(exc, call.request) from exc
         request = call.request
@@ -502,12 +548,17 @@ class _Router(Generic[P]):
         body = call.body
         return body is None or not body.started  # a streamed body cannot be sent twice
 
-    def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
-        """An attempt raised: report it; the delay before a retry, or raise the final error."""
+    def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException,
+               others: bool = False) -> float:
+        """An attempt raised: report it; the delay before a retry, or raise the final error
+        (``others``: attempts of its race are in flight — :data:`WAIT` for them)."""
         cls, outcome, reached = classify_exception(exc)
         attempt.finish(outcome)
         if cls is None:
             raise exc  # not an I/O error (a bug, a cancellation): as it is
+        if others:
+            call.tried.append((attempt.address, describe(outcome, str(exc))))
+            return WAIT
         retryable = cls not in _NOT_RETRIED and (call.body is None or not reached)
         delay = None
         if self._body_allows_retry(call):
@@ -521,9 +572,11 @@ class _Router(Generic[P]):
             raise err from exc
         return delay
 
-    def responded(self, call: _Call, attempt: _Attempt[P],
-                  response: httpcore.Response) -> float | None:
-        """Headers arrived: the outcome; the delay before a retry, or None to return it."""
+    def responded(self, call: _Call, attempt: _Attempt[P], response: httpcore.Response,
+                  others: bool = False) -> float | None:
+        """Headers arrived: the outcome; the delay before a retry, or None to return it
+        (``others``: attempts of its race are in flight — :data:`WAIT` for them rather
+        than retry)."""
         attempt.mark_first_byte()
         status = response.status
         if status < 500:
@@ -533,6 +586,9 @@ class _Router(Generic[P]):
         if policy is None or status not in policy.statuses \
                 or not self._body_allows_retry(call):
             return None
+        if others:
+            call.tried.append((attempt.address, describe(outcome, f"HTTP {status}")))
+            return WAIT
         retry_after = None
         for k, v in response.headers:
             if k.lower() == b"retry-after":
@@ -572,12 +628,145 @@ class _Router(Generic[P]):
             raise exc
         raise cls(str(exc)) from exc
 
+    # -- hedged requests --------------------------------------------------------------------
+
+    @staticmethod
+    def hedge_delay(call: _Call, first: _Attempt[P]) -> float | None:
+        """When ``first`` (the call's first attempt, just picked) should be hedged, or None."""
+        return None if call.hedging is None else call.hedge_delay(first.pick)
+
+    def race(self, call: _Call, first: _Attempt[P], delay: float,
+             runner: _Runner) -> Generator[float | None, None, None]:
+        """A hedged request, sans I/O: the decisions of both transports (module doc).
+
+        ``runner`` is the shell: it starts attempts (a thread or a task each), collects
+        those that ended, abandons and settles the losers. The generator yields how long
+        to wait (None: until an attempt ends) and, resumed, takes what ended meanwhile
+        (``runner.take()``); it ends with the response in ``runner.answer``, or raises
+        the call's error — the retry rule is the unhedged loop's once no attempt of the
+        race is left in flight. ``delay``: when ``first`` should be hedged.
+        """
+        live = [first]  # in flight, oldest first
+        hedges: set[_Attempt[Any]] = set()
+        runner.start(first)
+        clock = time.monotonic
+        hedge_at: float | None = clock() + delay
+        retry_at: float | None = None
+        try:
+            while True:
+                due = min((t for t in (hedge_at, retry_at) if t is not None), default=None)
+                yield None if due is None else max(0.0, due - clock())
+                ended = runner.take()
+                for i, (attempt, result) in enumerate(ended):
+                    live.remove(attempt)
+                    if isinstance(result, httpcore.Response):
+                        wait = self.responded(call, attempt, result, others=bool(live))
+                        if wait is None:  # the answer
+                            call.won(attempt in hedges)
+                            for loser, other in ended[i + 1:]:  # ended too: as they did
+                                live.remove(loser)
+                                runner.settle(loser, other, _loser_outcome(loser, other, True))
+                            for loser in live:
+                                runner.abandon(loser, call.lost(loser.pick))
+                            live = []
+                            runner.answer = self.response(call, attempt, result,
+                                                          runner.stream(attempt, result))
+                            return
+                        runner.settle(attempt, result, None)
+                    else:
+                        wait = self.failed(call, attempt, result, others=bool(live))
+                    if wait != WAIT:  # nothing left in flight: retry after ``wait``
+                        retry_at, hedge_at = clock() + wait, None
+                now = clock()
+                if retry_at is not None and now >= retry_at:
+                    retry_at = None
+                    attempt = self.attempt(call)
+                    runner.start(attempt)
+                    live.append(attempt)
+                    delay_ = call.hedge_delay(attempt.pick)
+                    hedge_at = None if delay_ is None else now + delay_
+                elif hedge_at is not None and now >= hedge_at:
+                    hedge_at = None
+                    hedge = self._hedge(call, live, runner)
+                    if hedge is not None:
+                        hedges.add(hedge)
+                        live.append(hedge)
+                        delay_ = call.hedge_delay()
+                        hedge_at = None if delay_ is None else now + delay_
+        finally:
+            for attempt in live:  # the caller gave up (or a bug): nothing to learn
+                runner.abandon(attempt, False)
+
+    def _hedge(self, call: _Call, live: list[_Attempt[P]], runner: _Runner
+               ) -> _Attempt[P] | None:
+        """Start a hedge of the attempts in ``live`` on another endpoint, if one may start."""
+        busy = {a.address for a in live}
+        if not live or not runner.room() \
+                or len(call.tried_addresses() | busy) >= len(self.lb.endpoints()) \
+                or not call.take_hedge(call.hedges + 2, live[-1].address):
+            return None
+        try:
+            hedge = self.attempt(call, busy)
+        except (httpx.TransportError, RuntimeError):  # no endpoint, deadline, closed
+            return None
+        if hedge.address in busy:  # nothing else may take traffic now
+            hedge.finish(_CANCELLED)
+            return None
+        runner.start(hedge)
+        return hedge
+
     def describe(self, kind: str) -> str:
         pools, in_flight = self.stats()
         policy = self.lb.retry_policy
         retry = "off" if policy is None else f"{policy.attempts} attempts"
+        hedging = self.current_hedging()
+        hedged = "" if hedging is None else f" hedging={hedging.describe()}"
         return (f"<{kind} {self.lb.name!r} strategy={self.lb.strategy.name} pools={pools} "
-                f"in_flight={in_flight} retry={retry}>")
+                f"in_flight={in_flight} retry={retry}{hedged}>")
+
+
+#: What an attempt of a race ended with: its response headers, or what it raised.
+_Ended = tuple[_Attempt[Any], "httpcore.Response | BaseException"]
+
+
+class _Runner(Protocol):
+    """What :meth:`_Router.race` asks of a shell (``_Threads``, ``_Tasks``)."""
+
+    answer: httpx.Response | None
+
+    def room(self) -> bool:
+        """May another attempt start now?"""
+
+    def start(self, attempt: _Attempt[Any]) -> None:
+        """Send ``attempt`` (it ends in a later :meth:`take`)."""
+
+    def take(self) -> list[_Ended]:
+        """The attempts that ended since the last call, with their results."""
+
+    def abandon(self, attempt: _Attempt[Any], keep: bool) -> None:
+        """``attempt`` lost: cancel it, or (``keep``) let it finish; either way it is
+        settled (:meth:`settle`) with :func:`_loser_outcome` when it ends."""
+
+    def settle(self, attempt: _Attempt[Any], result: httpcore.Response | BaseException,
+               outcome: Outcome | None) -> None:
+        """Drain and close a response not used (none for an exception), then finish the
+        attempt with ``outcome`` (None: the one recorded)."""
+
+    def stream(self, attempt: _Attempt[Any], response: httpcore.Response
+               ) -> httpx.SyncByteStream | httpx.AsyncByteStream:
+        """The response stream given to the caller, which finishes the attempt."""
+
+
+def _loser_outcome(attempt: _Attempt[Any], result: httpcore.Response | BaseException,
+                   keep: bool) -> Outcome:
+    """How an attempt that lost its race ended: cancelled, unless it was kept (a probe
+    of a slow endpoint), whose outcome is what the endpoint did, at its latency."""
+    if not keep:
+        return _CANCELLED
+    if isinstance(result, httpcore.Response):
+        attempt.mark_first_byte()
+        return classify_status(result.status)
+    return classify_exception(result)[1]
 
 
 def _resolve_lb(lb: LoadBalancer | str | Iterable[str | Endpoint]) -> tuple[LoadBalancer, bool]:
@@ -627,14 +816,20 @@ class _Transport:
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
                  affinity: Affinity | None = None, pool_shards: int = 4,
-                 deadline: float | None = None, **options: Any) -> None:
+                 deadline: float | None = None,
+                 hedging: Hedging | Literal[False] | None = None, **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
-        self._router: _Router[Any] = _Router(
-            self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, deadline=deadline,
-            is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        try:
+            self._router: _Router[Any] = _Router(
+                self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+                server_name=server_name, hash_key=hash_key, affinity=affinity,
+                pool_shards=pool_shards, deadline=deadline, hedging=hedging,
+                is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        except BaseException:
+            if self._owns_lb:
+                self._lb.close()
+            raise
 
     @property
     def lb(self) -> LoadBalancer:
@@ -680,6 +875,79 @@ def _discard(stream: Any) -> None:
     _close(stream)
 
 
+class _Threads:
+    """The sync shell of a race (:class:`_Runner`): each attempt in one of the shared
+    ``HEDGE_THREADS`` (in the caller's thread when none is free), the caller waiting for
+    the first to end; a loser ends in its thread, and is settled there."""
+
+    __slots__ = ("_abandoned", "_cond", "_ended", "_router", "answer")
+
+    def __init__(self, router: _Router[Any]) -> None:
+        self._router = router
+        self._cond = threading.Condition()
+        self._ended: list[_Ended] = []
+        self._abandoned: dict[_Attempt[Any], bool] = {}
+        self.answer: httpx.Response | None = None
+
+    def room(self) -> bool:
+        return HEDGE_THREADS.has_room()
+
+    def start(self, attempt: _Attempt[Any]) -> None:
+        context = contextvars.copy_context()  # the caller's span, for the attempt's events
+
+        def run() -> None:
+            context.run(self._run, attempt)
+
+        if not HEDGE_THREADS.try_submit(run):
+            run()  # no thread free: here (a hedge asks room() first, so only a retry)
+
+    def _run(self, attempt: _Attempt[Any]) -> None:
+        result: httpcore.Response | BaseException
+        try:
+            result = attempt.route.pool.handle_request(attempt.core_request)
+        except BaseException as exc:
+            result = exc
+        with self._cond:
+            keep = self._abandoned.pop(attempt, None)
+            if keep is None:
+                self._ended.append((attempt, result))
+                self._cond.notify()
+                return
+        # a kept probe cut by the transport's close() says nothing about its endpoint
+        self.settle(attempt, result,
+                    _loser_outcome(attempt, result, keep and not self._router.closed))
+
+    def wait(self, timeout: float | None) -> None:
+        with self._cond:
+            if not self._ended:
+                self._cond.wait(timeout)
+
+    def take(self) -> list[_Ended]:
+        with self._cond:
+            ended, self._ended = self._ended, []
+        return ended
+
+    def abandon(self, attempt: _Attempt[Any], keep: bool) -> None:
+        with self._cond:
+            results = [r for a, r in self._ended if a is attempt]
+            if not results:  # still running: settled in its thread when it ends
+                self._abandoned[attempt] = keep
+                return
+            self._ended = [e for e in self._ended if e[0] is not attempt]
+        self.settle(attempt, results[0], _loser_outcome(attempt, results[0], keep))
+
+    def settle(self, attempt: _Attempt[Any], result: httpcore.Response | BaseException,
+               outcome: Outcome | None) -> None:
+        if isinstance(result, httpcore.Response):
+            _discard(result.stream)
+        attempt.finish(outcome)
+        self._router.close_retired_sync()
+
+    def stream(self, attempt: _Attempt[Any], response: httpcore.Response
+               ) -> httpx.SyncByteStream:
+        return _SyncResponseStream(self._router, attempt, response.stream)
+
+
 class HTTPTransport(_Transport, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that balances every request over ``lb``.
 
@@ -707,6 +975,12 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             ``deadline=0.5`` gives one attempt at most 0.3 s and all of them
             0.5 s. A request may set its own with
             ``extensions={"clientlb.deadline": seconds}``.
+        hedging: a :class:`~clientlb.Hedging` policy for this transport; None
+            (default): the balancer's ``hedging`` (read at each request, so
+            ``Registry.update(hedging=...)`` reaches it); False: none. A request
+            opts in or out with ``extensions={"clientlb.hedge": True/False}``.
+            The sync transport runs the attempts of a hedged request in a few
+            shared threads (docs/http.md, "Hedged requests").
         **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
             ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
             ``local_address``, ``retries``, ``socket_options``).
@@ -720,9 +994,16 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
         call = router.begin(request)
+        attempt = router.attempt(call)
+        hedge = router.hedge_delay(call, attempt)
+        if hedge is not None and HEDGE_THREADS.has_room():
+            threads = _Threads(router)
+            with contextlib.closing(router.race(call, attempt, hedge, threads)) as race:
+                for timeout in race:
+                    threads.wait(timeout)
+            return threads.answer  # type: ignore[return-value]  # set when the race ends
         delay: float | None
         while True:
-            attempt = router.attempt(call)
             try:
                 resp = attempt.route.pool.handle_request(attempt.core_request)
             except BaseException as exc:
@@ -740,6 +1021,7 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
                 router.close_retired_sync()
             if delay:
                 time.sleep(delay)
+            attempt = router.attempt(call)
 
     def close(self) -> None:
         for pool in self._router.all_pools():
@@ -787,6 +1069,84 @@ async def _adiscard(stream: Any) -> None:
     await _aclose(stream)
 
 
+def _result(task: asyncio.Task[httpcore.Response]) -> httpcore.Response | BaseException:
+    if task.cancelled():
+        return asyncio.CancelledError()
+    return task.exception() or task.result()
+
+
+class _Tasks:
+    """The asyncio shell of a race (:class:`_Runner`): each attempt a task; a loser is
+    cancelled (httpcore closes its connection) or, kept, left to end; both are settled
+    by a task of ``background`` (the transport's: ``aclose()`` cancels them)."""
+
+    __slots__ = ("_background", "_ended", "_loop", "_router", "_tasks", "answer")
+
+    def __init__(self, router: _Router[Any], background: set[asyncio.Task[Any]]) -> None:
+        self._router = router
+        self._background = background
+        self._loop = asyncio.get_running_loop()
+        self._tasks: dict[asyncio.Task[httpcore.Response], _Attempt[Any]] = {}
+        self._ended: list[_Ended] = []
+        self.answer: httpx.Response | None = None
+
+    def room(self) -> bool:
+        return True
+
+    def start(self, attempt: _Attempt[Any]) -> None:
+        pool = attempt.route.pool
+        self._tasks[self._loop.create_task(pool.handle_async_request(attempt.core_request))] \
+            = attempt
+
+    async def wait(self, timeout: float | None) -> None:
+        if not self._tasks:  # a retry's backoff
+            await asyncio.sleep(timeout or 0.0)
+            return
+        done, _ = await asyncio.wait(self._tasks, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        self._ended += [(self._tasks.pop(task), _result(task)) for task in done]
+
+    def take(self) -> list[_Ended]:
+        ended, self._ended = self._ended, []
+        return ended
+
+    def abandon(self, attempt: _Attempt[Any], keep: bool) -> None:
+        task = next(t for t, a in self._tasks.items() if a is attempt)
+        del self._tasks[task]
+        if not keep:
+            task.cancel()
+        self._background.add(task)
+        task.add_done_callback(functools.partial(self._lost, attempt, keep))
+
+    def _lost(self, attempt: _Attempt[Any], keep: bool,
+              task: asyncio.Task[httpcore.Response]) -> None:
+        self._background.discard(task)
+        result = _result(task)
+        self.settle(attempt, result,
+                    _loser_outcome(attempt, result, keep and not self._router.closed))
+
+    def settle(self, attempt: _Attempt[Any], result: httpcore.Response | BaseException,
+               outcome: Outcome | None) -> None:
+        if not isinstance(result, httpcore.Response):
+            attempt.finish(outcome)
+            return
+        task = self._loop.create_task(self._drain(attempt, result, outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @staticmethod
+    async def _drain(attempt: _Attempt[Any], response: httpcore.Response,
+                     outcome: Outcome | None) -> None:
+        try:
+            await _adiscard(response.stream)
+        finally:
+            attempt.finish(outcome)
+
+    def stream(self, attempt: _Attempt[Any], response: httpcore.Response
+               ) -> httpx.AsyncByteStream:
+        return _AsyncResponseStream(self._router, attempt, response.stream)
+
+
 class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that balances every request over ``lb``.
 
@@ -800,6 +1160,8 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
     _pool_class = httpcore.AsyncConnectionPool
     _ready = False  # the balancer answered its first resolution
     _closers: set[asyncio.Task[None]] | None = None
+    #: the losers of hedged requests and their drains (asyncio only; None under trio)
+    _hedges: set[asyncio.Task[Any]] | None = None
 
     def _watch_retired(self) -> None:
         """Close retired pools on this event loop as soon as a diff retires them."""
@@ -809,6 +1171,7 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
             return
         closers: set[asyncio.Task[None]] = set()
         self._closers = closers
+        self._hedges = set()
 
         def close_soon() -> None:
             task = loop.create_task(self._close_retired())
@@ -834,11 +1197,18 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
             if router.on_retired is None:
                 self._watch_retired()
         call = router.begin(request)
+        if router.to_close:
+            await self._close_retired()
+        attempt = router.attempt(call)
+        hedge = router.hedge_delay(call, attempt)
+        if hedge is not None and self._hedges is not None:  # hedged on asyncio only
+            tasks = _Tasks(router, self._hedges)
+            with contextlib.closing(router.race(call, attempt, hedge, tasks)) as race:
+                for timeout in race:
+                    await tasks.wait(timeout)
+            return tasks.answer  # type: ignore[return-value]  # set when the race ends
         delay: float | None
         while True:
-            if router.to_close:
-                await self._close_retired()
-            attempt = router.attempt(call)
             try:
                 resp = await attempt.route.pool.handle_async_request(attempt.core_request)
             except BaseException as exc:
@@ -852,8 +1222,13 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
                 attempt.finish()
             if delay:
                 await anyio.sleep(delay)
+            if router.to_close:
+                await self._close_retired()
+            attempt = router.attempt(call)
 
     async def aclose(self) -> None:
+        for task in list(self._hedges or ()):  # losers of hedged requests still running
+            task.cancel()
         for pool in self._router.all_pools():
             await pool.aclose()
         self._lb.remove_listener(self._router.listener)
