@@ -62,11 +62,28 @@ def outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome, float]]:
     return seen
 
 
+async def settled(lb: clientlb.LoadBalancer) -> int:
+    """Poll (on the event loop) until nothing is in flight on ``lb``, for up to 3 s."""
+    for _ in range(300):
+        if lb.in_flight() == 0:
+            break
+        await asyncio.sleep(0.01)
+    return lb.in_flight()
+
+
 def seed_latency(lb: clientlb.LoadBalancer, address: str, seconds: float) -> None:
     """Make ``address``'s latency estimate ``seconds``, as a finished slow call would."""
     pick = lb.pick(prefer=address)
     assert pick.address == address
     pick.done(Outcome.SUCCESS, seconds)
+
+
+def make_slow(lb: clientlb.LoadBalancer, slow: str, fast: str, seconds: float) -> None:
+    """``slow``'s estimate is ``seconds``, ``fast``'s is a typical one's: as ``peak_ewma``
+    sees a slow endpoint among fast ones (the probe rule compares the two)."""
+    lb.hedge_state()  # from now on, outcomes feed the typical estimate
+    seed_latency(lb, fast, 0.01)
+    seed_latency(lb, slow, seconds)
 
 
 class _first_on:
@@ -179,31 +196,53 @@ def test_extra_load_budget_caps_hedges_at_the_ratio_with_a_floor_for_quiet_clien
 
 def test_the_probe_rule_hedges_at_once_a_pick_of_an_endpoint_estimated_slow(
         clock: FakeClock) -> None:
-    """An endpoint whose estimate is ≥ 1.5 × the delay is a probe: hedge at once; it is kept
-    when it loses, while any other loser raises its endpoint's estimate to what it waited."""
+    """An endpoint whose estimate is ≥ 2 × the typical endpoint's (and above the delay) is
+    a probe: hedged at once. When a race is lost, the strategy's pick runs on; a hedge is
+    cancelled and its endpoint's estimate rises to what it waited (never falls)."""
     lb = clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002"], clock=clock,
                                rng=random.Random(1), outlier_detection=None)
-    seed_latency(lb, "127.0.0.1:8001", 0.2)
+    make_slow(lb, "127.0.0.1:8001", "127.0.0.1:8002", 0.2)
     slow = LogicalCall(lb, prefer="127.0.0.1:8001", hedging=HEDGE)
     pick = slow.pick()
     assert pick.address == "127.0.0.1:8001"
     assert slow.hedge_delay(pick) == 0.0
     assert slow.take_hedge(2, pick.address)
     assert lb.hedging_statistics()["probes"] == 1
-    assert slow.lost(pick) is True  # a probe runs on
+    hedge = slow.pick(busy={pick.address})
+    assert hedge.address == "127.0.0.1:8002"
+    assert slow.lost(pick, hedge=False) is True  # the strategy's pick runs on
     fast = LogicalCall(lb, prefer="127.0.0.1:8002", hedging=HEDGE)
-    other = fast.pick()
-    assert fast.hedge_delay(other) == 0.05
+    assert fast.hedge_delay(fast.pick()) == 0.05  # 0.03 s default estimate: no probe
     clock.advance(0.3)
-    assert fast.lost(other) is False  # cancelled: its estimate rises to the 0.3 s it waited
-    assert other.latency_estimate() == pytest.approx(0.3)
-    pick.done(Outcome.SUCCESS)
-    other.done(Outcome.CANCELLED)
+    assert slow.lost(hedge, hedge=True) is False  # a hedge is cancelled...
+    assert hedge.latency_estimate() == pytest.approx(0.3)  # ...its wait a lower bound
+    hedge.done(Outcome.CANCELLED)
     clock.advance(0.001)
-    lower = LogicalCall(lb, prefer="127.0.0.1:8002", hedging=HEDGE).pick()
-    lower.outlasted()  # a shorter wait never lowers the estimate
-    assert lower.latency_estimate() == pytest.approx(0.3, rel=1e-3)
-    lower.done(Outcome.CANCELLED)
+    again = LogicalCall(lb, prefer="127.0.0.1:8002", hedging=HEDGE).pick()
+    again.outlasted()  # a shorter wait never lowers the estimate
+    assert again.latency_estimate() == pytest.approx(0.3, rel=1e-3)
+    for p in (pick, again):
+        p.done(Outcome.CANCELLED)
+
+
+def test_after_a_pause_of_the_whole_client_no_endpoint_is_a_probe(clock: FakeClock) -> None:
+    """Every estimate high at once (a client pause, a GC) says nothing about one endpoint:
+    only one slower than its peers is a probe, however the estimates compare to the delay."""
+    addresses = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
+    lb = clientlb.LoadBalancer(addresses, clock=clock, outlier_detection=None)
+    lb.hedge_state()
+    for address in addresses:
+        seed_latency(lb, address, 0.2)  # 4 × the delay, everywhere
+    probes = []
+    for address in addresses:
+        call = LogicalCall(lb, prefer=address, hedging=HEDGE)
+        pick = call.pick()
+        probes.append(call.hedge_delay(pick) == 0.0)
+        pick.done(Outcome.CANCELLED)
+    assert probes == [False, False, False]
+    seed_latency(lb, addresses[0], 0.6)  # now one is 3 × slower than the others
+    call = LogicalCall(lb, prefer=addresses[0], hedging=HEDGE)
+    assert call.hedge_delay(call.pick()) == 0.0
 
 
 def test_no_more_hedges_than_max_attempts_and_none_past_the_deadline(clock: FakeClock) -> None:
@@ -235,66 +274,103 @@ def test_the_hedge_threads_are_few_and_refuse_work_rather_than_queue_it() -> Non
     assert sum(t.name == "clientlb-test-pool" for t in threading.enumerate()) == 1
 
 
-def test_sync_a_hedge_on_the_fast_endpoint_wins_and_the_loser_is_closed_when_it_answers(
-        servers: list[Backend]) -> None:
-    """b0 hangs: each request that starts there is answered by b1 after the hedge delay; the
-    hung attempt reports CANCELLED once its response arrives and is drained."""
-    servers[0].hang = threading.Event()
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_hedge_on_the_fast_endpoint_wins_and_the_slow_pick_still_reports_its_latency(
+        servers: list[Backend], is_async: bool) -> None:
+    """b0 takes 0.3 s: a request that starts there is answered by b1 soon after the hedge
+    delay; b0's attempt (the strategy's pick) is not cancelled: it ends, and reports its
+    real outcome and latency, so the balancer still learns that b0 is slow."""
+    servers[0].delay = 0.3
     lb = make_lb([s.address for s in servers])
     seen = outcomes(lb)
-    transport = clientlb.HTTPTransport(lb, hedging=HEDGE)
-    with httpx.Client(transport=transport) as client:
-        started = time.monotonic()
-        answers = [client.get("http://users/") for _ in range(4)]
-        elapsed = time.monotonic() - started
-        assert {r.text for r in answers} == {"b1\n"}
-        assert elapsed < 4 * 0.05 + 2.0  # never the hung attempt's answer
-        stats = lb.hedging_statistics()
-        assert stats["requests"] == 4 and stats["sent"] == stats["won"] >= 1
-        assert "hedging=50ms" in repr(transport)
-        assert lb.in_flight() == stats["sent"]  # the losers are still waiting for b0
-        servers[0].hang.set()
-        wait_until(lambda: lb.in_flight() == 0, message="the losers settled")
-        losers = [o for a, o, _ in seen if a == servers[0].address]
-        assert losers == [Outcome.CANCELLED] * stats["sent"]
-        servers[0].hang = None
-        later = [client.get("http://users/").text for _ in range(4)]  # b0's pool still works
-    assert later.count("b0\n") >= 1
+
+    async def main() -> tuple[str, float]:
+        async with httpx.AsyncClient(
+                transport=clientlb.AsyncHTTPTransport(lb, hedging=HEDGE)) as client:
+            started = time.monotonic()
+            text = (await client.get("http://users/")).text
+            elapsed = time.monotonic() - started
+            await settled(lb)
+            return text, elapsed
+
+    with _first_on(lb, servers[0].address):
+        if is_async:
+            text, elapsed = asyncio.run(main())
+        else:
+            with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=HEDGE)) as client:
+                started = time.monotonic()
+                text = client.get("http://users/").text
+                elapsed = time.monotonic() - started
+                assert lb.in_flight() == 1  # b0's attempt, still running
+                wait_until(lambda: lb.in_flight() == 0, message="b0's attempt ended")
+    assert text == "b1\n" and elapsed < 0.3
+    stats = lb.hedging_statistics()
+    assert (stats["requests"], stats["sent"], stats["won"], stats["probes"]) == (1, 1, 1, 0)
+    assert [(a, o) for a, o, _ in seen] == [(servers[1].address, Outcome.SUCCESS),
+                                            (servers[0].address, Outcome.SUCCESS)]
+    assert seen[1][2] >= 0.3  # b0's real latency, learned
+    assert lb.state_of(servers[0].address).load.latency(lb.clock()) >= 0.29  # type: ignore[union-attr]
 
 
-def test_async_the_loser_is_cancelled_at_once_without_breaking_its_pool(
+def test_sync_a_losing_hedge_is_drained_and_closed_when_it_answers(
         servers: list[Backend]) -> None:
-    """asyncio: the hung attempt's task is cancelled when the hedge answers (CANCELLED while
-    b0 still hangs); httpcore closes that connection, and later requests on b0 succeed."""
-    servers[0].hang = threading.Event()
+    """Sync: b0 answers in 0.2 s, the hedge went to b1, which hangs; b0's answer wins; the
+    hedge cannot be interrupted, so its thread waits, then drains and closes its response
+    (reported CANCELLED) and its connection goes back to the pool, reused next time."""
+    servers[0].delay = 0.2
+    servers[1].hang = threading.Event()
+    lb = make_lb([s.address for s in servers])
+    seen = outcomes(lb)
+    with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=HEDGE)) as client:
+        with _first_on(lb, servers[0].address):
+            assert client.get("http://users/").text == "b0\n"
+        stats = lb.hedging_statistics()
+        assert (stats["sent"], stats["won"]) == (1, 0)
+        assert lb.in_flight() == 1  # the hedge, blocked in its thread
+        servers[1].hang.set()
+        wait_until(lambda: lb.in_flight() == 0, message="the hedge settled")
+        assert [(a, o) for a, o, _ in seen] == [(servers[0].address, Outcome.SUCCESS),
+                                                (servers[1].address, Outcome.CANCELLED)]
+        servers[1].hang = None
+        connections = servers[1].connections
+        later = [client.get("http://users/").text for _ in range(4)]
+        assert later.count("b1\n") >= 1 and servers[1].connections == connections  # reused
+    assert "hedging=50ms" in repr(clientlb.HTTPTransport(lb, hedging=HEDGE))
+
+
+def test_async_a_losing_hedge_is_cancelled_at_once_without_breaking_its_pool(
+        servers: list[Backend]) -> None:
+    """asyncio: the hedge on the hung b1 is cancelled as soon as b0 answers (CANCELLED while
+    b1 still hangs); httpcore closes that connection, none is left broken in the pool, and
+    later requests on b1 succeed on a new connection."""
+    servers[0].delay = 0.2
+    servers[1].hang = threading.Event()
 
     async def main() -> None:
         lb = make_lb([s.address for s in servers])
         seen = outcomes(lb)
         transport = clientlb.AsyncHTTPTransport(lb, hedging=HEDGE)
         async with httpx.AsyncClient(transport=transport) as client:
-            answers = await asyncio.gather(*(client.get("http://users/") for _ in range(6)))
-            assert {r.text for r in answers} == {"b1\n"}
+            with _first_on(lb, servers[0].address):
+                answers = await asyncio.gather(*(client.get("http://users/") for _ in range(3)))
+            assert {r.text for r in answers} == {"b0\n"}
             stats = lb.hedging_statistics()
-            assert stats["sent"] == stats["won"] >= 1
-            for _ in range(200):  # cancelled, not waited for: b0 still hangs
-                if lb.in_flight() == 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert lb.in_flight() == 0
-            assert [o for a, o, _ in seen if a == servers[0].address] \
+            assert stats["sent"] >= 1 and stats["won"] == 0
+            assert await settled(lb) == 0  # cancelled, not waited for: b1 still hangs
+            assert [o for a, o, _ in seen if a == servers[1].address] \
                 == [Outcome.CANCELLED] * stats["sent"]
-            route = next(r for r in transport._router.routes() if r.address == servers[0].address)
+            route = next(r for r in transport._router.routes() if r.address == servers[1].address)
             assert [c for c in route.pool.connections if not c.is_idle()] == []  # none broken
-            connections = servers[0].connections
-            assert servers[0].hang is not None
-            servers[0].hang.set()
-            servers[0].hang = None
+            connections = servers[1].connections
+            assert servers[1].hang is not None
+            servers[1].hang.set()
+            servers[1].hang = None
+            servers[0].delay = 0.0
             later = await asyncio.gather(*(client.get("http://users/") for _ in range(6)))
             assert {r.status_code for r in later} == {200}
-            assert "b0\n" in {r.text for r in later}
-            assert servers[0].connections > connections  # the cancelled ones were closed
-            assert lb.in_flight() == 0
+            assert "b1\n" in {r.text for r in later}
+            assert servers[1].connections > connections  # the cancelled ones were closed
+            assert await settled(lb) == 0
 
     asyncio.run(main())
 
@@ -391,14 +467,14 @@ def test_under_an_outage_hedges_stay_within_the_extra_load_and_retry_budgets(
 @pytest.mark.parametrize("is_async", [False, True])
 def test_a_probe_of_a_slow_endpoint_is_hedged_at_once_and_still_teaches_its_latency(
         servers: list[Backend], is_async: bool) -> None:
-    """peak_ewma-style probe: b0's estimate is 0.3 s; a request sent there is hedged at once
-    (answered by b1 before the delay), and b0's attempt runs to its end, reporting its real
-    outcome and latency instead of CANCELLED."""
+    """peak_ewma-style probe: b0's estimate is 0.3 s, b1's 30 ms; a request sent to b0 is
+    hedged at once (answered by b1, counted as a probe), and b0's attempt runs to its end,
+    reporting its real outcome and latency instead of CANCELLED."""
     servers[0].delay = 0.3
     lb = make_lb([s.address for s in servers])
-    seed_latency(lb, servers[0].address, 0.3)
+    make_slow(lb, servers[0].address, servers[1].address, 0.3)
     seen = outcomes(lb)
-    hedging = Hedging(delay=0.15)  # b0's 0.3 s estimate is ≥ 1.5 × 0.15: a probe
+    hedging = Hedging(delay=0.12)  # b0's 0.3 s: > the delay, ≥ 2 × b1's: a probe
 
     async def main() -> tuple[str, float]:
         transport = clientlb.AsyncHTTPTransport(lb, hedging=hedging)
@@ -406,10 +482,7 @@ def test_a_probe_of_a_slow_endpoint_is_hedged_at_once_and_still_teaches_its_late
             started = time.monotonic()
             text = (await client.get("http://users/")).text
             elapsed = time.monotonic() - started
-            for _ in range(300):
-                if lb.in_flight() == 0:
-                    break
-                await asyncio.sleep(0.01)
+            await settled(lb)
             return text, elapsed
 
     with _first_on(lb, servers[0].address):
@@ -421,9 +494,9 @@ def test_a_probe_of_a_slow_endpoint_is_hedged_at_once_and_still_teaches_its_late
                 text = c.get("http://users/").text
                 elapsed = time.monotonic() - started
                 wait_until(lambda: lb.in_flight() == 0, message="the probe ended")
-    assert text == "b1\n" and elapsed < 0.15  # before the delay: at once
+    assert text == "b1\n" and elapsed < 0.3  # not b0's answer
     stats = lb.hedging_statistics()
-    assert (stats["probes"], stats["sent"], stats["won"]) == (1, 1, 1)
+    assert (stats["probes"], stats["sent"], stats["won"]) == (1, 1, 1)  # hedged at once
     probe = [(o, latency) for a, o, latency in seen if a == servers[0].address]
     assert len(probe) == 1 and probe[0][0] is Outcome.SUCCESS and probe[0][1] >= 0.3
     lb.close()
@@ -523,8 +596,9 @@ def test_grpc_channels_hedge_with_the_same_class_and_the_balancers_named_methods
         seen = outcomes_of(channel.lb)
         answers = {channel.unary_unary(UNARY)(b"x", timeout=5) for _ in range(4)}
         stats = channel.lb.hedging_statistics()
-    assert answers == {b"b1"} and stats["sent"] == stats["won"] >= 1
-    assert Outcome.CANCELLED in {o for a, o in seen if a == backends[0].address}
+        wait_until(lambda: Outcome.SUCCESS in {o for a, o in seen if a == backends[0].address},
+                   message="b0's first attempts ending, not cancelled")
+    assert answers == {b"b1"} and stats["sent"] >= stats["won"] >= 1  # b1 may lose a hedge
     for methods, hedged in ((None, False), ({UNARY}, True)):
         lb = clientlb.LoadBalancer(addresses, strategy="round_robin",
                                    hedging=clientlb.Hedging(delay=0.05, methods=methods))
@@ -547,23 +621,20 @@ def test_grpc_aio_probe_of_a_slow_endpoint_is_hedged_at_once(
         lb = clientlb.LoadBalancer([backends[0].address, backends[1].address],
                                    strategy="round_robin", outlier_detection=None)
         await lb.wait_ready_async()
-        seed_latency(lb, backends[0].address, 0.3)
+        make_slow(lb, backends[0].address, backends[1].address, 0.3)
         seen = outcomes_of(lb)
         with _first_on(lb, backends[0].address):
             async with clientlb.grpc.aio.insecure_channel(
-                    lb, hedging=clientlb.Hedging(delay=0.15)) as channel:
+                    lb, hedging=clientlb.Hedging(delay=0.12)) as channel:
                 started = time.monotonic()
                 answer = await channel.unary_unary(UNARY)(b"x", timeout=5)
                 elapsed = time.monotonic() - started
-                for _ in range(300):
-                    if lb.in_flight() == 0:
-                        break
-                    await asyncio.sleep(0.01)
+                await settled(lb)
         stats = lb.hedging_statistics()
         await lb.aclose()
         return answer, elapsed, stats, seen
 
     answer, elapsed, stats, seen = asyncio.run(main())
-    assert answer == b"b1" and elapsed < 0.15
-    assert stats["probes"] == 1
+    assert answer == b"b1" and elapsed < 0.3
+    assert stats["probes"] == 1  # hedged at once
     assert [o for a, o in seen if a == backends[0].address] == [Outcome.SUCCESS]

@@ -35,10 +35,11 @@ shell only does what it is told; docs/architecture.md, "The call engine"):
   :meth:`LogicalCall.hedge_delay` — when the next hedge is due (at once for a
   probe of a slow endpoint), or that none is; :meth:`LogicalCall.take_hedge` —
   pay for one from the extra-load budget and the retry budget;
-  :meth:`LogicalCall.lost` — what becomes of an attempt another one beat (a
-  probe runs on; any other is cancelled, its wait reported as a lower bound of
-  its endpoint's latency); :meth:`LogicalCall.won` — count a hedge that
-  answered first. The shells start, wait for and cancel the attempts.
+  :meth:`LogicalCall.lost` — what becomes of an attempt another one beat (the
+  strategy's own pick runs on to its end; a hedge is cancelled, its wait
+  reported as a lower bound of its endpoint's latency); :meth:`LogicalCall.won`
+  — count a hedge that answered first. The shells start, wait for and cancel
+  the attempts.
 * :class:`Completion` — the one way an attempt reports its outcome: created
   next to the pick, carried into whatever the call returns (a response
   stream, a socket, a gRPC call object, as tower's ``TrackCompletion``), and
@@ -293,12 +294,14 @@ class LogicalCall:
                      endpoint=endpoint)
         return True
 
-    def lost(self, pick: Pick) -> bool:
-        """Another attempt answered first: True when ``pick``'s attempt is the probe, to be
-        left to finish (its outcome teaches the balancer the slow endpoint's latency);
-        False when it is to be cancelled — then the time it waited is reported as a lower
-        bound of its endpoint's latency (``Pick.outlasted``)."""
-        if pick is self.probe:
+    def lost(self, pick: Pick, hedge: bool) -> bool:
+        """Another attempt answered first: True when ``pick``'s attempt is to run on — the
+        strategy's own pick (the first attempt, a retry, a probe), whose end tells the
+        balancer what the endpoint it chose did, and whose in-flight count stays true
+        while the endpoint works on it (over HTTP/1.1 a cancel only closes the client's
+        connection); False for a ``hedge``, to be cancelled — then the time it waited is
+        reported as a lower bound of its endpoint's latency (``Pick.outlasted``)."""
+        if not hedge:
             return True
         pick.outlasted()
         return False

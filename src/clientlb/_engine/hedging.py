@@ -25,22 +25,31 @@ the HTTP transports and the gRPC channels through the call engine
   (Finagle combines its backup budget with the client's retry budget the same way),
   so an overload never doubles traffic and hedges plus retries stay within the
   retry budget's ratio.
-* The **probe rule** (:meth:`HedgeState.is_probe`): a strategy that sends a request
-  to an endpoint its own estimate calls slow (``peak_ewma`` probing a slow endpoint
-  to notice when it recovers, ``round_robin`` that does not look) hedges it *at
-  once* when the endpoint's latency estimate is at least :data:`PROBE_FACTOR` times
-  the hedge delay: the caller gets the fast answer, and the probe is left to finish
-  (its answer read and discarded) so that the balancer still learns the slow
-  endpoint's latency.
+* The **probe rule** (:meth:`HedgeState.is_probe`): a request sent to an endpoint the
+  balancer's own estimates call slow (``peak_ewma`` probing a slow endpoint to notice
+  when it recovers, ``round_robin`` that does not look) is hedged *at once* when that
+  endpoint's latency estimate is at least :data:`PROBE_FACTOR` times the typical
+  endpoint's estimate (an average over recent outcomes, so weighted by traffic) and
+  above the hedge delay: the caller gets the fast answer, and the probe, like every
+  attempt the strategy chose, runs on to its end (its answer read and discarded) so
+  that the balancer still learns the slow endpoint's latency. The comparison is with
+  the other endpoints, not with the delay: a peak EWMA jumps to any slow answer and
+  decays over seconds, so after a pause of the whole client every estimate is high
+  for a while, and only an endpoint slower than its peers is a probe.
 * :class:`HedgeState` — one per balancer: the latency window, the budgets, the
   counters of ``lb.hedging_statistics()`` and of the ``clientlb.hedges`` metric.
 
 What the call engine does with them (:class:`~clientlb._engine.call.LogicalCall`):
 ``hedge_delay`` says when the next hedge is due (or that none is), ``take_hedge``
-pays for one, ``lost`` says what becomes of an attempt another one beat — a probe
-runs on; any other is cancelled and its elapsed time is reported as a lower bound
-on its endpoint's latency (it took *at least* that long), so that a latency-aware
-strategy learns from it — and ``won`` counts the hedges that answered first.
+pays for one, ``lost`` says what becomes of an attempt another one beat, and ``won``
+counts the hedges that answered first. An attempt the strategy chose (the first, a
+retry, a probe) is never cancelled when a hedge beats it: it runs to its end and
+reports what its endpoint did. Cancelling it would hide the very signal a
+latency-aware strategy needs — its in-flight count would drop while the endpoint
+still works on it (an HTTP/1.1 cancel only closes the client's side), and its
+latency would never be observed, so the strategy would send the slow endpoint
+*more* traffic. A hedge that lost is cancelled, its elapsed time reported as a
+lower bound of its endpoint's latency (it took *at least* that long).
 """
 
 from __future__ import annotations
@@ -76,9 +85,13 @@ MIN_SAMPLES = 32
 #: The shortest adaptive delay (Finagle's ``MinSendBackupAfterMs``): a service that
 #: answers in microseconds still gets its tail cut, not every request doubled.
 MIN_DELAY = 0.001
-#: A first attempt whose endpoint's latency estimate is this many times the hedge
-#: delay (or more) is a probe of a slow endpoint: hedged at once.
-PROBE_FACTOR = 1.5
+#: An attempt whose endpoint's latency estimate is this many times the typical
+#: endpoint's (and above the hedge delay) is a probe of a slow endpoint: hedged at once.
+#: Measured in benchmarks/tail_latency.py's scenarios, the picks of the slow backend
+#: have 2.5 to 4.8 times the typical estimate, those of healthy ones 0.8 to 1.1.
+PROBE_FACTOR = 2.0
+#: The typical estimate is an average over about this many recent outcomes.
+TYPICAL_N = 64
 #: HTTP methods hedged when ``methods`` is None: safe and idempotent (RFC 9110 §9.2).
 #: PUT and DELETE are idempotent but write: list them to hedge them.
 DEFAULT_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -352,7 +365,7 @@ class HedgeState:
     """
 
     __slots__ = ("__weakref__", "_budgets", "_clock", "_lock", "probes", "refused",
-                 "requests", "sent", "window", "won")
+                 "requests", "sent", "typical", "window", "won")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
@@ -364,10 +377,19 @@ class HedgeState:
         self.won = 0
         self.refused = 0
         self.probes = 0
+        #: the endpoints' latency estimates, averaged over the outcomes (so weighted by
+        #: traffic): what the strategy's estimate of a typical endpoint is now
+        self.typical = 0.0
 
     def on_outcome(self, state: EndpointState, outcome: Outcome, latency: float,
                    now: float) -> None:
-        """The balancer's outcome listener: successful latencies feed the adaptive delay."""
+        """The balancer's outcome listener: successful latencies feed the adaptive delay,
+        every outcome the typical estimate."""
+        if outcome is Outcome.CANCELLED:
+            return
+        estimate = state.load.latency(now)
+        typical = self.typical
+        self.typical = estimate if typical == 0.0 else typical + (estimate - typical) / TYPICAL_N
         if outcome is Outcome.SUCCESS and latency > 0:
             self.window.add(latency)
 
@@ -395,10 +417,12 @@ class HedgeState:
         """The hedge delay of ``hedging``: fixed, or adaptive (None before enough samples)."""
         return hedging.delay if hedging.delay is not None else self.window.value
 
-    @staticmethod
-    def is_probe(pick: Pick, delay: float) -> bool:
-        """Does ``pick`` go to an endpoint its latency estimate calls slow (the probe rule)?"""
-        return delay > 0 and pick.latency_estimate() >= PROBE_FACTOR * delay
+    def is_probe(self, pick: Pick, delay: float) -> bool:
+        """Does ``pick`` go to an endpoint the estimates call slow (the probe rule)?"""
+        if delay <= 0 or self.typical <= 0:
+            return False
+        estimate = pick.latency_estimate()
+        return estimate > delay and estimate >= PROBE_FACTOR * self.typical
 
     def take(self, hedging: Hedging, also: Callable[[], bool] | None = None) -> bool:
         """Pay one hedge from the extra-load budget (and ``also``, the retry budget)."""

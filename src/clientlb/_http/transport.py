@@ -53,10 +53,11 @@ exception, its message naming every endpoint tried.
 ``Hedging.methods``, or one with ``extensions={"clientlb.hedge": True}``) whose
 body is bytes gets a second attempt on another endpoint when the first has not
 answered after the hedge delay — at once when the first goes to an endpoint
-known to be slow (a probe) — and the first response wins. The loser is
+known to be slow (a probe) — and the first response wins. A hedge that lost is
 cancelled (async: its task, and httpcore closes that connection; sync: its
 response is drained and closed when it arrives, in its thread) and reports
-``CANCELLED``; a probe that loses runs on and reports what its endpoint did. The
+``CANCELLED``; the first attempt, the strategy's own pick, runs on when a hedge
+beats it and reports what its endpoint did (``LogicalCall.lost``). The
 race is one sans-I/O generator (:meth:`_Router.race`); the sync transport runs
 the attempts in a few shared threads (``_http/workers.py``), the async one in
 asyncio tasks (under trio, requests are not hedged).
@@ -667,7 +668,7 @@ class _Router(Generic[P]):
                                 live.remove(loser)
                                 runner.settle(loser, other, _loser_outcome(loser, other, True))
                             for loser in live:
-                                runner.abandon(loser, call.lost(loser.pick))
+                                runner.abandon(loser, call.lost(loser.pick, loser in hedges))
                             live = []
                             runner.answer = self.response(call, attempt, result,
                                                           runner.stream(attempt, result))
@@ -759,8 +760,8 @@ class _Runner(Protocol):
 
 def _loser_outcome(attempt: _Attempt[Any], result: httpcore.Response | BaseException,
                    keep: bool) -> Outcome:
-    """How an attempt that lost its race ended: cancelled, unless it was kept (a probe
-    of a slow endpoint), whose outcome is what the endpoint did, at its latency."""
+    """How an attempt that lost its race ended: cancelled, unless it was kept (the
+    strategy's own pick), whose outcome is what the endpoint did, at its latency."""
     if not keep:
         return _CANCELLED
     if isinstance(result, httpcore.Response):
@@ -913,7 +914,7 @@ class _Threads:
                 self._ended.append((attempt, result))
                 self._cond.notify()
                 return
-        # a kept probe cut by the transport's close() says nothing about its endpoint
+        # a kept attempt cut by the transport's close() says nothing about its endpoint
         self.settle(attempt, result,
                     _loser_outcome(attempt, result, keep and not self._router.closed))
 

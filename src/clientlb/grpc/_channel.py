@@ -342,7 +342,7 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
             losers = [a.call for a in self._rpc.losers(winner, self._live)]
             callbacks, self._callbacks = self._callbacks, []
             self._cond.notify_all()
-        for loser in losers:  # hedges that lost: their ends report CANCELLED (a probe runs on)
+        for loser in losers:  # hedges that lost: their ends report CANCELLED
             loser.cancel()
         for cb in callbacks:
             cb(self)

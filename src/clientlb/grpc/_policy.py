@@ -35,8 +35,8 @@ is the same machine with several attempts in flight: a hedge starts every hedge
 delay (``Hedging.delay``, or adaptive) while none has answered — at once when the
 first attempt probes an endpoint known to be slow — or at once after a non-fatal
 failure; each is paid with ``LogicalCall.take_hedge`` (extra-load and retry
-budgets); the first success or fatal answer wins and the shell cancels the others
-(:meth:`RpcCall.losers`), except a probe, which is reported when it ends.
+budgets); the first success or fatal answer wins and the shell cancels the hedges
+(:meth:`RpcCall.losers`); the first attempt runs on and is reported when it ends.
 """
 
 from __future__ import annotations
@@ -295,13 +295,15 @@ class RpcCall:
 
     def losers(self, winner: Attempt | None, live: list[Attempt]) -> list[Attempt]:
         """The race is over (``winner``: the attempt whose answer is the call's; None when
-        the call was cancelled or failed): the attempts of ``live`` to cancel. A probe of a
-        slow endpoint is not among them: it runs on and reports what its endpoint did."""
+        the call was cancelled or failed): the attempts of ``live`` to cancel — the hedges.
+        The first attempt, the strategy's own pick, runs on and reports what its endpoint
+        did (``LogicalCall.lost``)."""
         logical = self.logical
         if winner is None:
-            return [a for a in live if a is not winner]
+            return list(live)
         logical.won(winner is not self.first)
-        return [a for a in live if a is not winner and not logical.lost(a.pick)]
+        return [a for a in live
+                if a is not winner and not logical.lost(a.pick, a is not self.first)]
 
     def __repr__(self) -> str:
         status = "done" if self.done else f"{self.in_flight} in flight"

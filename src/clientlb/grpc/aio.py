@@ -239,8 +239,9 @@ async def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
         attempt.finish(_CANCELLED)  # nothing when reported above
 
 
-def _report_probe(rpc: RpcCall, attempt: Attempt, task: asyncio.Future[Any]) -> None:
-    """A hedged call's probe that lost ended (``_status``): its one outcome report."""
+def _report_later(rpc: RpcCall, attempt: Attempt, task: asyncio.Future[Any]) -> None:
+    """A hedged call's first attempt, beaten by a hedge, ended (``_status``): its one
+    outcome report."""
     _BACKGROUND.discard(task)
     if task.cancelled() or task.exception() is not None:
         attempt.finish(_CANCELLED)
@@ -570,9 +571,9 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
                     attempt.call.cancel()
                     task.cancel()
                     attempt.finish(_CANCELLED)
-                else:  # a probe of a slow endpoint: reported when it ends
+                else:  # the first attempt, the strategy's pick: reported when it ends
                     _BACKGROUND.add(task)
-                    task.add_done_callback(functools.partial(_report_probe, rpc, attempt))
+                    task.add_done_callback(functools.partial(_report_later, rpc, attempt))
         self._attempt = winner
         return await winner.call
 
