@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
+from .._engine.hedging import COUNTERS as HEDGE_COUNTERS
 from .._engine.hedging import HedgeState, Hedging
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
@@ -714,8 +715,7 @@ class LoadBalancer:
         ``adaptive_delay`` in seconds (None before enough latencies were seen)."""
         state = self._hedge_state
         if state is None:
-            return {"requests": 0, "sent": 0, "won": 0, "refused": 0, "probes": 0,
-                    "adaptive_delay": None}
+            return {**dict.fromkeys(HEDGE_COUNTERS, 0), "adaptive_delay": None}
         return state.statistics()
 
     def health_statistics(self) -> dict[str, int]:

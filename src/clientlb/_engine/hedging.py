@@ -95,6 +95,8 @@ TYPICAL_N = 64
 #: HTTP methods hedged when ``methods`` is None: safe and idempotent (RFC 9110 §9.2).
 #: PUT and DELETE are idempotent but write: list them to hedge them.
 DEFAULT_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+#: The counters of ``lb.hedging_statistics()`` and of the ``clientlb.hedges`` metric.
+COUNTERS = ("requests", "sent", "won", "refused", "probes")
 #: The extra-load budget's window, in seconds, and the hedges always allowed in it.
 BUDGET_WINDOW = 10.0
 BUDGET_FLOOR = 10
@@ -359,24 +361,20 @@ class HedgeState:
 
     Created by ``lb.hedge_state()`` the first time a call may be hedged; from then on
     an outcome listener feeds every successful latency to the :class:`LatencyWindow`.
-    Counters (``lb.hedging_statistics()``): ``sent`` hedges, ``won`` (a hedge answered
-    first), ``refused`` (a budget said no), ``probes`` (hedged at once by the probe
-    rule), ``requests`` (hedgeable calls).
+    Counters (``lb.hedging_statistics()``): ``requests`` (hedgeable calls), ``sent``
+    hedges, ``won`` (a hedge answered first), ``refused`` (a budget said no),
+    ``probes`` (hedged at once by the probe rule).
     """
 
-    __slots__ = ("__weakref__", "_budgets", "_clock", "_lock", "probes", "refused",
-                 "requests", "sent", "typical", "window", "won")
+    __slots__ = ("__weakref__", "_budgets", "_clock", "_counters", "_lock", "typical",
+                 "window")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._budgets: dict[float, ExtraLoadBudget] = {}
+        self._counters = dict.fromkeys(COUNTERS, 0)
         self.window = LatencyWindow()
-        self.requests = 0
-        self.sent = 0
-        self.won = 0
-        self.refused = 0
-        self.probes = 0
         #: the endpoints' latency estimates, averaged over the outcomes (so weighted by
         #: traffic): what the strategy's estimate of a typical endpoint is now
         self.typical = 0.0
@@ -405,13 +403,12 @@ class HedgeState:
     def begin(self, hedging: Hedging) -> None:
         """A hedgeable call starts: it adds ``max_extra_load`` of a hedge to the budget."""
         self.budget(hedging).deposit()
-        with self._lock:
-            self.requests += 1
+        self.count("requests")
 
     def count(self, counter: str) -> None:
-        """Add one to a counter (``won``, ``probes``)."""
+        """Add one to a counter (:data:`COUNTERS`)."""
         with self._lock:
-            setattr(self, counter, getattr(self, counter) + 1)
+            self._counters[counter] += 1
 
     def delay(self, hedging: Hedging) -> float | None:
         """The hedge delay of ``hedging``: fixed, or adaptive (None before enough samples)."""
@@ -432,12 +429,14 @@ class HedgeState:
 
     def statistics(self) -> dict[str, Any]:
         """Counters since creation and the current adaptive delay (seconds, or None)."""
-        return {"requests": self.requests, "sent": self.sent, "won": self.won,
-                "refused": self.refused, "probes": self.probes,
-                "adaptive_delay": self.window.value}
+        with self._lock:
+            statistics: dict[str, Any] = dict(self._counters)
+        statistics["adaptive_delay"] = self.window.value
+        return statistics
 
     def __repr__(self) -> str:
         delay = self.window.value
         shown = "warming up" if delay is None else f"{delay * 1000:.1f}ms"
-        return (f"<HedgeState delay={shown} sent={self.sent} won={self.won} "
-                f"refused={self.refused} probes={self.probes}>")
+        counts = " ".join(f"{k}={v}" for k, v in self.statistics().items()
+                          if k != "adaptive_delay")
+        return f"<HedgeState delay={shown} {counts}>"
