@@ -255,14 +255,33 @@ backend be
 @dataclass
 class Run:
     """One configuration's measured requests: (start since go, latency s, status or 0 for
-    an error), and the backends' arrival records."""
+    an error), the backends' arrival records, and the balancer's hedging counters."""
 
     name: str
     requests: list[tuple[float, float, int]] = field(default_factory=list)
     arrivals: list[tuple[float, int, int]] = field(default_factory=list)
+    hedges: dict[str, int] = field(default_factory=dict)
 
     def latencies(self) -> list[float]:
         return [lat for _, lat, _ in self.requests]
+
+    def extra(self) -> float:
+        """Requests the backends received per request sent, minus one: what retries and
+        hedges added to their load."""
+        return len(self.arrivals) / len(self.requests) - 1 if self.requests else 0.0
+
+    def share(self, backend: int = 0) -> float:
+        """The share of the backends' arrivals that went to ``backend``."""
+        if not self.arrivals:
+            return 0.0
+        return sum(1 for _, i, _ in self.arrivals if i == backend) / len(self.arrivals)
+
+    def merge(self, other: Run) -> Run:
+        """This run and ``other`` (the same configuration, another round) pooled."""
+        hedges = {k: self.hedges.get(k, 0) + other.hedges.get(k, 0)
+                  for k in {*self.hedges, *other.hedges}}
+        return Run(self.name, self.requests + other.requests, self.arrivals + other.arrivals,
+                   hedges)
 
     def percentiles(self) -> tuple[float, float, float]:
         import numpy as np
@@ -274,9 +293,10 @@ class Run:
         return sum(1 for _, _, status in self.requests if status != 200)
 
 
-def make_client(kind: str, ports: list[int], timeout: float
+def make_client(kind: str, ports: list[int], timeout: float, hedging: Any = None
                 ) -> tuple[Any, Callable[[], str], Any]:
-    """(client, url(), balancer or None): ``kind`` is a strategy name or a proxy URL."""
+    """(client, url(), balancer or None): ``kind`` is a strategy name or a proxy URL;
+    ``hedging`` a ``clientlb.Hedging`` for the balancer (default none)."""
     import httpx
 
     import clientlb
@@ -285,15 +305,18 @@ def make_client(kind: str, ports: list[int], timeout: float
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     if kind.startswith("http://"):
         return httpx.AsyncClient(timeout=t, limits=limits), (lambda: kind), None
-    lb = clientlb.LoadBalancer([f"127.0.0.1:{p}" for p in ports], name="svc", strategy=kind)
+    lb = clientlb.LoadBalancer([f"127.0.0.1:{p}" for p in ports], name="svc", strategy=kind,
+                               hedging=hedging)
     transport = clientlb.AsyncHTTPTransport(lb, limits=limits)
     return httpx.AsyncClient(transport=transport, timeout=t), (lambda: "http://svc/"), lb
 
 
 async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
-                duration: float, concurrency: int, warmup: int) -> list[tuple[float, float, int]]:
-    """Warm up with about ``warmup`` requests, tell the backends ``go``, then ``concurrency``
-    workers send GETs back to back for ``duration`` seconds."""
+                duration: float, concurrency: int, warmup: int,
+                on_go: Callable[[], None] | None = None) -> list[tuple[float, float, int]]:
+    """Warm up with about ``warmup`` requests, tell the backends ``go`` (and call
+    ``on_go``), then ``concurrency`` workers send GETs back to back for ``duration``
+    seconds."""
     import httpx
 
     async def one() -> int:
@@ -313,6 +336,8 @@ async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
     out: list[tuple[float, float, int]] = []
     if backends is not None:
         backends.go()
+    if on_go is not None:
+        on_go()
     t0 = time.perf_counter()
     end = t0 + duration
 
@@ -327,19 +352,31 @@ async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
 
 def measure(name: str, kind: str, ports: list[int], specs: list[dict[str, Any]],
             duration: float, concurrency: int, warmup: int, timeout: float = 5.0,
-            only: list[int] | None = None) -> Run:
+            only: list[int] | None = None, hedging: Any = None) -> Run:
     """Fresh backends on ``ports`` (so scheduled faults start over), then one client run.
-    ``only``: the indexes the balancer may use (the oracle)."""
+    ``only``: the indexes the balancer may use (the oracle); ``hedging``: its policy.
+    The hedging counters are those of the measured part (the warm-up's subtracted)."""
     with backends(ports, specs) as b:
         use = ports if only is None else [ports[i] for i in only]
+        hedges: dict[str, int] = {}
 
         async def main() -> list[tuple[float, float, int]]:
-            client, url, _ = make_client(kind, use, timeout)
+            client, url, lb = make_client(kind, use, timeout, hedging)
             async with client:
-                return await drive(client, url, b, duration, concurrency, warmup)
+                before = _hedge_counts(lb)
+                result = await drive(client, url, b, duration, concurrency, warmup,
+                                     lambda: before.update(_hedge_counts(lb)))
+                hedges.update({k: v - before.get(k, 0) for k, v in _hedge_counts(lb).items()})
+                return result
 
         requests = asyncio.run(main())
-        return Run(name, requests, b.dump())
+        return Run(name, requests, b.dump(), hedges)
+
+
+def _hedge_counts(lb: Any) -> dict[str, int]:
+    if lb is None:
+        return {}
+    return {k: v for k, v in lb.hedging_statistics().items() if k != "adaptive_delay"}
 
 
 def measure_proxy(name: str, ports: list[int], specs: list[dict[str, Any]], duration: float,

@@ -1,8 +1,9 @@
-"""Tail latency per strategy, against nginx and HAProxy in front of the same backends.
+"""Tail latency per strategy, with and without hedging, against nginx and HAProxy.
 
 Run by hand::
 
-    .venv/bin/python benchmarks/tail_latency.py [--duration 10] [--smoke] [--img DIR]
+    .venv/bin/python benchmarks/tail_latency.py [--duration 10] [--rounds 1] [--smoke]
+        [--img DIR]
 
 Five local backends (benchmarks/_scenario.py: a child process, asyncio, 4 requests served
 at once each, 20 ms per request) and three variants:
@@ -14,11 +15,19 @@ at once each, 20 ms per request) and three variants:
 
 An ``httpx.AsyncClient`` at concurrency 8 (low enough that the backends, not the client,
 set the latency) sends GETs back to back through: clientlb's ``AsyncHTTPTransport`` with
-each load-aware strategy (defaults: retries and outlier detection on); nginx round robin
-and ``least_conn``; HAProxy ``leastconn``; and an **oracle**, round robin over the four
-fast backends only. ``ring_hash`` and ``maglev`` are left out: they place by key, not by
-load. Reported: p50/p99/p99.9 and the share of requests backend 0 received. Target
-(issue 9): peak_ewma p99 ≤ 1.1 × the oracle's in each variant.
+each load-aware strategy (defaults: retries and outlier detection on); ``peak_ewma`` and
+``round_robin`` with hedged requests (``clientlb.Hedging()``: adaptive delay, 5% extra
+load at most) — round robin to see what hedging does alone; nginx round robin and
+``least_conn``; HAProxy ``leastconn``; and an **oracle**, round robin over the four fast
+backends only. ``ring_hash`` and ``maglev`` are left out: they place by key, not by load.
+Reported: p50/p99/p99.9, each tail against the oracle's, the share of requests backend 0
+received, the extra requests the backends received (retries and hedges), the hedges
+sent/won/probes. Targets: peak_ewma p99 ≤ 1.1 × the oracle's in each variant (issue 9);
+peak_ewma with hedging p99.9 ≤ 1.5 ×, p99 ≤ 1.05 ×, ≤ 5% extra requests (issue 19).
+
+``--rounds N`` measures every configuration N times, interleaved, and pools the requests
+of a configuration: on a shared machine a pause of the client process makes every request
+in flight slow at once, and a p99.9 of a few thousand requests is the few slowest.
 """
 
 from __future__ import annotations
@@ -29,7 +38,11 @@ from typing import Any
 
 from _scenario import Run, first_quiet, free_ports, measure, measure_proxy, ms
 
+import clientlb
+
 STRATEGIES = ("round_robin", "random", "least_request", "peak_ewma")
+#: (row name, strategy) measured with ``clientlb.Hedging()``, the defaults.
+HEDGED = (("peak_ewma + hedging", "peak_ewma"), ("round_robin + hedging", "round_robin"))
 VARIANTS = ("slow", "turns slow", "stalls")
 PROXIES = ("nginx round robin", "nginx least_conn", "HAProxy leastconn")
 
@@ -46,42 +59,60 @@ def specs(variant: str, delay: float, duration: float) -> list[dict[str, Any]]:
 
 
 def run(duration: float = 10.0, concurrency: int = 8, delay: float = 0.02, warmup: int = 200,
-        img: Path | None = None) -> dict[str, Any]:
+        img: Path | None = None, rounds: int = 1) -> dict[str, Any]:
     ports = free_ports(5)
     results: dict[str, list[Run]] = {}
     for variant in VARIANTS:
         sp = specs(variant, delay, duration)
-        runs = [measure("oracle (4 fast backends)", "round_robin", ports, sp, duration,
-                        concurrency, warmup, only=[1, 2, 3, 4])]
-        for strategy in STRATEGIES:
-            runs.append(measure(f"clientlb {strategy}", strategy, ports, sp, duration,
-                                concurrency, warmup))
-        for proxy in PROXIES:
-            runs.append(measure_proxy(proxy, ports, sp, duration, concurrency, warmup))
+        runs = one_round(ports, sp, duration, concurrency, warmup)
+        for _ in range(rounds - 1):
+            again = one_round(ports, sp, duration, concurrency, warmup)
+            runs = [a.merge(b) for a, b in zip(runs, again, strict=True)]
         results[variant] = runs
         print(table(variant, runs, duration) + "\n", flush=True)
     charts = chart(results, duration, img) if img is not None else []
-    summary = {v: {r.name: r.percentiles() for r in runs} for v, runs in results.items()}
     markdown = "\n\n".join(table(v, runs, duration) for v, runs in results.items())
-    return {"markdown": markdown, "charts": charts, "summary": summary,
+    return {"markdown": markdown, "charts": charts,
+            "summary": {v: {r.name: r.percentiles() for r in runs}
+                        for v, runs in results.items()},
+            "extra": {v: {r.name: r.extra() for r in runs} for v, runs in results.items()},
+            "share": {v: {r.name: r.share(0) for r in runs} for v, runs in results.items()},
             "reaction": {r.name: first_quiet(r.arrivals, 0, duration / 3, window=0.5, share=0.05)
                          for r in results["turns slow"]}}
 
 
+def one_round(ports: list[int], sp: list[dict[str, Any]], duration: float, concurrency: int,
+              warmup: int) -> list[Run]:
+    """Every configuration once, in the tables' order (the oracle first)."""
+    runs = [measure("oracle (4 fast backends)", "round_robin", ports, sp, duration,
+                    concurrency, warmup, only=[1, 2, 3, 4])]
+    for strategy in STRATEGIES:
+        runs.append(measure(f"clientlb {strategy}", strategy, ports, sp, duration,
+                            concurrency, warmup))
+    for name, strategy in HEDGED:
+        runs.append(measure(f"clientlb {name}", strategy, ports, sp, duration, concurrency,
+                            warmup, hedging=clientlb.Hedging()))
+    for proxy in PROXIES:
+        runs.append(measure_proxy(proxy, ports, sp, duration, concurrency, warmup))
+    return runs
+
+
 def table(variant: str, runs: list[Run], duration: float) -> str:
-    oracle_p99 = runs[0].percentiles()[1]
-    head = f"| {variant}: configuration | requests | p50 ms | p99 ms | p99.9 ms | p99 ÷ oracle |" \
-           " to backend 0 | failed |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    _, oracle_p99, oracle_p999 = runs[0].percentiles()
+    head = (f"| {variant}: configuration | requests | p50 ms | p99 ms | p99.9 ms | "
+            "p99 ÷ oracle | p99.9 ÷ oracle | to backend 0 | extra requests | "
+            "hedges sent / won / probes | failed |")
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     if variant == "turns slow":
         lines[0] += " moved away after |"
         lines[1] += "---:|"
     for r in runs:
         p50, p99, p999 = r.percentiles()
-        share = (sum(1 for _, i, _ in r.arrivals if i == 0) / len(r.arrivals)
-                 if r.arrivals else 0.0)
+        h = r.hedges
+        hedges = f"{h['sent']:,} / {h['won']:,} / {h['probes']:,}" if h.get("requests") else "—"
         line = (f"| {r.name} | {len(r.requests):,} | {ms(p50)} | {ms(p99)} | {ms(p999)} | "
-                f"{p99 / oracle_p99:.2f} | {share:.1%} | {r.failed()} |")
+                f"{p99 / oracle_p99:.2f} | {p999 / oracle_p999:.2f} | {r.share(0):.1%} | "
+                f"{r.extra():+.1%} | {hedges} | {r.failed()} |")
         if variant == "turns slow":
             if r.name.startswith("oracle"):
                 line += " — |"
@@ -146,13 +177,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each configuration this many times, pooled")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
     parser.add_argument("--img", type=Path, help="write the PNG charts to this directory")
     args = parser.parse_args()
     if args.smoke:
         run(duration=0.3, concurrency=4, delay=0.005, warmup=4, img=args.img)
     else:
-        run(duration=args.duration, concurrency=args.concurrency, img=args.img)
+        run(duration=args.duration, concurrency=args.concurrency, img=args.img,
+            rounds=args.rounds)
 
 
 if __name__ == "__main__":
