@@ -523,6 +523,34 @@ def test_the_adaptive_delay_learns_the_latencies_then_hedges_a_slow_answer(
     wait_until(lambda: lb.in_flight() == 0, message="the loser settled")
 
 
+def test_the_adaptive_delay_counts_the_answers_not_the_attempts_a_hedge_beat(
+        servers: list[Backend]) -> None:
+    """40 requests sent to a 0.3 s backend are answered by hedges; their first attempts run
+    on and end at 0.3 s, but callers never waited for them: the delay stays that of the
+    answers (a few ms), so a stalled backend does not push the hedges late."""
+    lb = make_lb([s.address for s in servers])
+
+    async def main() -> None:
+        transport = clientlb.AsyncHTTPTransport(lb, hedging=Hedging(max_extra_load=1.0))
+        async with httpx.AsyncClient(transport=transport) as client:
+            for _ in range(engine.MIN_SAMPLES):
+                await client.get("http://users/")
+            assert lb.hedging_statistics()["adaptive_delay"] is not None
+            servers[0].delay = 0.3
+            with _first_on(lb, servers[0].address):
+                for _ in range(40):
+                    assert (await client.get("http://users/")).text == "b1\n"
+            assert await settled(lb) == 0  # every first attempt on b0 ended, at 0.3 s
+            servers[0].delay = 0.0
+            for _ in range(24):  # past the next recomputation (every 64 samples)
+                await client.get("http://users/")
+
+    asyncio.run(main())
+    stats = lb.hedging_statistics()
+    assert stats["adaptive_delay"] < 0.1
+    assert stats["won"] >= 40
+
+
 def test_the_balancers_policy_is_live_and_comes_from_config_files_and_the_registry(
         servers: list[Backend]) -> None:
     """[services.X.hedging] builds a Hedging; Registry.update(hedging=...) reaches a transport

@@ -38,8 +38,9 @@ shell only does what it is told; docs/architecture.md, "The call engine"):
   :meth:`LogicalCall.lost` — what becomes of an attempt another one beat (the
   strategy's own pick runs on to its end; a hedge is cancelled, its wait
   reported as a lower bound of its endpoint's latency); :meth:`LogicalCall.won`
-  — count a hedge that answered first. The shells start, wait for and cancel
-  the attempts.
+  — count a hedge that answered first; :meth:`LogicalCall.answered` — the
+  latency of the answer, for the adaptive delay. The shells start, wait for and
+  cancel the attempts.
 * :class:`Completion` — the one way an attempt reports its outcome: created
   next to the pick, carried into whatever the call returns (a response
   stream, a socket, a gRPC call object, as tower's ``TrackCompletion``), and
@@ -305,6 +306,13 @@ class LogicalCall:
             return True
         pick.outlasted()
         return False
+
+    def answered(self, latency: float | None) -> None:
+        """The call's answer came, a success ``latency`` seconds after its attempt started:
+        a sample of the adaptive delay (only the answers callers get count)."""
+        hedger = self.hedger
+        if hedger is not None and latency is not None:
+            hedger.answered(latency)
 
     def won(self, hedge: bool) -> None:
         """The call's answer came from a hedge (``hedge``) or from the attempt it hedged."""

@@ -13,11 +13,14 @@ the HTTP transports and the gRPC channels through the call engine
 
 * :class:`Hedging` — the policy (one type for HTTP and gRPC).
 * :class:`LatencyWindow` — the *adaptive delay* (``Hedging(delay=None)``): the
-  95th percentile of the balancer's recent successful latencies, from an outcome
-  listener; a fixed ring of :data:`WINDOW` samples, the percentile recomputed every
+  95th percentile of the latencies of the answers the balancer's hedgeable calls got
+  (the winning attempt's time to its answer: "the expected latency for this class of
+  requests"); a fixed ring of :data:`WINDOW` samples, the percentile recomputed every
   :data:`REFRESH_EVERY` samples, never on a pick. Nothing is hedged on an adaptive
-  delay before :data:`MIN_SAMPLES` latencies were seen (Finagle sends no backup
-  before its histogram has data either).
+  delay before :data:`MIN_SAMPLES` answers were seen (Finagle sends no backup before
+  its histogram has data either). An attempt a hedge beat is not an answer: counting
+  the slow attempts that run on after their caller was served (see below) would raise
+  the delay exactly when a backend stalls, and hedges would come too late.
 * :class:`ExtraLoadBudget` — the cap: over the last 10 s, hedges may not exceed
   ``max_extra_load`` of the hedgeable requests (default 5%), or 10 for a client
   sending fewer than 200 requests in that time (a quiet client can still hedge).
@@ -360,7 +363,8 @@ class HedgeState:
     """One balancer's hedging: the adaptive delay, the extra-load budgets, the counters.
 
     Created by ``lb.hedge_state()`` the first time a call may be hedged; from then on
-    an outcome listener feeds every successful latency to the :class:`LatencyWindow`.
+    the calls report their answers' latencies (:meth:`answered`) to the
+    :class:`LatencyWindow`, and an outcome listener keeps the typical estimate.
     Counters (``lb.hedging_statistics()``): ``requests`` (hedgeable calls), ``sent``
     hedges, ``won`` (a hedge answered first), ``refused`` (a budget said no),
     ``probes`` (hedged at once by the probe rule).
@@ -381,14 +385,16 @@ class HedgeState:
 
     def on_outcome(self, state: EndpointState, outcome: Outcome, latency: float,
                    now: float) -> None:
-        """The balancer's outcome listener: successful latencies feed the adaptive delay,
-        every outcome the typical estimate."""
+        """The balancer's outcome listener: every outcome moves the typical estimate."""
         if outcome is Outcome.CANCELLED:
             return
         estimate = state.load.latency(now)
         typical = self.typical
         self.typical = estimate if typical == 0.0 else typical + (estimate - typical) / TYPICAL_N
-        if outcome is Outcome.SUCCESS and latency > 0:
+
+    def answered(self, latency: float) -> None:
+        """A hedgeable call got its answer from an attempt that took ``latency`` seconds."""
+        if latency > 0:
             self.window.add(latency)
 
     def budget(self, hedging: Hedging) -> ExtraLoadBudget:

@@ -612,6 +612,8 @@ class _Router(Generic[P]):
             if token != call.token:
                 headers = list(headers)
                 affinity.set_token(headers, token, call.request.url.raw_scheme == b"https")
+        if attempt.outcome is _SUCCESS:
+            call.answered(attempt.first_byte)  # the adaptive hedge delay's sample
         extensions = resp.extensions
         extensions["clientlb.endpoint"] = address
         if call.tried:

@@ -250,6 +250,8 @@ class RpcCall:
             return WAIT
         if code is _OK or code is _CANCELLED_CODE or code is None:
             self.done = True
+            if code is _OK:
+                self.logical.answered(attempt.pick.elapsed())  # the adaptive delay's sample
             return None
         reached = outcome is not _CONNECT_FAILURE
         hedging = self.hedging
