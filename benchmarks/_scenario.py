@@ -261,6 +261,8 @@ class Run:
     requests: list[tuple[float, float, int]] = field(default_factory=list)
     arrivals: list[tuple[float, int, int]] = field(default_factory=list)
     hedges: dict[str, int] = field(default_factory=dict)
+    #: after :meth:`merge`: each round's (p50, p99, p99.9)
+    rounds: list[tuple[float, float, float]] = field(default_factory=list)
 
     def latencies(self) -> list[float]:
         return [lat for _, lat, _ in self.requests]
@@ -277,16 +279,23 @@ class Run:
         return sum(1 for _, i, _ in self.arrivals if i == backend) / len(self.arrivals)
 
     def merge(self, other: Run) -> Run:
-        """This run and ``other`` (the same configuration, another round) pooled."""
+        """This run and ``other`` (the same configuration, another round): requests,
+        arrivals and hedges pooled, each round's percentiles kept."""
         hedges = {k: self.hedges.get(k, 0) + other.hedges.get(k, 0)
                   for k in {*self.hedges, *other.hedges}}
+        rounds = (self.rounds or [self.percentiles()]) + (other.rounds or [other.percentiles()])
         return Run(self.name, self.requests + other.requests, self.arrivals + other.arrivals,
-                   hedges)
+                   hedges, rounds)
 
     def percentiles(self) -> tuple[float, float, float]:
+        """p50, p99, p99.9 of the requests; of several rounds, the median of each round's:
+        a pause of the shared machine during one round does not decide the figure."""
         import numpy as np
 
-        p50, p99, p999 = np.percentile(self.latencies(), [50, 99, 99.9])
+        if len(self.rounds) > 1:
+            p50, p99, p999 = np.median(np.array(self.rounds), axis=0)
+        else:
+            p50, p99, p999 = np.percentile(self.latencies(), [50, 99, 99.9])
         return float(p50), float(p99), float(p999)
 
     def failed(self) -> int:

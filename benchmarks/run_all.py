@@ -1,6 +1,6 @@
 """Run every scenario benchmark and write the generated section of docs/performance.md.
 
-Run by hand (about 16 minutes; it starts nginx and HAProxy itself)::
+Run by hand (about 20 minutes; it starts nginx and HAProxy itself)::
 
     .venv/bin/python benchmarks/run_all.py [--smoke] [--no-overhead]
         [--output docs/performance.md] [--img docs/img]
@@ -31,8 +31,8 @@ import tail_latency  # noqa: E402
 from _scenario import machine  # noqa: E402
 
 START, END = "<!-- run_all:start -->", "<!-- run_all:end -->"
-#: tail_latency.py's rounds, pooled (its module doc says why)
-TAIL_ROUNDS = 2
+#: tail_latency.py's rounds: percentiles are the median of the rounds' (its doc says why)
+TAIL_ROUNDS = 3
 
 
 def overhead(smoke: bool) -> str:
@@ -76,8 +76,8 @@ def tail_verdicts(tail: dict) -> list[str]:  # type: ignore[type-arg]
         extra = tail["extra"][variant]["clientlb peak_ewma + hedging"]
         share = tail["share"][variant]
         rows.append(
-            f"| {variant} | {p99 / o99:.2f} {_met(p99 / o99 <= 1.1)} | {p999 / o999:.2f} | "
-            f"{h99 / o99:.2f} {_met(h99 / o99 <= 1.05)} | "
+            f"| {variant} | {p99 / o99:.3f} {_met(p99 / o99 <= 1.1)} | {p999 / o999:.2f} | "
+            f"{h99 / o99:.3f} {_met(h99 / o99 <= 1.05)} | "
             f"{h999 / o999:.2f} {_met(h999 / o999 <= 1.5)} | "
             f"{extra:+.1%} {_met(extra <= 0.05)} | {share['clientlb peak_ewma']:.1%} → "
             f"{share['clientlb peak_ewma + hedging']:.1%} | {r99 / o99:.2f}, {r999 / o999:.2f} |")
@@ -137,6 +137,8 @@ def section(smoke: bool, with_overhead: bool, img: Path, output: Path) -> str:
     def rel(p: Path) -> str:
         return os.path.relpath(p, output.parent)
 
+    rounds = "" if smoke else (f", {TAIL_ROUNDS} rounds interleaved (percentiles: the median "
+                               "of the rounds'; requests, shares and hedges: all rounds)")
     tail_imgs = "\n\n".join(f"![{p.stem}]({rel(p)})" for p in tail["charts"])
     fail_imgs = "\n\n".join(f"![{p.stem}]({rel(p)})" for p in fail["charts"])
     reaction = ", ".join(f"{k}: {'never' if v is None else f'{v:.2f} s'}"
@@ -167,7 +169,7 @@ the oracle's in the same run:
 `benchmarks/tail_latency.py` — five backends (20 ms per request, 4 served at once each,
 the rest queued), backend 0 10× slower from the start (**slow**), from a third into the run
 (**turns slow**), or stalling 200 ms every second (**stalls**); `httpx.AsyncClient` at
-concurrency 8 for 8 s per row{"" if smoke else f", {TAIL_ROUNDS} rounds interleaved and pooled"}.
+concurrency 8 for 8 s per row{rounds}.
 Oracle: round robin over the four healthy backends only. "+ hedging": the same strategy with
 `clientlb.Hedging()`. "extra requests": what the backends received beyond one per request
 (retries, hedges, their losers). "moved away after": time from the slow-down until

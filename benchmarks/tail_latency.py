@@ -25,9 +25,11 @@ received, the extra requests the backends received (retries and hedges), the hed
 sent/won/probes. Targets: peak_ewma p99 ≤ 1.1 × the oracle's in each variant (issue 9);
 peak_ewma with hedging p99.9 ≤ 1.5 ×, p99 ≤ 1.05 ×, ≤ 5% extra requests (issue 19).
 
-``--rounds N`` measures every configuration N times, interleaved, and pools the requests
-of a configuration: on a shared machine a pause of the client process makes every request
-in flight slow at once, and a p99.9 of a few thousand requests is the few slowest.
+``--rounds N`` measures every configuration N times, interleaved; the percentiles are the
+median of the rounds' (the shares, extra requests and hedges are pooled): on a shared
+machine a pause of the client process makes every request in flight slow at once, and a
+p99.9 of a few thousand requests is the few slowest — one pause in one round would
+decide it.
 """
 
 from __future__ import annotations
