@@ -65,7 +65,7 @@ def retries_and_hedging(addresses: list[str]) -> None:
         addresses,
         strategy="round_robin",
         retryable_codes={grpc.StatusCode.RESOURCE_EXHAUSTED},  # SayHello is idempotent
-        hedging=clientlb.grpc.Hedging(delay=0.05, methods={"/demo.Greeter/SayHello"}),
+        hedging=clientlb.Hedging(delay=0.05, methods={"/demo.Greeter/SayHello"}),
     )
     # --8<-- [end:retries]
     with channel:

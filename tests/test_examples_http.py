@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -45,6 +46,19 @@ def test_mounts_example_balances_two_services_from_one_client() -> None:
     homes = ast.literal_eval(out.split("orders: backends per customer ")[1].splitlines()[0])
     assert len(homes) == 4 and all(len(h) == 1 for h in homes.values())
     assert "plain URL: not-balanced" in out
+
+
+def test_hedging_example_takes_the_slow_backend_off_the_callers_tail() -> None:
+    out = run_example("hedging.py")
+    assert "without hedging: 10 of 30 requests took 300 ms or more" in out
+    assert "with hedging: 0 of 30 requests took 300 ms or more" in out
+    numbers = re.search(r"hedges sent (\d+), won (\d+), probes (\d+); gamma's latency "
+                        r"estimate ([\d.]+) s \(it served (\d+) requests\)", out)
+    assert numbers is not None, out
+    sent, won, probes, estimate, served = (float(n) for n in numbers.groups())
+    assert sent >= won >= served >= 5 and probes >= 1  # each request sent to gamma hedged
+    assert estimate >= 0.25  # and the balancer still knows how slow gamma is
+    assert out.rstrip().endswith("ok")
 
 
 @pytest.mark.servers
