@@ -52,6 +52,7 @@ from ._strategies import (
     RoundRobin,
     Strategy,
 )
+from ._subset import Aperture, RandomSubset, SubsetSnapshot
 from ._tcp import (
     BalancedSocket,
     BalancedSSLSocket,
@@ -66,6 +67,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "Aperture",
     "AsyncHTTPTransport",
     "BalancedSSLSocket",
     "BalancedSocket",
@@ -97,6 +99,7 @@ __all__ = [
     "Pick",
     "Picker",
     "Random",
+    "RandomSubset",
     "Registry",
     "Resolver",
     "ResolverStats",
@@ -106,6 +109,7 @@ __all__ = [
     "RoundRobin",
     "SlowStart",
     "Strategy",
+    "SubsetSnapshot",
     "SuccessRate",
     "Target",
     "Telemetry",
