@@ -371,6 +371,17 @@ def test_locate_finds_itself_by_consul_service_id_or_etcd_key() -> None:
     assert locate(etcd, "clients/x") == Place(0, 2, "peers")
 
 
+def test_peers_are_ranked_by_registration_name_so_a_restart_keeps_every_place() -> None:
+    """A pod that comes back with a new address but the same service ID takes back its
+    rank: nobody else moves (ranking by address would shift everyone after it)."""
+    before = [peer(f"10.0.0.{i}:80", service_id=f"web-{i}") for i in range(1, 6)]
+    after = [*before[:2], peer("10.0.9.99:80", service_id="web-3"), *before[3:]]
+    for me in ("web-1", "web-2", "web-4", "web-5"):
+        assert locate(before, me) == locate(after, me)
+    assert locate(after, "web-3") == Place(2, 5, "peers")
+    assert locate(after, "10.0.9.99:80") == Place(2, 5, "peers")
+
+
 def test_locate_prefers_an_exact_address_over_a_shared_host() -> None:
     peers = [peer("10.0.0.1:80"), peer("10.0.0.1:81"), peer("10.0.0.2:80")]
     assert locate(peers, "10.0.0.1:81") == Place(1, 3, "peers")

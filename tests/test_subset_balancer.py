@@ -349,12 +349,12 @@ def test_peers_discovered_in_consul_follow_the_clients_scaling(consul: ConsulEmu
     with make_lb(subset=subset) as lb:
         wait_until(lambda: place(lb) == (2, 4, "peers"), message="the first place")
         before = set(members(lb))
-        consul.register("web", "web-4", address="10.8.0.0", port=8000)  # sorts first
+        consul.register("web", "web-10", address="10.8.0.9", port=8000)  # ranked by ID
         wait_until(lambda: place(lb) == (3, 5, "peers"), message="a client joined")
         assert set(members(lb)) != before
         consul.deregister("web", "web-2")  # this client's own registration went away
         wait_until(lambda: place(lb)[2] == "peers (not listed)", message="not listed")
-        assert place(lb) == (4, 5, "peers (not listed)")  # 'web-2' sorts after the addresses
+        assert place(lb) == (3, 5, "peers (not listed)")  # after web-0, web-1, web-10
 
 
 def test_peers_before_the_first_answer_use_a_provisional_place(consul: ConsulEmulator) -> None:

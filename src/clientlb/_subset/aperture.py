@@ -85,13 +85,14 @@ def _ring_key(address: str) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_ring(entries: tuple[tuple[str, float], ...]) -> Ring:
-    order = sorted(range(len(entries)), key=lambda i: (_ring_key(entries[i][0]), entries[i][0]))
-    weights = [float(entries[i][1]) for i in order]
-    if not any(w > 0 for w in weights):
-        weights = [1.0] * len(weights)
+def _cached_ring(addresses: tuple[str, ...], weights: tuple[float, ...]) -> Ring:
+    keys = [(_ring_key(a), a) for a in addresses]
+    order = sorted(range(len(addresses)), key=keys.__getitem__)
+    ws = [weights[i] for i in order]
+    if not any(w > 0 for w in ws):
+        ws = [1.0] * len(ws)
     cumulative = [0.0]
-    for w in weights:
+    for w in ws:
         cumulative.append(cumulative[-1] + max(w, 0.0))
     total = cumulative[-1]
     bounds = [c / total for c in cumulative]
@@ -107,7 +108,9 @@ def build_ring(addresses: Sequence[str], weights: Sequence[float]) -> Ring:
     """
     if not addresses:
         return Ring((), (0.0,))
-    return _cached_ring(tuple(zip(addresses, (float(w) for w in weights), strict=True)))
+    if len(addresses) != len(weights):
+        raise ValueError("one weight per address")
+    return _cached_ring(tuple(addresses), tuple(map(float, weights)))
 
 
 def aperture_size(backends: int, clients: int, connections_per_backend: int,

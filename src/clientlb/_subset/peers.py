@@ -7,11 +7,14 @@ its peers. Three sources, tried in this order (docs/architecture.md, "Subsetting
    service, resolved with clientlb's resolvers (static, DNS, SRV, Consul, etcd)
    and followed as it changes, so the aperture follows auto-scaling of the
    clients as well as of the backends. The count is the number of peers; the
-   index is this client's rank among them **sorted by address** (``host:port``).
-   This client finds itself by ``client_id``: a peer whose ``host:port``, host,
-   or metadata ``service_id`` (Consul), ``key`` (etcd) or ``id`` equals it (an
-   exact address match wins over the others). Not listed (not registered yet,
-   or registered under another name) — it counts itself in at the rank its
+   index is this client's rank among them **sorted by name**: the Consul
+   service ID, else the etcd key, else ``host:port`` (:func:`peer_name`) — so a
+   client that comes back under the same registration (a StatefulSet pod, a
+   fixed service ID) takes back its place and nobody else moves. This client
+   finds itself by ``client_id``: a peer whose ``host:port``, host, or metadata
+   ``service_id`` (Consul), ``key`` (etcd) or ``id`` equals it (an exact
+   address match wins over the others). Not listed (not registered yet, or
+   registered under another name) — it counts itself in at the rank its
    ``client_id`` would sort, and says so in ``lb.snapshot()``. Before the first
    answer its place is *provisional*: a slot picked by hashing ``client_id`` on
    a fine ring, so clients starting together spread out instead of piling onto
@@ -54,6 +57,7 @@ __all__ = [
     "check_place",
     "default_client_id",
     "locate",
+    "peer_name",
     "place_from_environment",
     "provisional_place",
     "static_place",
@@ -151,6 +155,16 @@ def provisional_place(client_id: str) -> Place:
                  PROVISIONAL_SLOTS, "provisional")
 
 
+def peer_name(ep: Endpoint) -> str:
+    """What peers are ranked by: Consul's ``service_id``, else etcd's ``key``, else
+    ``host:port``."""
+    for key in ("service_id", "key"):
+        value = ep.metadata.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ep.address
+
+
 def _names(ep: Endpoint) -> tuple[str, ...]:
     names = [ep.host]
     for key in _ID_KEYS:
@@ -162,17 +176,20 @@ def _names(ep: Endpoint) -> tuple[str, ...]:
 
 def locate(peers: Sequence[Endpoint], client_id: str) -> Place:
     """This client's place among ``peers`` (see the module documentation for the rule)."""
-    addresses = sorted(ep.address for ep in peers)
-    if client_id in addresses:
-        return Place(addresses.index(client_id), len(addresses), "peers")
-    mine = sorted(ep.address for ep in peers if client_id in _names(ep))
+    keys = sorted((peer_name(ep), ep.address) for ep in peers)
+    count = len(keys)
+    for index, (_, address) in enumerate(keys):
+        if address == client_id:
+            return Place(index, count, "peers")
+    by_address = {ep.address: ep for ep in peers}
+    mine = [i for i, (_, address) in enumerate(keys) if client_id in _names(by_address[address])]
     if mine:
         if len(mine) > 1:
-            logger.warning("client_id %r matches %d peers (%s); using the first by address",
-                           client_id, len(mine), ", ".join(mine[:5]))
-        return Place(addresses.index(mine[0]), len(addresses), "peers")
-    rank = sum(1 for a in addresses if a < client_id)
-    return Place(rank, len(addresses) + 1, "peers (not listed)")
+            logger.warning("client_id %r matches %d peers (%s); using the first", client_id,
+                           len(mine), ", ".join(keys[i][1] for i in mine[:5]))
+        return Place(mine[0], count, "peers")
+    rank = sum(1 for key in keys if key < (client_id, client_id))
+    return Place(rank, count + 1, "peers (not listed)")
 
 
 class PeerTracker:

@@ -38,10 +38,14 @@ def rank(addresses: Sequence[str], weights: Sequence[float], seed: int) -> list[
     Zero-weight backends come last (in address order), unless every weight is 0.
     """
     seed &= _MASK
-    hashes = [xxhash.xxh64_intdigest(a.encode(), seed=seed) for a in addresses]
+    digest = xxhash.xxh64_intdigest
+    hashes = [digest(a.encode(), seed=seed) for a in addresses]
     n = len(addresses)
+    if not n:
+        return []
     if all(w == weights[0] for w in weights) or not any(w > 0 for w in weights):
-        return sorted(range(n), key=lambda i: (-hashes[i], addresses[i]))
+        # highest hash first; equal 64-bit hashes (never seen in practice) keep input order
+        return sorted(range(n), key=hashes.__getitem__, reverse=True)
 
     def score(i: int) -> float:
         w = weights[i]

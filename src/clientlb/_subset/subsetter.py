@@ -152,8 +152,11 @@ class Subsetter:
         remembers each member's weight factor for :meth:`scale`.
         """
         levels: dict[int, list[EndpointState]] = {}
-        for s in states:
-            levels.setdefault(s.endpoint.priority, []).append(s)
+        if states and all(s.endpoint.priority == 0 for s in states):
+            levels[0] = list(states)  # the common case: one level
+        else:
+            for s in states:
+                levels.setdefault(s.endpoint.priority, []).append(s)
         factors: dict[str, float] = {}
         widened = 0
         best: tuple[int, float | None, float | None] | None = None
