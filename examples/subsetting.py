@@ -63,8 +63,8 @@ assert info is not None
 print(f"place {info.client_index} of {info.client_count} ({info.place}), size {info.size}")
 # --8<-- [end:peers]
 
-for lb in [*pods, lb]:
-    lb.close()
+for balancer in [*pods, lb]:
+    balancer.close()
 for b in backends:
     b.close()
 print("ok")

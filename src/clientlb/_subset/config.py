@@ -99,9 +99,10 @@ class Aperture:
     themselves — ``consul:///web``, ``dns:///web.internal:80``, ``etcd://...``
     — resolved with clientlb's resolvers: the count is the number of peers, the
     index this client's rank among them sorted by name (Consul service ID, etcd
-    key, else ``host:port``), found by ``client_id``); else ``client_index=`` and ``client_count=`` (both);
-    else the environment: ``CLIENTLB_CLIENT_INDEX`` (or the ordinal ``N`` of a
-    StatefulSet-style ``HOSTNAME`` ending in ``-N``) and ``CLIENTLB_CLIENT_COUNT``.
+    key, else ``host:port``), found by ``client_id``); else ``client_index=`` and
+    ``client_count=`` (both); else the environment: ``CLIENTLB_CLIENT_INDEX`` (or
+    the ordinal ``N`` of a StatefulSet-style ``HOSTNAME`` ending in ``-N``) and
+    ``CLIENTLB_CLIENT_COUNT``.
     A place that cannot be found raises :class:`~clientlb.ConfigError` when the
     balancer is built.
 
