@@ -4,12 +4,19 @@ Every error derives from :class:`ClientLBError`. Configuration mistakes are
 :class:`ConfigError`, which is also a :class:`ValueError` so that code written
 against "bad argument" conventions keeps working. Messages name the field, the
 value and the rule that was broken, e.g. ``"port must be 1..65535, got 0"``.
+
+No message can repeat a credential: :class:`ClientLBError` passes every
+string argument through :func:`clientlb._core.redact.redact`, the one
+redaction rule (user-info, ``token=``/``password=`` and their
+percent-encoded forms become ``***``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+from .redact import redact
 
 if TYPE_CHECKING:
     from .endpoint import Endpoint
@@ -25,7 +32,10 @@ __all__ = [
 
 
 class ClientLBError(Exception):
-    """Base class of every exception raised by clientlb."""
+    """Base class of every exception raised by clientlb (messages are redacted)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(ClientLBError, ValueError):
@@ -49,7 +59,7 @@ class NoEndpointAvailable(ClientLBError):
     """
 
     def __init__(self, reason: str, *, service: str | None = None) -> None:
-        self.reason = reason
+        self.reason = reason = redact(reason)
         self.service = service
         where = f" for {service!r}" if service else ""
         super().__init__(f"no endpoint available{where}: {reason}")
@@ -79,7 +89,7 @@ class DiscoveryError(ClientLBError):
     """
 
     def __init__(self, message: str, *, target: str | None = None, source: str | None = None):
-        self.target = target
+        self.target = target = redact(target) if target is not None else None
         self.source = source
         parts = [message]
         if source:
