@@ -340,11 +340,16 @@ class LoadBalancer:
     def error(self, exc: BaseException) -> None:
         """Record a discovery failure (called by resolvers); the last good set stays."""
         with self._lock:
+            repeated = (self._discovery_error is not None
+                        and str(self._discovery_error) == str(exc))
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
             error_listeners = self._error_listeners
-        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        # once per episode: the same error again (a source that stays down, an answer
+        # that stays malformed) is a debug line, not a warning per attempt
+        logger.log(logging.DEBUG if repeated else logging.WARNING,
+                   "%s: discovery error, keeping the last good set: %s", self.name, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 

@@ -28,7 +28,8 @@ The resolver long-polls ``GET /v1/health/service/<service>`` with Consul's
   (Consul's filter expression), ``passing``, ``wait`` are passed to Consul;
 * an empty list is authoritative (no instance, or none healthy): the set
   becomes empty; an error status, a network error or a malformed body keeps
-  the last good set; a malformed instance (no address, port 0) is skipped.
+  the last good set; a malformed instance (no address, port 0) is skipped,
+  and an answer made only of malformed instances keeps the last good set.
 
 **Where the agent is**: the target's authority, else ``CONSUL_HTTP_ADDR``
 (``host:port``, ``http://``, ``https://`` or ``unix:///path``), else
@@ -222,6 +223,7 @@ class ConsulResolver(LoopResolver):
                         await asyncio.sleep(pause)
                 last_request = loop.time()
                 self.mark_attempt()
+                malformed = self.malformed_count
                 try:
                     entries, index = await self._query_once(client)
                 except DiscoveryError as exc:
@@ -233,7 +235,9 @@ class ConsulResolver(LoopResolver):
                     self.index = 0
                     continue
                 self._apply_index(index)
-                self.publish(sink, self._endpoints(entries))
+                # entries that are all malformed keep the last good set; the next
+                # query blocks on the index until the service changes
+                self.answer(sink, self._endpoints(entries), malformed_before=malformed)
 
     def _apply_index(self, index: int | None) -> None:
         if index is None or index < 1:

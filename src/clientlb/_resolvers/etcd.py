@@ -27,7 +27,8 @@ the whole ``Metadata`` and the key are kept in ``Endpoint.metadata``.
 An empty range is authoritative (the set becomes empty). A value that is not
 such JSON, or whose address is invalid, is skipped (logged, counted) and a
 key that held a good value keeps it, so bad data never takes an endpoint
-down. Network errors keep the last good set and back off with jitter.
+down; a listing whose keys are all malformed keeps the last good set.
+Network errors keep the last good set and back off with jitter.
 
 **Auth** (optional): ``username``/``password`` options, or ``ETCDCTL_USER``
 (``user:password``, or with ``ETCDCTL_PASSWORD``); the token from
@@ -245,6 +246,7 @@ class EtcdResolver(LoopResolver):
         except (KeyError, TypeError, ValueError):
             raise self._error("/v3/kv/range: answer without header.revision") from None
         old = self._kvs
+        malformed = self.malformed_count
         kvs: dict[str, Endpoint] = {}
         for kv in doc.get("kvs") or []:
             key, endpoint, ok = self._decode_kv(kv, deleted=False)
@@ -254,10 +256,10 @@ class EtcdResolver(LoopResolver):
                 kvs[key] = endpoint
             elif not ok and key in old:  # malformed now: keep the good value it had
                 kvs[key] = old[key]
-        self._kvs = kvs
         self.revision = revision
         self.relists += 1
-        self.publish(sink, self._kvs.values())
+        if self.answer(sink, kvs.values(), malformed_before=malformed) or kvs or not old:
+            self._kvs = kvs  # (else every key was malformed: the last good set stays)
 
     def _decode_kv(self, kv: Any, *, deleted: bool) -> tuple[str | None, Endpoint | None, bool]:
         """(key, endpoint, well-formed) of one gateway KeyValue."""
