@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .._core.checks import check_clock
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -139,9 +140,7 @@ class LoopResolver(Resolver):
         super().__init__(target)
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"must be a random.Random, got {rng!r}", field="rng")
-        if clock is not None and not callable(clock):
-            raise ConfigError(f"must be a callable returning seconds, got {clock!r}",
-                              field="clock")
+        check_clock(clock)
         self._rng = rng or _random.Random()
         self._clock: Clock = clock or time.monotonic
         self._backoff = Backoff(

@@ -65,6 +65,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .._core.checks import check_str_mapping
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -113,7 +114,15 @@ class ConsulResolver(LoopResolver):
                  consistency: str = "default", ssl_context: ssl.SSLContext | None = None,
                  env: Mapping[str, str] | None = None, **options: Any) -> None:
         super().__init__(target, **options)
+        check_str_mapping(env, "env", secret=True)
         env = os.environ if env is None else env
+        if token is not None and not isinstance(token, str):
+            # never the value: it may be the secret in the wrong place
+            raise ConfigError(f"must be a string or None, got a {type(token).__name__}",
+                              field="token")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError(f"must be an ssl.SSLContext or None, got {ssl_context!r}",
+                              field="ssl_context")
         params = dict(target.params)
         self.service = target.name
         # -- where the agent is
@@ -180,7 +189,8 @@ class ConsulResolver(LoopResolver):
                               field="wait")
         self.min_query_interval = check_seconds("min_query_interval", min_query_interval)
         self.timeout = check_seconds("timeout", timeout, allow_zero=False)
-        if consistency not in ("default", "stale", "consistent"):
+        if not isinstance(consistency, str) or consistency not in ("default", "stale",
+                                                                   "consistent"):
             raise ConfigError(f"must be 'default', 'stale' or 'consistent', got "
                               f"{consistency!r}", field="consistency")
         query: list[tuple[str, str]] = []

@@ -56,6 +56,7 @@ from typing import Any
 
 import httpx
 
+from .._core.checks import check_bool, check_str_mapping
 from .._core.endpoint import Endpoint, split_host_port
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -131,7 +132,19 @@ class EtcdResolver(LoopResolver):
                  resync_interval: float = 300.0, env: Mapping[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         super().__init__(target, **options)
+        check_str_mapping(env, "env", secret=True)
         env = os.environ if env is None else env
+        for name, value in (("username", username), ("password", password)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"must be a string or None, got a {type(value).__name__}",
+                                  field=name)
+        check_bool(tls, "tls")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError(f"must be an ssl.SSLContext or None, got {ssl_context!r}",
+                              field="ssl_context")
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigError(f"must be an httpx.AsyncBaseTransport or None, got "
+                              f"{transport!r}", field="transport")
         host, port = target.server or ("127.0.0.1", 2379)
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if tls or ssl_context is not None else "http"

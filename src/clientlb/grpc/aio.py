@@ -39,7 +39,7 @@ import grpc.aio
 
 from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.retry import RetryState
 from ._aio_intercept import InterceptedUnaryUnaryCall, split_interceptors
@@ -854,6 +854,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
         task.exception()  # the error is the caller's, through the call object
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -889,6 +890,7 @@ def insecure_channel(
                            interceptors=unary_chain)
 
 
+@strict_arguments
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
