@@ -10,7 +10,7 @@ import pytest
 
 from clientlb import STRATEGIES, Endpoint, LoadBalancer, Maglev, Outcome, RingHash
 
-from ._helpers import FakeClock
+from ._helpers import FakeClock, closing
 
 
 def eps(*weights: float) -> list[Endpoint]:
@@ -19,8 +19,8 @@ def eps(*weights: float) -> list[Endpoint]:
 
 def lb_for(strategy: object, endpoints: list[Endpoint], seed: int = 7,
            clock: FakeClock | None = None) -> LoadBalancer:
-    return LoadBalancer(endpoints, strategy=strategy,  # type: ignore[arg-type]
-                        rng=random.Random(seed), clock=clock or FakeClock())
+    return closing(LoadBalancer(endpoints, strategy=strategy,  # type: ignore[arg-type]
+                                rng=random.Random(seed), clock=clock or FakeClock()))
 
 
 def shares(lb: LoadBalancer, n: int, key_fn=None) -> Counter[str]:  # type: ignore[no-untyped-def]

@@ -23,6 +23,8 @@ import math
 import random as _random
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -317,13 +319,16 @@ class LoadBalancer:
     # -- resolver side ------------------------------------------------------------------
 
     def _start_resolver(self) -> None:
+        # The resolver talks to a weak proxy: its thread or task must not keep a
+        # balancer dropped without close() alive (then __del__ stops it).
+        sink = _WeakSink(self)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._resolver.start(self)
+            self._resolver.start(sink)
             return
         # Inside a running loop: resolve with asyncio tasks on that loop.
-        self._resolver_task = loop.create_task(self._resolver.astart(self))
+        self._resolver_task = loop.create_task(self._resolver.astart(sink))
 
     def publish(self, endpoints: EndpointSet) -> None:
         """Apply a new endpoint set (called by resolvers; safe from any thread)."""
@@ -813,6 +818,20 @@ class LoadBalancer:
     def closed(self) -> bool:
         return self._closed
 
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Collected without close(), as a socket or an asyncio transport can be:
+        # stop the background work (discovery, probes) without waiting for it,
+        # then say so with a ResourceWarning, as they do.
+        if getattr(self, "_closed", True):  # closed, or __init__ failed early
+            return
+        self._closed = True
+        self._picker = None
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self._resolver.stop()
+        with contextlib.suppress(Exception):
+            self._health.close(wait=False)
+        _warn(f"unclosed {self!r}; close() it or use 'with'", ResourceWarning, source=self)
+
     def __enter__(self) -> LoadBalancer:
         return self
 
@@ -824,6 +843,25 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _WeakSink:
+    """What a balancer's resolver publishes to: the balancer, weakly referenced."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, lb: LoadBalancer) -> None:
+        self._ref = weakref.ref(lb)
+
+    def publish(self, endpoints: EndpointSet) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.publish(endpoints)
+
+    def error(self, exc: BaseException) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.error(exc)
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

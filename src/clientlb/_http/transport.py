@@ -83,7 +83,7 @@ from .._engine.retry import RetryBudget, RetryPolicy, RetryState
 from .._ops.telemetry import record_budget_exhausted, record_retry
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
-__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
+__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport", "TransportClosed"]
 
 _SUCCESS = Outcome.SUCCESS
 
@@ -100,6 +100,12 @@ class HTTPNoEndpointAvailable(httpx.TransportError, NoEndpointAvailable):
         self.args = (str(error),)
         if request is not None:
             self.request = request
+
+
+class TransportClosed(httpx.TransportError):
+    """The transport was closed: a request in flight (or a retry of one) ends with
+    this httpx exception, not a bare ``RuntimeError``; nothing is retried and the
+    endpoint is not blamed (the outcome is ``CANCELLED``)."""
 
 
 # httpcore exception → (httpx exception, outcome, may the request have reached the backend?)
@@ -435,7 +441,7 @@ class _Router(Generic[P]):
             shards = self._routes.get(key)
             if shards is None:
                 if self.closed:
-                    raise RuntimeError("the transport is closed")
+                    raise TransportClosed("the transport is closed")
                 route = _Route(key, pick.endpoint, self._pool_factory())
                 if pick._state.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
@@ -528,8 +534,10 @@ class _Router(Generic[P]):
                 extensions = call.extensions = {**extensions, "sni_hostname": sni}
         try:
             route = self._route(pick, sni)
-        except BaseException:
+        except BaseException as exc:
             pick.done(Outcome.CANCELLED)
+            if isinstance(exc, TransportClosed):
+                exc.request = call.request
             raise
         core = httpcore.Request(
             method=request.method,
@@ -577,6 +585,12 @@ class _Router(Generic[P]):
 
     def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
         """An attempt raised: report it; the delay before a retry, or raise the final error."""
+        if self.closed and isinstance(exc, Exception):  # closed under it: not the endpoint's
+            attempt.pick.done(Outcome.CANCELLED)
+            err = TransportClosed(f"the transport was closed while the request was in "
+                                  f"flight (service {self.lb.name!r})")
+            err.request = call.request
+            raise err from exc
         cls, outcome, reached = classify_exception(exc)
         attempt.pick.done(outcome)
         if cls is None:
@@ -651,6 +665,10 @@ class _Router(Generic[P]):
 
     def body_error(self, attempt: _Attempt[P], exc: BaseException) -> BaseException:
         """An error while reading a response body: record it, map it to httpx."""
+        if self.closed:  # the transport was closed under the body: not the endpoint's fault
+            attempt.outcome = Outcome.CANCELLED
+            return TransportClosed("the transport was closed while the response body was "
+                                   f"being read (service {self.lb.name!r})")
         cls, outcome, _ = classify_exception(exc)
         if outcome is not Outcome.CANCELLED or attempt.outcome is _SUCCESS:
             attempt.outcome = outcome

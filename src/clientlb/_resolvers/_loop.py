@@ -237,6 +237,10 @@ class LoopResolver(Resolver):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._done.wait(5)
 
+    def stop(self) -> None:
+        """Stop resolving without waiting (the task is cancelled on its loop)."""
+        self._stop()
+
     async def aclose(self) -> None:
         self._stop()
         if self._thread is not None:
