@@ -165,6 +165,8 @@ class EndpointSnapshot:
     ejection_count: int
     requests: int
     failures: int
+    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
+    error_rate: float = 0.0
 
     @property
     def address(self) -> str:
@@ -646,6 +648,7 @@ class LoadBalancer:
             ejection_count=state.ejection_count,
             requests=load.requests,
             failures=load.failures,
+            error_rate=getattr(load, "error_rate", 0.0),
         )
 
     def __repr__(self) -> str:
