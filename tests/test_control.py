@@ -10,7 +10,7 @@ import pytest
 import clientlb
 from clientlb import ConfigError, Endpoint, LoadBalancer
 
-from ._helpers import FakeClock
+from ._helpers import FakeClock, closing
 
 
 def _share(lb: LoadBalancer, n: int = 400) -> Counter[str]:
@@ -22,7 +22,8 @@ def _share(lb: LoadBalancer, n: int = 400) -> Counter[str]:
 
 
 def _lb(clock: FakeClock, *addresses: str, strategy: str = "round_robin") -> LoadBalancer:
-    return LoadBalancer(list(addresses), strategy=strategy, clock=clock, rng=random.Random(7))
+    return closing(LoadBalancer(list(addresses), strategy=strategy, clock=clock,
+                                rng=random.Random(7)))
 
 
 def test_set_strategy_keeps_in_flight_calls_and_their_load(clock: FakeClock) -> None:

@@ -23,7 +23,9 @@ import math
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+import warnings
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -36,8 +38,9 @@ from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
 from .._subset.config import SubsetConfig, check_subset
 from .._subset.subsetter import SubsetSnapshot, Subsetter
+from .checks import check_clock
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from .errors import ClientLBError, ConfigError, NoEndpointAvailable
+from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_arguments
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
@@ -56,6 +59,19 @@ _DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
 _CONNECT_FAILURE = Outcome.CONNECT_FAILURE
 _READY = Connectivity.READY
+
+
+def _check_resolver_options(options: object, target: Target) -> dict[str, Any]:
+    """``resolver_options`` as keyword arguments for the target's resolver."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"resolver_options must be a mapping of option names to values, "
+                          f"got {options!r}", field="resolver_options")
+    if options and target.scheme == "static":
+        raise ConfigError(f"a static target takes no resolver options, got "
+                          f"{sorted(options)}", field="resolver_options")
+    return dict(options)
 
 
 def _classify_exception(exc: BaseException) -> Outcome:
@@ -182,6 +198,8 @@ class EndpointSnapshot:
     #: False for an endpoint outside this client's subset (``subset=``): discovered,
     #: never picked. True for every endpoint without subsetting.
     in_subset: bool = True
+    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
+    error_rate: float = 0.0
 
     @property
     def address(self) -> str:
@@ -205,6 +223,7 @@ class BalancerSnapshot:
         return {e.address: e for e in self.endpoints}
 
 
+@strict_arguments
 class LoadBalancer:
     """An in-process load balancer over the endpoints of a target.
 
@@ -275,17 +294,23 @@ class LoadBalancer:
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         subset: SubsetConfig | None = None,
     ) -> None:
+        self._closed = True  # until construction succeeds: __del__ has nothing to stop
         self._target = parse_target(target)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
-        if not isinstance(first_resolution_timeout, (int, float)) or first_resolution_timeout < 0:
-            raise ConfigError(f"first_resolution_timeout must be >= 0 seconds, got "
-                              f"{first_resolution_timeout!r}", field="first_resolution_timeout")
+        if isinstance(first_resolution_timeout, bool) or not isinstance(
+                first_resolution_timeout, (int, float)) \
+                or not 0 <= first_resolution_timeout < math.inf:
+            raise ConfigError(f"first_resolution_timeout must be a finite number >= 0 seconds, "
+                              f"got {first_resolution_timeout!r}",
+                              field="first_resolution_timeout")
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"rng must be a random.Random, got {rng!r}", field="rng")
+        check_clock(clock)
+        options = _check_resolver_options(resolver_options, self._target)
         self.name: str = name or self._target.service
         self._first_resolution_timeout = float(first_resolution_timeout)
         self._clock: Clock = clock or time.monotonic
@@ -308,7 +333,6 @@ class LoadBalancer:
         self._ready = threading.Event()
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._discovery_error: BaseException | None = None
-        self._closed = False
         self._outcome_listeners: tuple[OutcomeListener, ...] = ()
         self._diff_listeners: tuple[DiffListener, ...] = ()
         self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
@@ -327,22 +351,30 @@ class LoadBalancer:
         self._connectivity = ConnectivityTracker(self)
         # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
         self._subsetter = self._new_subsetter(check_subset(subset))
-        self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
-        self._start_resolver()
-        self._health.start()
-        if self._subsetter is not None:
-            self._subsetter.start()
+        self._resolver: Resolver = create_resolver(self._target, **options)
+        self._closed = False
+        try:
+            self._start_resolver()
+            self._health.start()
+            if self._subsetter is not None:
+                self._subsetter.start()
+        except BaseException:  # release what was started: nothing keeps running
+            self.close()
+            raise
 
     # -- resolver side ------------------------------------------------------------------
 
     def _start_resolver(self) -> None:
+        # The resolver talks to a weak proxy: its thread or task must not keep a
+        # balancer dropped without close() alive (then __del__ stops it).
+        sink = _WeakSink(self)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._resolver.start(self)
+            self._resolver.start(sink)
             return
         # Inside a running loop: resolve with asyncio tasks on that loop.
-        self._resolver_task = loop.create_task(self._resolver.astart(self))
+        self._resolver_task = loop.create_task(self._resolver.astart(sink))
 
     def publish(self, endpoints: EndpointSet) -> None:
         """Apply a new endpoint set (called by resolvers; safe from any thread)."""
@@ -384,11 +416,16 @@ class LoadBalancer:
     def error(self, exc: BaseException) -> None:
         """Record a discovery failure (called by resolvers); the last good set stays."""
         with self._lock:
+            repeated = (self._discovery_error is not None
+                        and str(self._discovery_error) == str(exc))
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
             error_listeners = self._error_listeners
-        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        # once per episode: the same error again (a source that stays down, an answer
+        # that stays malformed) is a debug line, not a warning per attempt
+        logger.log(logging.DEBUG if repeated else logging.WARNING,
+                   "%s: discovery error, keeping the last good set: %s", self.name, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 
@@ -767,6 +804,7 @@ class LoadBalancer:
             failures=load.failures,
             connectivity=state.connectivity.value,
             in_subset=self._subsetter is None or self._subsetter.contains(state.address),
+            error_rate=getattr(load, "error_rate", 0.0),
         )
 
     def __repr__(self) -> str:
@@ -943,6 +981,20 @@ class LoadBalancer:
     def closed(self) -> bool:
         return self._closed
 
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Collected without close(), as a socket or an asyncio transport can be:
+        # stop the background work (discovery, probes) without waiting for it,
+        # then say so with a ResourceWarning, as they do.
+        if getattr(self, "_closed", True):  # closed, or __init__ failed early
+            return
+        self._closed = True
+        self._picker = None
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self._resolver.stop()
+        with contextlib.suppress(Exception):
+            self._health.close(wait=False)
+        _warn(f"unclosed {self!r}; close() it or use 'with'", ResourceWarning, source=self)
+
     def __enter__(self) -> LoadBalancer:
         return self
 
@@ -954,6 +1006,25 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _WeakSink:
+    """What a balancer's resolver publishes to: the balancer, weakly referenced."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, lb: LoadBalancer) -> None:
+        self._ref = weakref.ref(lb)
+
+    def publish(self, endpoints: EndpointSet) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.publish(endpoints)
+
+    def error(self, exc: BaseException) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.error(exc)
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

@@ -57,6 +57,13 @@ class Resolver(ABC):
     def close(self) -> None:  # noqa: B027
         """Stop resolving; idempotent."""
 
+    def stop(self) -> None:
+        """Stop resolving without waiting for it to end (from a finalizer); idempotent.
+
+        Defaults to :meth:`close`; resolvers whose ``close`` waits override it.
+        """
+        self.close()
+
     async def aclose(self) -> None:
         self.close()
 
