@@ -287,7 +287,7 @@ def test_strategy_options_are_validated() -> None:
         Maglev(table_size=65536)
     with pytest.raises(ConfigError, match="max_ring_size must be an integer >= 1"):
         RingHash(max_ring_size=0)
-    with pytest.raises(ConfigError, match="decay must be > 0"):
+    with pytest.raises(ConfigError, match="decay must be a finite number > 0"):
         PeakEwma(decay=0)
 
 

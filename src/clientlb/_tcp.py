@@ -85,16 +85,18 @@ keeps ``timeout`` as its timeout for later reads and writes; call
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import socket
 import ssl as _ssl
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 from ._core.balancer import LoadBalancer, Pick
 from ._core.endpoint import Endpoint
-from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable
+from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable, strict_arguments
 from ._core.outcome import Outcome
 from ._engine.call import LIVE_POLICY, Completion, LogicalCall
 from ._engine.naming import logical_name
@@ -441,6 +443,7 @@ class _NoEndpointConnectError(NoEndpointAvailable, ConnectionError):
 # -- sync ------------------------------------------------------------------------------
 
 
+@strict_arguments
 def connect(
     lb: LoadBalancer,
     timeout: float = DEFAULT_TIMEOUT,
@@ -485,6 +488,18 @@ def connect(
         ConfigError: an invalid option, or TLS over a static target without a name.
     """
     _check_options(timeout, attempts, deadline)
+    if timeout > threading.TIMEOUT_MAX:  # what a socket timeout can hold
+        raise ConfigError(f"timeout must be <= {threading.TIMEOUT_MAX:g} seconds, got "
+                          f"{timeout!r}", field="timeout")
+    if ssl_context is not None and not isinstance(ssl_context, _ssl.SSLContext):
+        raise ConfigError(f"ssl_context must be an ssl.SSLContext or None, got "
+                          f"{ssl_context!r}", field="ssl_context")
+    if source_address is not None and not (
+            isinstance(source_address, tuple) and len(source_address) == 2
+            and isinstance(source_address[0], str) and isinstance(source_address[1], int)
+            and not isinstance(source_address[1], bool) and 0 <= source_address[1] <= 65535):
+        raise ConfigError(f"source_address must be a (host, port) tuple or None, got "
+                          f"{source_address!r}", field="source_address")
     tls_name = (_tls_name(lb, server_hostname, ssl_context)
                 if ssl_context is not None else None)
     call = _Connect(lb, timeout, attempts, deadline, key)
@@ -533,6 +548,12 @@ def _factory(protocol: _BalancedProtocol) -> Callable[[], _BalancedProtocol]:
     return lambda: protocol
 
 
+#: the keywords of ``loop.create_connection`` that open_connection passes through
+_CREATE_CONNECTION_OPTIONS = frozenset(
+    inspect.signature(asyncio.AbstractEventLoop.create_connection).parameters) - {
+        "self", "protocol_factory", "host", "port", "ssl", "server_hostname"}
+
+
 async def _within(seconds: float, connecting: Coroutine[Any, Any, tuple[asyncio.Transport,
                                                                           Any]]
                   ) -> asyncio.Transport:
@@ -547,6 +568,7 @@ async def _within(seconds: float, connecting: Coroutine[Any, Any, tuple[asyncio.
     return transport
 
 
+@strict_arguments
 async def open_connection(
     lb: LoadBalancer,
     ssl: _ssl.SSLContext | bool | None = None,
@@ -574,6 +596,17 @@ async def open_connection(
         ConfigError: an invalid option, or TLS over a static target without a name.
     """
     _check_options(timeout, attempts, deadline)
+    if ssl is not None and not isinstance(ssl, (bool, _ssl.SSLContext)):
+        raise ConfigError(f"ssl must be an ssl.SSLContext, True, False or None, got {ssl!r}",
+                          field="ssl")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit must be an integer >= 1 (bytes), got {limit!r}",
+                          field="limit")
+    unknown = sorted(set(kwds) - _CREATE_CONNECTION_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown argument {unknown[0]!r}: not a loop.create_connection() "
+                          f"option (valid: {', '.join(sorted(_CREATE_CONNECTION_OPTIONS))})",
+                          field=unknown[0])
     context: _ssl.SSLContext | None
     if ssl is True:
         context = _ssl.create_default_context()
@@ -617,6 +650,7 @@ def _check_errors(connect_errors: ErrorTypes) -> tuple[type[BaseException], ...]
     return errors
 
 
+@strict_arguments
 def connect_with(
     lb: LoadBalancer,
     factory: Callable[[Endpoint], T],
@@ -660,6 +694,7 @@ def connect_with(
     return _connect_loop(call, lambda pick, _: factory(pick.endpoint), errors)
 
 
+@strict_arguments
 async def aconnect_with(
     lb: LoadBalancer,
     factory: Callable[[Endpoint], Awaitable[T]],

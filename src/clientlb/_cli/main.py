@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, cast
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
 from .._core.errors import ClientLBError, ConfigError
+from .._core.redact import redact, redact_target
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -144,17 +145,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_demo(args, out)
     except CLIError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(err, exc)
         return exc.status
     except ClientLBError as exc:  # ConfigError, NoEndpointAvailable, DiscoveryError
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(err, exc)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_NOTHING
     except OSError as exc:  # a port, a file: the system said no
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(err, exc)
         return EXIT_NOTHING
     except KeyboardInterrupt:
         err.print("interrupted")
         return EXIT_INTERRUPTED
+
+
+def _error(err: Console, exc: BaseException) -> None:
+    """One line on stderr; redacted (a target on the command line may hold a token)."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(redact(str(exc)))}", soft_wrap=True)
 
 
 def _print_json(data: object) -> None:
@@ -241,8 +249,8 @@ def config(args: argparse.Namespace, out: Console) -> int:
     for column in ("service", "target", "strategy", "options"):
         table.add_column(column)
     for svc in services:
-        target = str(svc.target) if isinstance(svc.target, str) else ", ".join(
-            e if isinstance(e, str) else e.address for e in svc.target)
+        target = redact_target(svc.target) if isinstance(svc.target, str) else ", ".join(
+            redact_target(e) if isinstance(e, str) else e.address for e in svc.target)
         strategy = svc.options.get("strategy", "peak_ewma")
         others = ", ".join(sorted(k for k in svc.options if k != "strategy"))
         table.add_row(svc.name, target, getattr(strategy, "name", str(strategy)), others)

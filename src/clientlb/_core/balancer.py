@@ -23,7 +23,7 @@ import math
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -34,8 +34,9 @@ from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from .._resolvers.base import Resolver, create_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
+from .checks import check_clock
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from .errors import ClientLBError, ConfigError, NoEndpointAvailable
+from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_arguments
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
@@ -54,6 +55,19 @@ _DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
 _CONNECT_FAILURE = Outcome.CONNECT_FAILURE
 _READY = Connectivity.READY
+
+
+def _check_resolver_options(options: object, target: Target) -> dict[str, Any]:
+    """``resolver_options`` as keyword arguments for the target's resolver."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"resolver_options must be a mapping of option names to values, "
+                          f"got {options!r}", field="resolver_options")
+    if options and target.scheme == "static":
+        raise ConfigError(f"a static target takes no resolver options, got "
+                          f"{sorted(options)}", field="resolver_options")
+    return dict(options)
 
 
 def _classify_exception(exc: BaseException) -> Outcome:
@@ -198,6 +212,7 @@ class BalancerSnapshot:
         return {e.address: e for e in self.endpoints}
 
 
+@strict_arguments
 class LoadBalancer:
     """An in-process load balancer over the endpoints of a target.
 
@@ -264,17 +279,23 @@ class LoadBalancer:
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
     ) -> None:
+        self._closed = True  # until construction succeeds: __del__ has nothing to stop
         self._target = parse_target(target)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
-        if not isinstance(first_resolution_timeout, (int, float)) or first_resolution_timeout < 0:
-            raise ConfigError(f"first_resolution_timeout must be >= 0 seconds, got "
-                              f"{first_resolution_timeout!r}", field="first_resolution_timeout")
+        if isinstance(first_resolution_timeout, bool) or not isinstance(
+                first_resolution_timeout, (int, float)) \
+                or not 0 <= first_resolution_timeout < math.inf:
+            raise ConfigError(f"first_resolution_timeout must be a finite number >= 0 seconds, "
+                              f"got {first_resolution_timeout!r}",
+                              field="first_resolution_timeout")
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"rng must be a random.Random, got {rng!r}", field="rng")
+        check_clock(clock)
+        options = _check_resolver_options(resolver_options, self._target)
         self.name: str = name or self._target.service
         self._first_resolution_timeout = float(first_resolution_timeout)
         self._clock: Clock = clock or time.monotonic
@@ -297,7 +318,6 @@ class LoadBalancer:
         self._ready = threading.Event()
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._discovery_error: BaseException | None = None
-        self._closed = False
         self._outcome_listeners: tuple[OutcomeListener, ...] = ()
         self._diff_listeners: tuple[DiffListener, ...] = ()
         self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
@@ -314,9 +334,14 @@ class LoadBalancer:
             max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
         self._circuit = self._health.circuit
         self._connectivity = ConnectivityTracker(self)
-        self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
-        self._start_resolver()
-        self._health.start()
+        self._resolver: Resolver = create_resolver(self._target, **options)
+        self._closed = False
+        try:
+            self._start_resolver()
+            self._health.start()
+        except BaseException:  # release what was started: nothing keeps running
+            self.close()
+            raise
 
     # -- resolver side ------------------------------------------------------------------
 
@@ -369,11 +394,16 @@ class LoadBalancer:
     def error(self, exc: BaseException) -> None:
         """Record a discovery failure (called by resolvers); the last good set stays."""
         with self._lock:
+            repeated = (self._discovery_error is not None
+                        and str(self._discovery_error) == str(exc))
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
             error_listeners = self._error_listeners
-        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        # once per episode: the same error again (a source that stays down, an answer
+        # that stays malformed) is a debug line, not a warning per attempt
+        logger.log(logging.DEBUG if repeated else logging.WARNING,
+                   "%s: discovery error, keeping the last good set: %s", self.name, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 

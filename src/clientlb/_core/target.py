@@ -28,12 +28,12 @@ from urllib.parse import parse_qsl
 
 from .endpoint import Endpoint, split_host_port
 from .errors import ConfigError
+from .redact import MASK, is_secret_key, redact, redact_target
 
 __all__ = ["SCHEMES", "Target", "TargetLike", "parse_target"]
 
 SCHEMES = ("static", "dns", "srv", "consul", "etcd")
 DEFAULT_PORTS = {"dns": 53, "srv": 53, "consul": 8500, "etcd": 2379}
-SECRET_PARAMS = frozenset({"token", "password"})
 _CONSUL_PARAMS = frozenset({"dc", "tag", "near", "ns", "namespace", "filter", "token", "passing",
                             "wait", "partition"})
 _DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
@@ -43,7 +43,8 @@ TargetLike = "str | Iterable[str | Endpoint]"
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed target. ``str(target)`` never shows a secret (``token=`` is masked)."""
+    """A parsed target. ``str(target)`` never shows a secret: the value of ``token=``
+    (any parameter :func:`~clientlb._core.redact.is_secret_key` names) is ``***``."""
 
     scheme: str
     name: str
@@ -66,19 +67,17 @@ class Target:
             server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         name = f"{self.name}:{self.port}" if self.port is not None else self.name
         query = "&".join(
-            f"{k}={'***' if k in SECRET_PARAMS else v}" for k, v in self.params.items()
+            f"{k}={MASK if is_secret_key(k) else v}" for k, v in self.params.items()
         )
-        return f"{self.scheme}://{server}/{name}" + (f"?{query}" if query else "")
+        return redact(f"{self.scheme}://{server}/{name}" + (f"?{query}" if query else ""))
 
     def __repr__(self) -> str:
         return f"Target({str(self)!r})"
 
 
 def _fail(target: object, rule: str) -> ConfigError:
-    shown = str(target)
-    if "token=" in shown:  # never echo a secret back in an error message
-        shown = re.sub(r"(token|password)=[^&]*", r"\1=***", shown)
-    return ConfigError(f"{rule} (in {shown!r})", field="target")
+    # never echo a secret back: the target is redacted before it is quoted
+    return ConfigError(f"{rule} (in {redact_target(target)!r})", field="target")
 
 
 def _parse_static_list(items: Iterable[str | Endpoint], original: object) -> Target:

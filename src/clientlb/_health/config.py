@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, strict_arguments
 
 __all__ = [
     "FailurePercentage",
@@ -57,6 +57,7 @@ def _optional_count(owner: str, name: str, value: object) -> int | None:
     return None if value is None else _count(owner, name, value)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class SuccessRate:
     """Success-rate outlier detector (Envoy, gRFC A50 ``success_rate_ejection``).
@@ -86,6 +87,7 @@ class SuccessRate:
         _percent("success_rate", "enforcing", self.enforcing)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class FailurePercentage:
     """Failure-percentage outlier detector (Envoy, gRFC A50 ``failure_percentage_ejection``).
@@ -114,6 +116,7 @@ class FailurePercentage:
         _percent("failure_percentage", "enforcing", self.enforcing)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class OutlierDetection:
     """Passive health checking: eject endpoints that the traffic shows to be failing.
@@ -181,6 +184,11 @@ class OutlierDetection:
         _optional_count(o, "consecutive_gateway_failures", self.consecutive_gateway_failures)
         _optional_count(o, "consecutive_local_origin_failures",
                         self.consecutive_local_origin_failures)
+        for switch in ("split_local_origin_errors", "always_eject_one",
+                       "uneject_on_health_check"):
+            if not isinstance(getattr(self, switch), bool):
+                raise ConfigError(f"must be True or False, got {getattr(self, switch)!r}",
+                                  field=f"{o}.{switch}")
         _seconds(o, "interval", self.interval)
         _seconds(o, "base_ejection_time", self.base_ejection_time)
         _seconds(o, "max_ejection_time", self.max_ejection_time)
@@ -197,6 +205,11 @@ class OutlierDetection:
             if isinstance(value, bool):
                 value = cls() if value else None
             elif isinstance(value, Mapping):
+                unknown = sorted(str(k) for k in value if k not in {f.name for f in fields(cls)})
+                if unknown:
+                    raise ConfigError(f"unknown key {unknown[0]!r}; expected keys among "
+                                      f"{', '.join(f.name for f in fields(cls))}",
+                                      field=f"{o}.{name}")
                 try:
                     value = cls(**value)
                 except TypeError as exc:
@@ -217,6 +230,7 @@ class OutlierDetection:
 HealthCheckKind = Literal["http", "tcp", "grpc"]
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class HealthCheck:
     """Active health checks: probe every endpoint in the background.
@@ -318,6 +332,7 @@ class HealthCheck:
                               field=f"{h}.initial_health")
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class SlowStart:
     """Ramp the weight of new and returning endpoints up over ``window`` seconds.

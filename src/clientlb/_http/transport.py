@@ -63,6 +63,9 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import math
+import os
+import ssl
 import threading
 import time
 import weakref
@@ -75,7 +78,7 @@ import httpx
 
 from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.call import LIVE_POLICY, Completion, LogicalCall
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
@@ -179,9 +182,15 @@ def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
                                                 keepalive_expiry=5.0))
     if not isinstance(limits, httpx.Limits):
         raise ConfigError(f"limits must be an httpx.Limits, got {limits!r}", field="limits")
-    ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
-                                           cert=options.get("cert"),
-                                           trust_env=options.get("trust_env", True))
+    _check_transport_options(options, limits)
+    try:
+        ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
+                                               cert=options.get("cert"),
+                                               trust_env=options.get("trust_env", True))
+    except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+        name = "cert" if options.get("cert") else "verify"
+        raise ConfigError(f"cannot build the TLS context from {name}="
+                          f"{options.get(name)!r}: {exc}", field=name) from None
     return {
         "ssl_context": ssl_context,
         "max_connections": limits.max_connections,
@@ -193,6 +202,55 @@ def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         "retries": options.get("retries", 0),
         "socket_options": options.get("socket_options"),
     }
+
+
+def _check_transport_options(options: dict[str, Any], limits: httpx.Limits) -> None:
+    """The httpx options' types, checked here: httpcore takes anything and fails later."""
+    verify = options.get("verify", True)
+    if not isinstance(verify, (bool, str, ssl.SSLContext)):
+        raise ConfigError(f"verify must be True, False, an ssl.SSLContext or a CA path, got "
+                          f"{verify!r}", field="verify")
+    if isinstance(verify, str) and not os.path.exists(verify):
+        raise ConfigError(f"verify names no file or directory: {verify!r}", field="verify")
+    cert = options.get("cert")
+    parts = (cert,) if isinstance(cert, str) else cert
+    if cert is not None and (not isinstance(parts, tuple) or not 1 <= len(parts) <= 3
+                             or not all(p is None or isinstance(p, str) for p in parts)
+                             or not isinstance(parts[0], str)):
+        raise ConfigError(f"cert must be a path or a (certfile, keyfile[, password]) tuple, "
+                          f"got {cert!r}", field="cert")
+    for name in ("trust_env", "http1", "http2"):
+        if name in options and not isinstance(options[name], bool):
+            raise ConfigError(f"{name} must be True or False, got {options[name]!r}",
+                              field=name)
+    if options.get("http1", True) is False and options.get("http2", False) is False:
+        raise ConfigError("http1 and http2 cannot both be False", field="http1")
+    local = options.get("local_address")
+    if local is not None and (not isinstance(local, str) or not local):
+        raise ConfigError(f"local_address must be an IP address string or None, got "
+                          f"{local!r}", field="local_address")
+    retries = options.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be an integer >= 0, got {retries!r}", field="retries")
+    sockopts = options.get("socket_options")
+    if sockopts is not None and (isinstance(sockopts, (str, bytes)) or not all(
+            isinstance(o, tuple) and len(o) in (3, 4) for o in _iterable(sockopts))):
+        raise ConfigError(f"socket_options must be (level, option, value) tuples, got "
+                          f"{sockopts!r}", field="socket_options")
+    for name in ("max_connections", "max_keepalive_connections"):
+        n = getattr(limits, name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"limits.{name} must be an integer >= 0 or None, got {n!r}",
+                              field=f"limits.{name}")
+    expiry = limits.keepalive_expiry
+    if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))
+                               or not 0 <= expiry < math.inf):
+        raise ConfigError(f"limits.keepalive_expiry must be a finite number >= 0 or None, got "
+                          f"{expiry!r}", field="limits.keepalive_expiry")
+
+
+def _iterable(value: object) -> list[Any]:
+    return list(value) if isinstance(value, Iterable) else [None]
 
 
 # -- the shared core ----------------------------------------------------------------------------
@@ -630,11 +688,16 @@ class _Transport:
                  deadline: float | None = None, **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
-        self._router: _Router[Any] = _Router(
-            self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, deadline=deadline,
-            is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        try:
+            self._router: _Router[Any] = _Router(
+                self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+                server_name=server_name, hash_key=hash_key, affinity=affinity,
+                pool_shards=pool_shards, deadline=deadline,
+                is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        except BaseException:  # a balancer built here must not outlive the failure
+            if self._owns_lb:
+                self._lb.close()
+            raise
 
     @property
     def lb(self) -> LoadBalancer:
@@ -680,6 +743,7 @@ def _discard(stream: Any) -> None:
     _close(stream)
 
 
+@strict_arguments
 class HTTPTransport(_Transport, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that balances every request over ``lb``.
 
@@ -787,6 +851,7 @@ async def _adiscard(stream: Any) -> None:
     await _aclose(stream)
 
 
+@strict_arguments
 class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that balances every request over ``lb``.
 

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._core.balancer import BalancerSnapshot, LoadBalancer
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, strict_arguments
 from .._core.target import parse_target
 from .config import load_config, option_value, parse_config, repath
 from .telemetry import Telemetry, default_telemetry
@@ -52,6 +52,7 @@ logger = logging.getLogger("clientlb.registry")
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
+@strict_arguments
 class Registry:
     """Named load balancers, created, updated and deleted at runtime (thread-safe).
 
@@ -75,6 +76,10 @@ class Registry:
         else:
             raise ConfigError(f"must be a bool or a Telemetry, got {telemetry!r}",
                               field="telemetry")
+        if defaults is not None and (not isinstance(defaults, Mapping) or not all(
+                isinstance(k, str) for k in defaults)):
+            raise ConfigError(f"must be a mapping of LoadBalancer options, got {defaults!r}",
+                              field="defaults")
         self._defaults = dict(defaults or {})
         self._lock = threading.RLock()
         self._balancers: dict[str, LoadBalancer] = {}

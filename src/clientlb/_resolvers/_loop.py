@@ -22,6 +22,12 @@ Shared rules (docs/architecture.md, "Layers and their contracts"):
   without secrets) and never publishes, so the last good set stays.
 * :meth:`LoopResolver.malformed` skips a bad record with one warning per
   record (then debug lines) and counts it in :meth:`LoopResolver.statistics`.
+* :meth:`LoopResolver.answer` publishes what one answer gave, except when
+  the answer had records and *every one* was malformed (SRV records that all
+  have port 0, Consul entries with no address): that is bad data, not an
+  authoritative "no such service", so the last good set stays, the answer is
+  counted in ``malformed_answers`` and reported as an error (a warning once
+  per episode, like any discovery error).
 * :meth:`LoopResolver.refresh` wakes the loop early, at most once per
   ``min_refresh_interval`` (default 1 s), so a storm of failing requests
   cannot turn into a storm of queries.
@@ -40,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .._core.checks import check_clock
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -64,6 +71,8 @@ class ResolverStats:
         errors: failed attempts (timeouts, refused connections, bad answers).
         consecutive_errors: failures since the last success.
         malformed: records skipped because they were malformed.
+        malformed_answers: answers ignored because every record in them was
+            malformed (the last good set stayed).
         refreshes: early refreshes requested with ``refresh()``.
         endpoints: size of the last published set.
         last_error: text of the last error (secret-free), or None.
@@ -79,6 +88,7 @@ class ResolverStats:
     endpoints: int
     last_error: str | None
     last_success: float | None
+    malformed_answers: int = 0
 
 
 _shared_lock = threading.Lock()
@@ -130,9 +140,7 @@ class LoopResolver(Resolver):
         super().__init__(target)
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"must be a random.Random, got {rng!r}", field="rng")
-        if clock is not None and not callable(clock):
-            raise ConfigError(f"must be a callable returning seconds, got {clock!r}",
-                              field="clock")
+        check_clock(clock)
         self._rng = rng or _random.Random()
         self._clock: Clock = clock or time.monotonic
         self._backoff = Backoff(
@@ -158,6 +166,7 @@ class LoopResolver(Resolver):
         self._n_errors = 0
         self._n_consecutive_errors = 0
         self._n_malformed = 0
+        self._n_malformed_answers = 0
         self._n_refreshes = 0
         self._last_error: str | None = None
         self._last_success: float | None = None
@@ -337,6 +346,32 @@ class LoopResolver(Resolver):
         sink.publish(new)
         return True
 
+    @property
+    def malformed_count(self) -> int:
+        """Records skipped as malformed so far (read it before an answer, pass it to
+        :meth:`answer`)."""
+        return self._n_malformed
+
+    def answer(self, sink: ResolverSink, endpoints: Iterable[Endpoint], *,
+               malformed_before: int) -> bool:
+        """Publish the endpoints of one answer, unless all its records were malformed.
+
+        ``malformed_before`` is :attr:`malformed_count` read before the answer
+        was parsed. An empty result with records skipped since is not an
+        authoritative empty set (the public contract: bad data "never takes the last
+        good set down"): it is reported with :meth:`fail` instead. True when
+        a set was published.
+        """
+        endpoints = list(endpoints)
+        skipped = self._n_malformed - malformed_before
+        if endpoints or skipped <= 0:
+            return self.publish(sink, endpoints)
+        self._n_malformed_answers += 1
+        self.fail(sink, DiscoveryError(
+            f"every record of the answer was malformed ({skipped} skipped); not an "
+            "authoritative empty set", target=str(self.target)))
+        return False
+
     def fail(self, sink: ResolverSink, exc: DiscoveryError) -> None:
         """Report a failure; the balancer keeps the last good set."""
         self._n_errors += 1
@@ -373,6 +408,7 @@ class LoopResolver(Resolver):
             refreshes=self._n_refreshes,
             endpoints=len(self._last) if self._last is not None else 0,
             last_error=self._last_error, last_success=self._last_success,
+            malformed_answers=self._n_malformed_answers,
         )
 
     def describe(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ import dns.rdatatype
 import dns.resolver
 import dns.rrset
 
+from .._core.checks import check_bool
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -190,7 +191,7 @@ class DNSResolver(TTLResolver):
         self.port: int = target.port
         self.record_types = check_record_types(record_types)
         self.querier = DNSQuerier(target.server, timeout=check_seconds(
-            "timeout", timeout, allow_zero=False), tcp=bool(tcp), target=str(target))
+            "timeout", timeout, allow_zero=False), tcp=check_bool(tcp, "tcp"), target=str(target))
         self._last_by_type: dict[str, list[str]] = {}
 
     async def resolve_once(self) -> tuple[list[Endpoint], float]:

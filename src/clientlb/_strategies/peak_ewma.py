@@ -16,6 +16,7 @@ see :mod:`clientlb._core.load` for the estimator and why.
 
 from __future__ import annotations
 
+import math
 import random as _random
 from collections.abc import Sequence
 from math import exp as _exp
@@ -49,11 +50,14 @@ class PeakEwma(Strategy):
     name: ClassVar[str] = "peak_ewma"
 
     def __init__(self, *, decay: float = DEFAULT_DECAY, default_rtt: float = DEFAULT_RTT) -> None:
-        if not decay > 0:
-            raise ConfigError(f"decay must be > 0 seconds, got {decay!r}", field="decay")
-        if not default_rtt >= 0:
-            raise ConfigError(f"default_rtt must be >= 0 seconds, got {default_rtt!r}",
-                              field="default_rtt")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) \
+                or not 0 < decay < math.inf:
+            raise ConfigError(f"decay must be a finite number > 0 seconds, got {decay!r}",
+                              field="decay")
+        if isinstance(default_rtt, bool) or not isinstance(default_rtt, (int, float)) \
+                or not 0 <= default_rtt < math.inf:
+            raise ConfigError(f"default_rtt must be a finite number >= 0 seconds, got "
+                              f"{default_rtt!r}", field="default_rtt")
         self.decay = float(decay)
         self.default_rtt = float(default_rtt)
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
+from .._core.errors import strict_arguments
 from ._channel import BalancedChannel
 from ._common import (
     DEFAULT_FAILURE_CODES,
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -119,6 +121,7 @@ def insecure_channel(
     return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
 
 
+@strict_arguments
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,

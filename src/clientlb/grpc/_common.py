@@ -34,7 +34,7 @@ import grpc
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.naming import LogicalName, override_name
 from .._engine.naming import logical_name as balancer_name
@@ -135,6 +135,7 @@ def _check_codes(value: object, field_name: str) -> frozenset[grpc.StatusCode]:
     return frozenset(codes)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class Hedging:
     """Hedged unary-unary calls (gRFC A6 "hedging policy"), for idempotent methods only.

@@ -37,6 +37,7 @@ import grpc.aio
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import strict_arguments
 from .._core.outcome import Outcome
 from .._engine import connectivity
 from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
@@ -680,6 +681,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -698,6 +700,7 @@ def insecure_channel(
     return _open(lb_or_target, None, options, compression, interceptors, kwargs)
 
 
+@strict_arguments
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
