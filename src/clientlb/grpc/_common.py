@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -47,9 +48,11 @@ __all__ = [
     "Hedging",
     "NoEndpointRpcError",
     "channel_options",
+    "check_compression",
     "classify",
     "close_on_error",
     "endpoint_target",
+    "grpc_positions",
     "is_local_origin",
     "logical_name",
     "make_lb",
@@ -356,6 +359,34 @@ def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | N
     if not any(key == _MAX_BACKOFF_OPTION for key, _ in opts):
         opts += ((_MAX_BACKOFF_OPTION, _MAX_BACKOFF_MS),)
     return lb, owns, config, opts
+
+
+def grpc_positions(compression: object, server_name: str | None
+                   ) -> tuple[grpc.Compression | None, str | None]:
+    """``(compression, server_name)`` of a ``secure_channel`` call, checked.
+
+    The fourth positional argument is ``compression``, as in
+    ``grpc.secure_channel(target, credentials, options, compression)``. clientlb
+    used to take ``server_name`` there: a string in that place is still read as
+    the server name, with a :class:`DeprecationWarning` (a string is never a
+    ``grpc.Compression``, so the two cannot be mistaken).
+    """
+    if isinstance(compression, str):
+        if server_name is not None:
+            raise ConfigError("server_name given twice: by keyword and in the place of "
+                              "compression", field="server_name")
+        warnings.warn("a server name as the fourth argument of secure_channel() is "
+                      "deprecated: that place is compression, as in grpc.secure_channel(); "
+                      "pass server_name= by keyword", DeprecationWarning, stacklevel=4)
+        return None, compression
+    return check_compression(compression), server_name
+
+
+def check_compression(compression: object) -> grpc.Compression | None:
+    if compression is not None and not isinstance(compression, grpc.Compression):
+        raise ConfigError(f"compression must be a grpc.Compression or None, got "
+                          f"{compression!r}", field="compression")
+    return compression
 
 
 def endpoint_target(endpoint: Endpoint) -> str:

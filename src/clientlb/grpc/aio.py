@@ -45,8 +45,10 @@ from ._common import (
     ChannelConfig,
     Hedging,
     NoEndpointRpcError,
+    check_compression,
     close_on_error,
     endpoint_target,
+    grpc_positions,
     prepare_channel,
 )
 from ._policy import Attempt, RpcCall, connect_verdict
@@ -705,16 +707,19 @@ def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
     options: Sequence[tuple[str, Any]] | None = None,
-    server_name: str | None = None,
-    *,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     **kwargs: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
 
-    Arguments as :func:`clientlb.grpc.secure_channel` and :func:`insecure_channel`.
+    The positional arguments are ``grpc.aio.secure_channel``'s (``target,
+    credentials, options, compression, interceptors``); the others are
+    keyword-only, as :func:`clientlb.grpc.secure_channel` and
+    :func:`insecure_channel`. A server name in the fourth place (where clientlb
+    used to take it) still works, with a ``DeprecationWarning``.
     """
+    compression, server_name = grpc_positions(compression, kwargs.pop("server_name", None))
     return _open(lb_or_target, credentials, options, compression, interceptors,
                  {"server_name": server_name, **kwargs})
 
@@ -722,6 +727,7 @@ def secure_channel(
 def _open(lb_or_target: Any, credentials: grpc.ChannelCredentials | None,
           options: Sequence[tuple[str, Any]] | None, compression: grpc.Compression | None,
           interceptors: object, kwargs: dict[str, Any]) -> BalancedChannel:
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(lb_or_target, options, credentials=credentials,
                                              **kwargs)
     with close_on_error(lb, owns):
