@@ -615,7 +615,7 @@ async def open_connection(
     else:
         context = ssl
     tls_name = _tls_name(lb, server_hostname, context) if context is not None else None
-    await lb.wait_ready_async()
+    await lb.await_ready()
     call = _Connect(lb, timeout, attempts, deadline, key)
     loop = asyncio.get_running_loop()
 
@@ -707,6 +707,6 @@ async def aconnect_with(
     """The asyncio twin of :func:`connect_with`: ``await factory(endpoint)`` with failover."""
     errors = _check_errors(connect_errors)
     _check_options(1.0, attempts, deadline)
-    await lb.wait_ready_async()
+    await lb.await_ready()
     call = _Connect(lb, math.inf, attempts, deadline, key)
     return await _aconnect_loop(call, lambda pick, _: factory(pick.endpoint), errors)

@@ -358,7 +358,7 @@ async def _race(strategies: list[str], backends: _Backends, args: argparse.Names
             run = Run(strategy)
             runs.append(run)
             lb = registry.create(f"demo-{strategy}", addresses, strategy=strategy)
-            await lb.wait_ready_async()
+            await lb.await_ready()
             task = asyncio.create_task(_drive(run, lb, backends.names, per, args.concurrency))
             started = time.perf_counter()
             while not task.done():

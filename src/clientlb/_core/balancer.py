@@ -23,6 +23,7 @@ import math
 import random as _random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -609,8 +610,13 @@ class LoadBalancer:
         """Block until the first resolution finished; True when it did in time."""
         return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
 
-    async def wait_ready_async(self, timeout: float | None = None) -> bool:
-        """Await the first resolution without blocking the event loop."""
+    async def await_ready(self, timeout: float | None = None) -> bool:
+        """The async twin of :meth:`wait_ready`: await the first resolution without
+        blocking the event loop; True when it finished in time.
+
+        Named as httpx names async twins (``close``/``aclose``): ``a`` + the sync
+        name, here ``a`` + ``wait_ready``.
+        """
         if self._ready.is_set():
             return True
         loop = asyncio.get_running_loop()
@@ -868,6 +874,12 @@ class LoadBalancer:
             self.publish(EndpointSet(rest, version=self._endpoint_set.version + 1))
             return True
 
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """Deprecated: the old name of :meth:`await_ready`."""
+        warnings.warn("LoadBalancer.wait_ready_async() is deprecated; use await_ready(), the "
+                      "async twin of wait_ready()", DeprecationWarning, stacklevel=2)
+        return await self.await_ready(timeout)
+
     def _check_static(self, what: str) -> None:
         if self._target.scheme != "static":
             raise ConfigError(
@@ -877,7 +889,7 @@ class LoadBalancer:
             # Created inside an event loop, the static list is published by a task that
             # has not run yet: an edit now would be overwritten by it.
             raise ClientLBError(f"{what}() before the balancer's first endpoint set; "
-                                "await lb.wait_ready_async() first")
+                                "await lb.await_ready() first")
 
     def in_flight(self) -> int:
         """Calls in flight on every endpoint, including draining ones."""

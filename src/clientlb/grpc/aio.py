@@ -217,7 +217,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     async def __aenter__(self) -> BalancedChannel:
         """Enter, after the balancer's first resolution (or its timeout)."""
-        await self.lb.wait_ready_async()
+        await self.lb.await_ready()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -510,7 +510,7 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     async def _drive(self) -> Any:
         rpc = self._rpc
         if self._attempt is None:
-            await self._ch.lb.wait_ready_async()
+            await self._ch.lb.await_ready()
             if rpc.hedging is not None:
                 return await self._hedged(rpc)
             self._launch()
