@@ -440,11 +440,11 @@ async def _aconnect_loop(call: _Connect, attempt: Callable[[Pick, float], Awaita
 class _Owned:
     """The balancer of one connect: ``lb`` itself, or one built from a target.
 
-    A balancer built here belongs to the connection (docs/tcp.md, "A target instead
-    of a balancer"): closed at once when no connection comes of it, else when the
-    connection's pick is done — when the socket or the writer is closed, or the
-    ``connect_with`` pick is finished. ``with _Owned(lb) as balancer:`` around
-    everything that may fail.
+    A balancer built here belongs to the connection: closed at once when no
+    connection comes of it, else when the connection's pick is done (the socket
+    or the writer closed, the ``connect_with`` pick finished). Used as ``with
+    _Owned(lb) as balancer:`` around everything that may fail. See docs/tcp.md,
+    "A target instead of a balancer".
     """
 
     __slots__ = ("lb", "owned")

@@ -41,6 +41,7 @@ from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_argu
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
+from .text import plural
 
 __all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
 
@@ -393,18 +394,21 @@ class LoadBalancer:
                 listener(diff)
 
     def error(self, exc: BaseException) -> None:
-        """Record a discovery failure (called by resolvers); the last good set stays."""
+        """Record a discovery failure (called by resolvers); the last good set stays.
+
+        Logged at DEBUG only: the resolver logs the episode (one WARNING when its
+        source starts failing, DEBUG until it recovers, INFO when it does;
+        ``_resolvers/_loop.py``), since only it knows when an unchanged answer
+        ends the episode.
+        """
         with self._lock:
-            repeated = (self._discovery_error is not None
-                        and str(self._discovery_error) == str(exc))
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
+            kept = (f"keeping the last good set ({plural(len(self._endpoint_set), 'endpoint')})"
+                    if self._ready.is_set() else "no endpoint set yet")
             error_listeners = self._error_listeners
-        # once per episode: the same error again (a source that stays down, an answer
-        # that stays malformed) is a debug line, not a warning per attempt
-        logger.log(logging.DEBUG if repeated else logging.WARNING,
-                   "%s: discovery error, keeping the last good set: %s", self.name, exc)
+        logger.debug("%s: discovery error, %s: %s", self.name, kept, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 
@@ -452,9 +456,11 @@ class LoadBalancer:
             self._picker = self._strategy.build(chosen, weights, self._rng)
         else:
             self._picker = None
+            why = self._resolver.empty_reason if not states else None
             self._no_pick_reason = (
-                "the target resolved to no endpoint" if not states
-                else "no endpoint may take traffic"
+                "no endpoint may take traffic" if states
+                else f"the target resolved to no endpoint: {why}" if why
+                else "the target resolved to no endpoint"
             )
 
     def rebuild(self) -> None:
@@ -754,7 +760,7 @@ class LoadBalancer:
         healthy = sum(1 for s in states if s.health(now) is Health.HEALTHY)
         in_flight = sum(s.load.in_flight for s in states)
         return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
-                f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
+                f"[{plural(len(states), 'endpoint')}: {healthy} healthy] in_flight={in_flight} "
                 f"mode={self.mode}>")
 
     # -- runtime control (the control API; see clientlb.Registry) ------------------------------
