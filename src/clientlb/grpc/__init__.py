@@ -42,8 +42,8 @@ from ._common import (
     check_compression,
     classify,
     endpoint_target,
-    grpc_positions,
     prepare_channel,
+    server_name_fourth,
 )
 
 __all__ = [
@@ -127,6 +127,7 @@ def insecure_channel(
 
 
 @strict_arguments
+@server_name_fourth
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
@@ -155,7 +156,7 @@ def secure_channel(
     :func:`insecure_channel`. A server name in the fourth place (where clientlb
     used to take it) still works, with a ``DeprecationWarning``.
     """
-    compression, server_name = grpc_positions(compression, server_name)
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(
         lb_or_target, options, credentials=credentials, server_name=server_name,
         failure_codes=failure_codes, retryable_codes=retryable_codes,

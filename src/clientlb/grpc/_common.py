@@ -23,13 +23,14 @@ sub-channel connects to one endpoint's IP address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
@@ -52,15 +53,16 @@ __all__ = [
     "classify",
     "close_on_error",
     "endpoint_target",
-    "grpc_positions",
     "is_local_origin",
     "logical_name",
     "make_lb",
     "metadata_hash_key",
     "prepare_channel",
+    "server_name_fourth",
 ]
 
 StatusCode = grpc.StatusCode
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Codes that count as the endpoint's failure (gRFC A50 / Envoy): see the module doc.
 DEFAULT_FAILURE_CODES: frozenset[grpc.StatusCode] = frozenset({
@@ -361,25 +363,30 @@ def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | N
     return lb, owns, config, opts
 
 
-def grpc_positions(compression: object, server_name: str | None
-                   ) -> tuple[grpc.Compression | None, str | None]:
-    """``(compression, server_name)`` of a ``secure_channel`` call, checked.
+def server_name_fourth(function: _F) -> _F:
+    """Let ``secure_channel`` keep working with a server name as its fourth argument.
 
     The fourth positional argument is ``compression``, as in
-    ``grpc.secure_channel(target, credentials, options, compression)``. clientlb
-    used to take ``server_name`` there: a string in that place is still read as
-    the server name, with a :class:`DeprecationWarning` (a string is never a
-    ``grpc.Compression``, so the two cannot be mistaken).
+    ``grpc.secure_channel(target, credentials, options, compression)``; clientlb used
+    to take ``server_name`` there. A string in that place (a string is never a
+    ``grpc.Compression``) is still read as the server name, with a
+    :class:`DeprecationWarning`; by keyword, ``compression=`` is only a compression.
     """
-    if isinstance(compression, str):
-        if server_name is not None:
-            raise ConfigError("server_name given twice: by keyword and in the place of "
-                              "compression", field="server_name")
-        warnings.warn("a server name as the fourth argument of secure_channel() is "
-                      "deprecated: that place is compression, as in grpc.secure_channel(); "
-                      "pass server_name= by keyword", DeprecationWarning, stacklevel=4)
-        return None, compression
-    return check_compression(compression), server_name
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if len(args) >= 4 and isinstance(args[3], str):
+            if kwargs.get("server_name") is not None:
+                raise ConfigError("server_name given twice: by keyword and in the place of "
+                                  "compression", field="server_name")
+            warnings.warn("a server name as the fourth argument of secure_channel() is "
+                          "deprecated: that place is compression, as in "
+                          "grpc.secure_channel(); pass server_name= by keyword",
+                          DeprecationWarning, stacklevel=3)
+            kwargs["server_name"] = args[3]
+            args = (*args[:3], None, *args[4:])
+        return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def check_compression(compression: object) -> grpc.Compression | None:

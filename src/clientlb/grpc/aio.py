@@ -48,8 +48,8 @@ from ._common import (
     check_compression,
     close_on_error,
     endpoint_target,
-    grpc_positions,
     prepare_channel,
+    server_name_fourth,
 )
 from ._policy import Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
@@ -703,6 +703,7 @@ def insecure_channel(
 
 
 @strict_arguments
+@server_name_fourth
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
@@ -719,9 +720,7 @@ def secure_channel(
     :func:`insecure_channel`. A server name in the fourth place (where clientlb
     used to take it) still works, with a ``DeprecationWarning``.
     """
-    compression, server_name = grpc_positions(compression, kwargs.pop("server_name", None))
-    return _open(lb_or_target, credentials, options, compression, interceptors,
-                 {"server_name": server_name, **kwargs})
+    return _open(lb_or_target, credentials, options, compression, interceptors, kwargs)
 
 
 def _open(lb_or_target: Any, credentials: grpc.ChannelCredentials | None,
