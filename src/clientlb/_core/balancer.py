@@ -43,7 +43,7 @@ from .state import EndpointState, Health
 from .target import Target, parse_target
 from .text import plural
 
-__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
+__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick", "check_options"]
 
 logger = logging.getLogger("clientlb.balancer")
 
@@ -261,6 +261,9 @@ class LoadBalancer:
         ConfigError: for a malformed target, an unknown scheme or strategy.
     """
 
+    #: False only for :func:`check_options`: validate, start nothing.
+    _starts = True
+
     def __init__(
         self,
         target: str | Iterable[str | Endpoint] | Target,
@@ -337,6 +340,8 @@ class LoadBalancer:
         self._circuit = self._health.circuit
         self._connectivity = ConnectivityTracker(self)
         self._resolver: Resolver = create_resolver(self._target, **options)
+        if not self._starts:  # check_options(): every check made, nothing started
+            return
         self._closed = False
         try:
             self._start_resolver()
@@ -941,6 +946,23 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _Unstarted(LoadBalancer):
+    """A balancer that makes every check and starts nothing (no discovery, no probes)."""
+
+    _starts = False
+
+
+def check_options(target: object, **options: Any) -> None:
+    """Raise what ``LoadBalancer(target, **options)`` would raise, starting nothing.
+
+    The configuration file check (``clientlb config``, ``Registry.from_config``
+    before it creates anything) uses it, so that a file is validated by the very
+    code that builds the balancers: a misspelt ``resolver_options`` key or
+    ``max_requests = -5`` is refused there as it is here.
+    """
+    _Unstarted(target, **options)  # type: ignore[arg-type]
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:
