@@ -99,6 +99,7 @@ from ._core.balancer import LoadBalancer, Pick
 from ._core.endpoint import Endpoint
 from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable, strict_arguments
 from ._core.outcome import Outcome
+from ._core.text import plural
 from ._engine.call import LIVE_POLICY, Completion, LogicalCall
 from ._engine.naming import logical_name
 from ._engine.retry import DEFAULT_RETRY_POLICY
@@ -393,7 +394,7 @@ class _Connect(LogicalCall):
 
     def error(self) -> ConnectError:
         n = len(self.errors)
-        tries = f"{n} attempt{'s' if n != 1 else ''}"
+        tries = plural(n, "attempt")
         if self.note == "every endpoint tried":
             why = f"on any endpoint ({tries}, every endpoint tried)"
         elif self.note == "deadline exceeded":
