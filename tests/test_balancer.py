@@ -204,7 +204,7 @@ def test_first_pick_times_out_with_the_discovery_error_as_cause(gated: type[Gate
     assert isinstance(info.value.__cause__, clientlb.DiscoveryError)
 
 
-def test_wait_ready_async_does_not_block_the_loop(gated: type[GatedResolver]) -> None:
+def test_await_ready_does_not_block_the_loop(gated: type[GatedResolver]) -> None:
     async def main() -> str:
         lb = closing(LoadBalancer("etcd:///svc", first_resolution_timeout=10))
         ticks = 0
@@ -217,7 +217,7 @@ def test_wait_ready_async_does_not_block_the_loop(gated: type[GatedResolver]) ->
 
         t = asyncio.create_task(ticker())
         asyncio.get_running_loop().call_later(0.05, gated.gate.set)
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         t.cancel()
         assert ticks > 5  # the loop kept running while we waited
         with lb.pick() as p:

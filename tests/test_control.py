@@ -111,9 +111,9 @@ def test_add_inside_an_event_loop_waits_for_the_first_set() -> None:
 
     async def scenario() -> list[str]:
         lb = LoadBalancer(["127.0.0.1:1"])
-        with pytest.raises(clientlb.ClientLBError, match=r"await lb\.wait_ready_async\(\)"):
+        with pytest.raises(clientlb.ClientLBError, match=r"await lb\.await_ready\(\)"):
             lb.add("127.0.0.1:2")
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         lb.add("127.0.0.1:2")
         addresses = [e.address for e in lb.endpoints()]
         await lb.aclose()

@@ -144,7 +144,7 @@ def test_adelete_drains_without_blocking_the_loop() -> None:
     async def scenario() -> bool:
         reg = Registry(telemetry=False)
         lb = reg.create("users", ["127.0.0.1:1"])
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         call = lb.pick()
         task = asyncio.create_task(reg.adelete("users"))
         await asyncio.sleep(0.05)

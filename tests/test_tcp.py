@@ -747,3 +747,80 @@ def test_failover_is_visible_on_the_callers_span() -> None:
     assert first["clientlb.outcome"] == second["clientlb.outcome"] == "connect_failure"
     assert retry["clientlb.retry.reason"] == "connect_failure"
     assert retry["clientlb.endpoint"] == info.value.tried[0]
+
+
+# -- a target instead of a balancer (issue 14) -------------------------------------------
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[clientlb.LoadBalancer]:
+    """The balancers clientlb builds from a target string, to see when they close."""
+    made: list[clientlb.LoadBalancer] = []
+
+    class Recording(clientlb.LoadBalancer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(clientlb._tcp, "LoadBalancer", Recording)
+    return made
+
+
+def test_connect_takes_a_target_and_closes_its_balancer_with_the_connection(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    """``connect("static://...")`` as the HTTP and gRPC integrations take a target: the
+    balancer it builds belongs to the connection and is closed when the socket is."""
+    target = "static://" + ",".join(s.address for s in servers)
+    with clientlb.connect(target, timeout=2) as sock:
+        assert greeting(sock) in {"s0", "s1", "s2"}
+        (lb,) = built
+        assert not lb.closed
+    assert lb.closed
+    with clientlb.connect([dead_address(), servers[0].address], timeout=2) as sock:
+        assert greeting(sock) == "s0"
+    assert built[1].closed
+
+
+def test_connect_to_a_target_that_fails_closes_its_balancer(
+        built: list[clientlb.LoadBalancer]) -> None:
+    with pytest.raises(clientlb.ConnectError):
+        clientlb.connect(f"static://{dead_address()}", timeout=2)
+    with pytest.raises(clientlb.ConfigError, match="server_hostname"):
+        clientlb.connect(f"static://{dead_address()}", ssl_context=ssl.create_default_context())
+    assert len(built) == 2 and all(lb.closed for lb in built)
+
+
+def test_connect_with_a_target_closes_its_balancer_when_the_pick_is_done(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    conn, pick = clientlb.connect_with(f"static://{servers[0].address}", fake_driver_connect,
+                                       connect_errors=DriverError)
+    with pick, conn:
+        assert greeting(conn) == "s0"
+        assert not built[0].closed
+    assert built[0].closed
+
+
+def test_async_twins_take_a_target_and_close_its_balancer_with_the_connection(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    target = f"static://{dead_address()},{servers[1].address}"
+
+    async def driver(endpoint: clientlb.Endpoint) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+        return await asyncio.open_connection(endpoint.host, endpoint.port)
+
+    async def main() -> None:
+        reader, writer = await clientlb.open_connection(target)
+        assert await read_greeting(reader) == "s1"
+        assert not built[0].closed
+        await close(writer)
+        await async_wait_until(lambda: built[0].closed, "the balancer closed")
+        (reader, writer), pick = await clientlb.aconnect_with(target, driver)
+        with pick:
+            assert await read_greeting(reader) == "s1"
+            await close(writer)
+        assert built[1].closed
+        with pytest.raises(clientlb.ConnectError):
+            await clientlb.open_connection(f"static://{dead_address()}")
+        assert built[2].closed
+
+    asyncio.run(main())

@@ -44,8 +44,9 @@ from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_argu
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
+from .text import plural
 
-__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
+__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick", "check_options"]
 
 logger = logging.getLogger("clientlb.balancer")
 
@@ -273,6 +274,9 @@ class LoadBalancer:
         ConfigError: for a malformed target, an unknown scheme or strategy.
     """
 
+    #: False only for :func:`check_options`: validate, start nothing.
+    _starts = True
+
     def __init__(
         self,
         target: str | Iterable[str | Endpoint] | Target,
@@ -352,6 +356,8 @@ class LoadBalancer:
         # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
         self._subsetter = self._new_subsetter(check_subset(subset))
         self._resolver: Resolver = create_resolver(self._target, **options)
+        if not self._starts:  # check_options(): every check made, nothing started
+            return
         self._closed = False
         try:
             self._start_resolver()
@@ -414,18 +420,21 @@ class LoadBalancer:
                 listener(diff)
 
     def error(self, exc: BaseException) -> None:
-        """Record a discovery failure (called by resolvers); the last good set stays."""
+        """Record a discovery failure (called by resolvers); the last good set stays.
+
+        Logged at DEBUG only: the resolver logs the episode (one WARNING when its
+        source starts failing, DEBUG until it recovers, INFO when it does;
+        ``_resolvers/_loop.py``), since only it knows when an unchanged answer
+        ends the episode.
+        """
         with self._lock:
-            repeated = (self._discovery_error is not None
-                        and str(self._discovery_error) == str(exc))
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
+            kept = (f"keeping the last good set ({plural(len(self._endpoint_set), 'endpoint')})"
+                    if self._ready.is_set() else "no endpoint set yet")
             error_listeners = self._error_listeners
-        # once per episode: the same error again (a source that stays down, an answer
-        # that stays malformed) is a debug line, not a warning per attempt
-        logger.log(logging.DEBUG if repeated else logging.WARNING,
-                   "%s: discovery error, keeping the last good set: %s", self.name, exc)
+        logger.debug("%s: discovery error, %s: %s", self.name, kept, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 
@@ -484,9 +493,11 @@ class LoadBalancer:
             self._picker = self._strategy.build(chosen, weights, self._rng)
         else:
             self._picker = None
+            why = self._resolver.empty_reason if not states else None
             self._no_pick_reason = (
-                "the target resolved to no endpoint" if not states
-                else "no endpoint may take traffic"
+                "no endpoint may take traffic" if states
+                else f"the target resolved to no endpoint: {why}" if why
+                else "the target resolved to no endpoint"
             )
 
     def rebuild(self) -> None:
@@ -647,8 +658,13 @@ class LoadBalancer:
         """Block until the first resolution finished; True when it did in time."""
         return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
 
-    async def wait_ready_async(self, timeout: float | None = None) -> bool:
-        """Await the first resolution without blocking the event loop."""
+    async def await_ready(self, timeout: float | None = None) -> bool:
+        """The async twin of :meth:`wait_ready`: await the first resolution without
+        blocking the event loop; True when it finished in time.
+
+        Named as httpx names async twins (``close``/``aclose``): ``a`` + the sync
+        name, here ``a`` + ``wait_ready``.
+        """
         if self._ready.is_set():
             return True
         loop = asyncio.get_running_loop()
@@ -813,7 +829,7 @@ class LoadBalancer:
         healthy = sum(1 for s in states if s.health(now) is Health.HEALTHY)
         in_flight = sum(s.load.in_flight for s in states)
         return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
-                f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
+                f"[{plural(len(states), 'endpoint')}: {healthy} healthy] in_flight={in_flight} "
                 f"mode={self.mode}>")
 
     # -- runtime control (the control API; see clientlb.Registry) ------------------------------
@@ -933,6 +949,12 @@ class LoadBalancer:
             self.publish(EndpointSet(rest, version=self._endpoint_set.version + 1))
             return True
 
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """Deprecated: the old name of :meth:`await_ready`."""
+        warnings.warn("LoadBalancer.wait_ready_async() is deprecated; use await_ready(), the "
+                      "async twin of wait_ready()", DeprecationWarning, stacklevel=2)
+        return await self.await_ready(timeout)
+
     def _check_static(self, what: str) -> None:
         if self._target.scheme != "static":
             raise ConfigError(
@@ -942,7 +964,7 @@ class LoadBalancer:
             # Created inside an event loop, the static list is published by a task that
             # has not run yet: an edit now would be overwritten by it.
             raise ClientLBError(f"{what}() before the balancer's first endpoint set; "
-                                "await lb.wait_ready_async() first")
+                                "await lb.await_ready() first")
 
     def in_flight(self) -> int:
         """Calls in flight on every endpoint, including draining ones."""
@@ -1025,6 +1047,23 @@ class _WeakSink:
         lb = self._ref()
         if lb is not None:
             lb.error(exc)
+
+
+class _Unstarted(LoadBalancer):
+    """A balancer that makes every check and starts nothing (no discovery, no probes)."""
+
+    _starts = False
+
+
+def check_options(target: object, **options: Any) -> None:
+    """Raise what ``LoadBalancer(target, **options)`` would raise, starting nothing.
+
+    The configuration file check (``clientlb config``, ``Registry.from_config``
+    before it creates anything) uses it, so that a file is validated by the very
+    code that builds the balancers: a misspelt ``resolver_options`` key or
+    ``max_requests = -5`` is refused there as it is here.
+    """
+    _Unstarted(target, **options)  # type: ignore[arg-type]
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

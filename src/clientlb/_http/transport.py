@@ -910,7 +910,7 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
         router = self._router
         if not self._ready:  # a discovered target may still be resolving (asyncio only)
             if self._lb.mode == "waiting":
-                await self._lb.wait_ready_async()
+                await self._lb.await_ready()
             self._ready = self._lb.mode != "waiting"
             if router.on_retired is None:
                 self._watch_retired()

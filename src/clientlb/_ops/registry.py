@@ -357,21 +357,36 @@ class Registry:
             await asyncio.sleep(0.01)
         return lb.in_flight() == 0
 
-    def close(self) -> None:
-        """Close every balancer without waiting (in-flight calls still finish)."""
+    def _detach_all(self) -> list[LoadBalancer]:
         with self._lock:
             balancers, self._balancers = list(self._balancers.values()), {}
             self._specs = {}
-        for lb in balancers:
-            if self._telemetry is not None:
+        if self._telemetry is not None:
+            for lb in balancers:
                 self._telemetry.uninstrument(lb)
+        return balancers
+
+    def close(self) -> None:
+        """Close every balancer without waiting (in-flight calls still finish)."""
+        for lb in self._detach_all():
             lb.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for asyncio: each balancer's discovery stops on its own loop."""
+        for lb in self._detach_all():
+            await lb.aclose()
 
     def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         with self._lock:

@@ -50,6 +50,7 @@ from .._core.checks import check_clock
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
+from .._core.text import plural
 from ._backoff import Backoff, BackoffPolicy, check_seconds
 from .base import Resolver, ResolverSink
 
@@ -335,6 +336,9 @@ class LoopResolver(Resolver):
         Also counts a success and resets the backoff. True when published.
         """
         self._n_resolutions += 1
+        if self._n_consecutive_errors and not self._closed:
+            logger.info("%s: discovery recovered after %s", self,
+                        plural(self._n_consecutive_errors, "error"))
         self._n_consecutive_errors = 0
         self._last_success = self._clock()
         self._backoff.reset()
@@ -346,7 +350,8 @@ class LoopResolver(Resolver):
         self._version += 1
         self._last = new
         self._n_updates += 1
-        logger.debug("%s: publishing %d endpoints (v%d)", self, len(new), self._version)
+        logger.debug("%s: publishing %s (v%d)", self, plural(len(new), "endpoint"),
+                     self._version)
         sink.publish(new)
         return True
 
@@ -383,9 +388,16 @@ class LoopResolver(Resolver):
         self._last_error = str(exc)
         if self._closed:
             return
-        level = logging.WARNING if self._n_consecutive_errors == 1 else logging.DEBUG
-        logger.log(level, "%s: %s (keeping %s)", self, exc,
-                   "the last good set" if self._last is not None else "no set yet")
+        # One WARNING per episode (from the first failure to the next answer), then
+        # DEBUG: a source that stays down must not flood the log.
+        if self._n_consecutive_errors == 1:
+            kept = (f"keeping the last good set ({plural(len(self._last), 'endpoint')}) until "
+                    "it recovers" if self._last is not None
+                    else "no endpoint set yet: picks fail until it answers")
+            logger.warning("%s: discovery failed: %s; %s", self, exc, kept)
+        else:
+            logger.debug("%s: discovery still failing (%s in a row): %s", self,
+                         plural(self._n_consecutive_errors, "error"), exc)
         sink.error(exc)
 
     def malformed(self, record: str, reason: str) -> None:

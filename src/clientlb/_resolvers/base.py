@@ -40,6 +40,10 @@ class ResolverSink(Protocol):
 class Resolver(ABC):
     """Base class of the resolvers; see the module documentation for the rules."""
 
+    #: Why the last set published is empty, when it is (``"NXDOMAIN: users.internal
+    #: does not exist"``), for the balancer's ``NoEndpointAvailable``; None otherwise.
+    empty_reason: str | None = None
+
     def __init__(self, target: Target) -> None:
         self.target = target
 
