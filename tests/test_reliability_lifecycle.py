@@ -107,7 +107,7 @@ def test_a_balancer_dropped_inside_asyncio_stops_its_tasks_and_warns(
     async def scenario() -> None:
         lb = clientlb.LoadBalancer(f"consul://{consul.address}/web", resolver_options=FAST,
                                    health_check=clientlb.HealthCheck(kind="tcp", interval=0.05))
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         with pytest.warns(ResourceWarning, match="unclosed") as record:
             del lb  # one thread, the caller's loop: nothing else holds it
             assert len(record) == 1
