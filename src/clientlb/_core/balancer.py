@@ -33,12 +33,13 @@ from typing import Any
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
-from .._resolvers.base import Resolver, create_resolver
+from .._resolvers.base import Resolver, create_resolver, start_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
 from .._subset.config import SubsetConfig, check_subset
 from .._subset.subsetter import SubsetSnapshot, Subsetter
 from .checks import check_clock
+from .closing import Closing
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_arguments
 from .outcome import Outcome
@@ -225,7 +226,7 @@ class BalancerSnapshot:
 
 
 @strict_arguments
-class LoadBalancer:
+class LoadBalancer(Closing):
     """An in-process load balancer over the endpoints of a target.
 
     ::
@@ -373,14 +374,7 @@ class LoadBalancer:
     def _start_resolver(self) -> None:
         # The resolver talks to a weak proxy: its thread or task must not keep a
         # balancer dropped without close() alive (then __del__ stops it).
-        sink = _WeakSink(self)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._resolver.start(sink)
-            return
-        # Inside a running loop: resolve with asyncio tasks on that loop.
-        self._resolver_task = loop.create_task(self._resolver.astart(sink))
+        self._resolver_task = start_resolver(self._resolver, _WeakSink(self))
 
     def publish(self, endpoints: EndpointSet) -> None:
         """Apply a new endpoint set (called by resolvers; safe from any thread)."""
@@ -1017,17 +1011,6 @@ class LoadBalancer:
             self._health.close(wait=False)
         _warn(f"unclosed {self!r}; close() it or use 'with'", ResourceWarning, source=self)
 
-    def __enter__(self) -> LoadBalancer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> LoadBalancer:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class _WeakSink:

@@ -38,6 +38,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._core.balancer import BalancerSnapshot, LoadBalancer
+from .._core.closing import Closing
 from .._core.errors import ConfigError, strict_arguments
 from .._core.target import parse_target
 from .._subset.config import subset_option
@@ -54,7 +55,7 @@ DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
 @strict_arguments
-class Registry:
+class Registry(Closing):
     """Named load balancers, created, updated and deleted at runtime (thread-safe).
 
     Args:
@@ -376,17 +377,6 @@ class Registry:
         for lb in self._detach_all():
             await lb.aclose()
 
-    def __enter__(self) -> Registry:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> Registry:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         with self._lock:

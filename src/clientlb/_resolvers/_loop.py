@@ -42,9 +42,9 @@ import random as _random
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .._core.checks import check_clock
 from .._core.endpoint import Endpoint, EndpointSet
@@ -53,6 +53,8 @@ from .._core.target import Target
 from .._core.text import plural
 from ._backoff import Backoff, BackoffPolicy, check_seconds
 from .base import Resolver, ResolverSink
+
+T = TypeVar("T")
 
 __all__ = ["LoopResolver", "ResolverStats"]
 
@@ -268,6 +270,26 @@ class LoopResolver(Resolver):
         return self._closed
 
     # -- waiting and refresh ----------------------------------------------------------------
+
+    async def until_woken(self, work: Awaitable[T], timeout: float | None = None
+                          ) -> asyncio.Future[T] | None:
+        """Await ``work`` unless :meth:`refresh` wakes the loop first (or ``timeout``
+        passes): the finished future, or None — then ``work`` was cancelled. Long
+        waits (Consul's blocking queries, etcd's watch) go through it."""
+        wake = self._wake
+        assert wake is not None
+        task = asyncio.ensure_future(work)
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        return task if task in done else None
 
     def refresh(self) -> None:
         """Re-resolve soon (rate-limited by ``min_refresh_interval``); thread-safe."""

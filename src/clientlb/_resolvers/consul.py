@@ -268,19 +268,8 @@ class ConsulResolver(LoopResolver):
             params += [("index", str(self.index)), ("wait", _format_wait(self.wait))]
             # Consul adds up to wait/16 of jitter to the wait.
             timeout = self.wait + self.wait / 16 + self.timeout
-        request = asyncio.ensure_future(client.get(self.path, params=params, timeout=timeout))
-        wake = self._wake
-        assert wake is not None
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            done, _ = await asyncio.wait({request, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
-        if request not in done:
+        request = await self.until_woken(client.get(self.path, params=params, timeout=timeout))
+        if request is None:
             raise _Refresh
         try:
             response = request.result()

@@ -294,20 +294,8 @@ class EtcdResolver(LoopResolver):
         body = {"create_request": {"key": _b64(self._key), "range_end": _b64(self._range_end),
                                    "start_revision": str(self.revision + 1),
                                    "progress_notify": True}}
-        wake = self._wake
-        assert wake is not None
-        stream = asyncio.ensure_future(self._stream(client, body, sink))
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            done, _ = await asyncio.wait({stream, waiter}, timeout=self.resync_interval,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not stream.done():
-                stream.cancel()
-                with contextlib.suppress(BaseException):
-                    await stream
-        if stream in done:
+        stream = await self.until_woken(self._stream(client, body, sink), self.resync_interval)
+        if stream is not None:
             stream.result()  # raises DiscoveryError, _Restart or _AuthExpired
         raise _Restart(asked=True)  # refresh or resync: list again
 

@@ -44,7 +44,7 @@ import xxhash
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError
 from .._core.target import parse_target
-from .._resolvers.base import Resolver, create_resolver
+from .._resolvers.base import Resolver, create_resolver, start_resolver
 from .config import Aperture
 
 __all__ = [
@@ -218,12 +218,7 @@ class PeerTracker:
 
     def start(self) -> None:
         """Resolve from the running event loop if there is one, else from a thread."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._resolver.start(self)
-            return
-        self._task = loop.create_task(self._resolver.astart(self))
+        self._task = start_resolver(self._resolver, self)
 
     def close(self) -> None:
         self._closed = True
