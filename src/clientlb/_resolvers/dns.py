@@ -96,6 +96,12 @@ def check_record_types(value: object) -> tuple[str, ...]:
 class DNSQuerier:
     """Asks one DNS server (or the system's) and maps failures to ``DiscoveryError``."""
 
+    @classmethod
+    def for_target(cls, target: Target, timeout: object, tcp: object) -> DNSQuerier:
+        """The querier of a ``dns://``/``srv://`` target, its options checked."""
+        return cls(target.server, timeout=check_seconds("timeout", timeout, allow_zero=False),
+                   tcp=check_bool(tcp, "tcp"), target=str(target))
+
     def __init__(self, server: tuple[str, int] | None, *, timeout: float, tcp: bool,
                  target: str) -> None:
         self.server = server
@@ -216,8 +222,7 @@ class DNSResolver(TTLResolver):
             raise ConfigError("dns:// needs a port: dns://[server]/NAME:PORT", field="target")
         self.port: int = target.port
         self.record_types = check_record_types(record_types)
-        self.querier = DNSQuerier(target.server, timeout=check_seconds(
-            "timeout", timeout, allow_zero=False), tcp=check_bool(tcp, "tcp"), target=str(target))
+        self.querier = DNSQuerier.for_target(target, timeout, tcp)
         self._last_by_type: dict[str, list[str]] = {}
 
     async def resolve_once(self) -> tuple[list[Endpoint], float]:
