@@ -95,6 +95,15 @@ class Pick:
         return self._state.address
 
     @property
+    def state(self) -> EndpointState:
+        """The picked endpoint's live state (where its load reports are recorded)."""
+        return self._state
+
+    @property
+    def balancer(self) -> LoadBalancer:
+        return self._lb
+
+    @property
     def started_at(self) -> float:
         """The balancer clock's reading when the pick was made."""
         return self._start

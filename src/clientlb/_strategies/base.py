@@ -38,6 +38,11 @@ class Picker(ABC):
     def pick(self, key: Key | None, now: float) -> EndpointState:
         """Choose an endpoint. ``key`` drives hashing pickers; others ignore it."""
 
+    def weight_of(self, state: EndpointState, now: float) -> float | None:
+        """The weight this picker computed for ``state`` from its load reports, for
+        ``snapshot()`` (None: the picker does not compute weights)."""
+        return None
+
 
 class Strategy(ABC):
     """A load-balancing algorithm: configuration plus a :meth:`build` method.
@@ -49,6 +54,9 @@ class Strategy(ABC):
     name: ClassVar[str] = "custom"
     #: True when the strategy uses the pick key (consistent hashing).
     uses_key: ClassVar[bool] = False
+    #: True when the strategy reads the endpoints' ORCA load reports
+    #: (``weighted_round_robin``): the integrations parse them only then.
+    uses_load_reports: ClassVar[bool] = False
 
     @abstractmethod
     def build(
