@@ -51,6 +51,7 @@ from ._strategies import (
     RingHash,
     RoundRobin,
     Strategy,
+    WeightedRoundRobin,
 )
 from ._tcp import (
     BalancedSocket,
@@ -109,6 +110,7 @@ __all__ = [
     "SuccessRate",
     "Target",
     "Telemetry",
+    "WeightedRoundRobin",
     "__version__",
     "aconnect_with",
     "connect",

@@ -181,6 +181,9 @@ class EndpointSnapshot:
     requests: int
     failures: int
     connectivity: str = "idle"
+    #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
+    #: (the mean of the others' while it has none); None with other strategies.
+    load_weight: float | None = None
 
     @property
     def address(self) -> str:
@@ -218,7 +221,7 @@ class LoadBalancer:
             or :class:`Endpoint` objects.
         strategy: a strategy name (``round_robin``, ``random``,
             ``least_request``, ``peak_ewma`` — the default —, ``ring_hash``,
-            ``maglev``) or a :class:`Strategy` object.
+            ``maglev``, ``weighted_round_robin``) or a :class:`Strategy` object.
         name: the logical service name used in logs, metrics and as the HTTP
             ``Host``/TLS name; defaults to the target's service name.
         first_resolution_timeout: how long the first ``pick()`` waits for a
@@ -650,6 +653,7 @@ class LoadBalancer:
 
     def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:
         load = state.load
+        picker = self._picker
         return EndpointSnapshot(
             endpoint=state.endpoint,
             state=state.health(now).value,
@@ -660,6 +664,7 @@ class LoadBalancer:
             requests=load.requests,
             failures=load.failures,
             connectivity=state.connectivity.value,
+            load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
     def __repr__(self) -> str:
