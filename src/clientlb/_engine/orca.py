@@ -10,7 +10,10 @@ turns them into endpoint weights.
 Where a report travels (what the integrations read):
 
 * **gRPC** — the trailer ``endpoint-load-metrics-bin``: a serialized
-  ``xds.data.orca.v3.OrcaLoadReport`` (grpcio base64-decodes ``-bin`` metadata);
+  ``xds.data.orca.v3.OrcaLoadReport``. grpcio's C core consumes that trailer
+  for its own policies and does not pass it to Python (grpcio 1.85, sync and
+  aio): a Python client reads the trailer ``endpoint-load-metrics`` instead, the
+  report in the HTTP form below, which clientlb's server interceptors send too;
 * **HTTP** — the response header ``endpoint-load-metrics``, in one of the three
   formats of the ORCA-over-HTTP proposal, as Envoy's parser reads them
   (``source/common/orca/orca_parser.cc``):
@@ -456,13 +459,19 @@ def record_headers(completion: Completion,
 
 
 def record_trailers(completion: Completion, trailing_metadata: Any) -> None:
-    """The gRPC shells' hook: read ``endpoint-load-metrics-bin`` from an attempt's
-    trailing metadata (sync: ``call.trailing_metadata()``; aio: ``await
-    call.trailing_metadata()``), a sequence of ``(key, value)`` pairs or None.
-    Never raises."""
+    """The gRPC shells' hook: read the load report in an attempt's trailing metadata
+    (sync: ``call.trailing_metadata()``; aio: ``await call.trailing_metadata()``), a
+    sequence of ``(key, value)`` pairs or None. Never raises.
+
+    The standard trailer ``endpoint-load-metrics-bin`` is read when present, but
+    grpcio's C core keeps it for its own policies and does not pass it to Python
+    (grpcio 1.85): what a Python client sees is ``endpoint-load-metrics``, the
+    report in Envoy's HTTP form, which clientlb's server interceptors also send.
+    """
     try:
         if not trailing_metadata or not _reads_reports(completion):
             return
+        text: str | bytes | None = None
         for key, value in trailing_metadata:
             if key == TRAILER:
                 if isinstance(value, str):  # not base64-decoded by grpcio: take it as BIN
@@ -470,6 +479,10 @@ def record_trailers(completion: Completion, trailing_metadata: Any) -> None:
                 else:
                     _record_raw(completion, parse_binary, value)
                 return
+            if key == HEADER:
+                text = value
+        if text is not None:
+            _record_raw(completion, parse_header, text)
     except Exception:  # a hook must never fail the call it observes
         logger.debug("load report hook failed", exc_info=True)
 
