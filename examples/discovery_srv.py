@@ -103,6 +103,7 @@ lb = clientlb.LoadBalancer(
 )
 client = httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://web.example")
 # --8<-- [end:srv]
+lb.wait_ready()  # the first answer (picks wait for it; endpoints() does not)
 for ep in sorted(lb.endpoints(), key=lambda e: e.port):
     print(f"{ep.address}: priority level {ep.priority}, weight {ep.weight:g}, "
           f"SRV {ep.metadata['srv_priority']} {ep.metadata['srv_weight']}")

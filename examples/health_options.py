@@ -65,7 +65,7 @@ lb = clientlb.LoadBalancer([A, B, C, D], panic_threshold=50.0,
 for address in (A, B, C):  # three of four endpoints fail: 25 % healthy < 50 %
     for _ in range(5):
         with lb.pick(prefer=address) as p:
-            p.done(clientlb.Outcome.CONNECT_FAILURE)
+            p.done(clientlb.Outcome.FAILURE)
 print("panic: mode =", lb.snapshot().mode,
       "picked:", sorted({lb.pick().endpoint.address == D for _ in range(50)}))
 # --8<-- [end:panic]

@@ -145,7 +145,7 @@ def _open(target: str, timeout: float) -> LoadBalancer:
         raise CLIError(f"--timeout must be >= 0 seconds, got {timeout:g}")
     lb = LoadBalancer(target, strategy="round_robin", first_resolution_timeout=timeout)
     if not lb.wait_ready(timeout):
-        cause = lb._discovery_error
+        cause = lb.discovery_error
         lb.close()
         detail = f": {cause}" if cause else ""
         raise CLIError(f"no answer from discovery for {lb.target} within {timeout:g}s{detail}",
@@ -288,8 +288,8 @@ async def _probe_all(checkers: list[Any], config: Any, endpoints: Sequence[Endpo
 
     import httpx
 
-    first = checkers[0]
-    verify: ssl.SSLContext | bool = first._ssl if first._ssl is not None else True
+    context = checkers[0].ssl_context
+    verify: ssl.SSLContext | bool = context if context is not None else True
     async with httpx.AsyncClient(verify=verify, timeout=config.timeout, trust_env=False,
                                  follow_redirects=False) as client:
         limit = asyncio.Semaphore(config.max_concurrency)  # a big pool is not flooded

@@ -23,7 +23,7 @@ import math
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -111,6 +111,11 @@ class Pick:
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def draining(self) -> bool:
+        """The endpoint left the target (or was drained) since it was picked."""
+        return self._state.draining
 
     def elapsed(self) -> float:
         """Seconds since the pick, on the balancer's clock."""
@@ -463,6 +468,55 @@ class LoadBalancer:
         if not self._closed:
             self._resolver.refresh()
 
+    # -- the health layer's contract (clientlb._health.view.BalancerView) ------------------
+    #
+    # Public names so that the health manager may call them, but not part of the API:
+    # users never need them. Everything else the manager uses (name, target, clock, rng,
+    # closed, rebuild, refresh, add_outcome_listener, remove_listener) is public anyway.
+
+    @contextlib.contextmanager
+    def locked(self, *, blocking: bool = True) -> Iterator[bool]:
+        """For the health layer: hold the balancer lock for a ``with`` block.
+
+        The block gets True when it holds the (re-entrant) lock; with
+        ``blocking=False``, False and no lock when another thread has it.
+        """
+        lock = self._lock
+        if not lock.acquire(blocking):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    def rebuild_locked(self, now: float) -> None:
+        """For the health layer: rebuild the picker now (inside :meth:`locked`, not closed)."""
+        self._rebuild_locked(now)
+
+    @property
+    def health_deadline(self) -> float:
+        """For the health layer: when ``pick()`` must next let health run (see ``tick``)."""
+        return self._health_deadline
+
+    @health_deadline.setter
+    def health_deadline(self, deadline: float) -> None:
+        self._health_deadline = deadline
+
+    def endpoint_states(self) -> list[EndpointState]:
+        """For the health layer: the states of the current endpoint set, in its order.
+
+        ``drain()``-ed endpoints included, draining ones removed by discovery not
+        (:meth:`draining_states`). Safe without the lock: an endpoint whose state
+        is not there yet is left out.
+        """
+        states = self._states
+        return [s for ep in self._endpoint_set if (s := states.get(ep.address)) is not None]
+
+    def draining_states(self) -> list[EndpointState]:
+        """For the health layer: endpoints discovery removed, calls still in flight."""
+        return list(self._draining.values())
+
     # -- picking --------------------------------------------------------------------------
 
     def pick(self, key: Key | None = None, *, exclude: Collection[str] | None = None,
@@ -591,6 +645,11 @@ class LoadBalancer:
     @property
     def strategy(self) -> Strategy:
         return self._strategy
+
+    @property
+    def discovery_error(self) -> BaseException | None:
+        """The last discovery failure, or None since the last good endpoint set."""
+        return self._discovery_error
 
     @property
     def clock(self) -> Clock:

@@ -27,12 +27,12 @@ host, which is the logical name by contract (docs/http.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .._core.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .._core.balancer import LoadBalancer
+    from .._core.target import Target
 
 __all__ = ["LogicalName", "logical_name", "override_name"]
 
@@ -59,7 +59,17 @@ def _strip_srv_labels(name: str) -> str:
     return ".".join(labels)
 
 
-def logical_name(lb: LoadBalancer) -> LogicalName | None:
+class Named(Protocol):
+    """What :func:`logical_name` reads of a balancer (``LoadBalancer``, ``BalancerView``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def target(self) -> Target: ...
+
+
+def logical_name(lb: Named) -> LogicalName | None:
     """The balancer's logical name (see the module doc), or None for a bare static list."""
     target = lb.target
     if lb.name != target.service:  # name= was given

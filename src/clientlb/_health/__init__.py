@@ -8,6 +8,7 @@
 * :mod:`.slow_start` — weight ramp for new and returning endpoints.
 * :mod:`.circuit` — concurrency caps that fail fast.
 * :mod:`.manager` — the glue: ``LoadBalancer._select`` delegates to it.
+* :mod:`.view` — ``BalancerView``, all the manager may see and do of its balancer.
 
 ``docs/health.md`` documents every option with the incident it prevents.
 """

@@ -107,6 +107,11 @@ class HealthChecker:
         elif isinstance(config.tls, ssl.SSLContext):
             self._ssl = config.tls
 
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context probes use (None: plain text)."""
+        return self._ssl
+
     # -- the state machine (no I/O; unit-tested with a fake clock) ----------------------
 
     def new_state(self) -> ProbeState:

@@ -8,8 +8,11 @@ logs and counts every transition once (logger ``clientlb.health``), and
 computes the eligible endpoints and their effective weights
 (:mod:`.selection`).
 
+The manager sees its balancer only through :class:`~.view.BalancerView`
+(states, lock, rebuild, clock, listeners), never its private attributes.
+
 Nothing here needs a timer thread for correctness. The balancer keeps one
-float, ``_health_deadline``: the earliest instant at which something
+float, ``health_deadline``: the earliest instant at which something
 time-driven must happen (an ejection ends, the outlier sweep is due, a
 slow-start step). ``pick()`` compares the clock with it — one comparison on
 the hot path — and past it calls :meth:`tick`, which takes the balancer lock
@@ -29,7 +32,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from .._core.errors import ConfigError
 from .._core.outcome import Outcome
@@ -41,9 +43,7 @@ from .config import HealthCheck, OutlierDetection, SlowStart
 from .outlier import OutlierDetector, OutlierStats
 from .selection import Selection, select
 from .slow_start import STEPS, ramp_factor
-
-if TYPE_CHECKING:
-    from .._core.balancer import LoadBalancer
+from .view import BalancerView
 
 __all__ = ["REFRESH_MIN_INTERVAL", "HealthManager"]
 
@@ -96,7 +96,7 @@ class HealthManager:
 
     def __init__(
         self,
-        lb: LoadBalancer,
+        lb: BalancerView,
         *,
         health_check: HealthCheck | None,
         outlier_detection: OutlierDetection | None,
@@ -172,7 +172,7 @@ class HealthManager:
         if self.checker is not None:
             await self.checker.aclose()
 
-    # -- selection (called under the balancer lock by _rebuild_locked) --------------------
+    # -- selection (called under the balancer lock by its rebuild) -------------------------
 
     def select(self, states: Sequence[EndpointState], now: float
                ) -> tuple[list[EndpointState], list[float], str]:
@@ -198,7 +198,7 @@ class HealthManager:
                 s.probe is not None and s.probe.pending and not s.probe_healthy
                 for s in states):  # not while waiting for the first probes
             self._request_refresh(now, "no endpoint is healthy")
-        lb._health_deadline = self._deadline(states, now)
+        lb.health_deadline = self._deadline(states, now)
         if self._new_endpoints:
             self._new_endpoints = False
             if self.checker is not None:
@@ -214,7 +214,7 @@ class HealthManager:
         self.counters["refresh_requested"] += 1
         logger.warning("%s: %s; asking discovery to re-resolve now", lb.name, why)
         try:
-            lb._resolver.refresh()
+            lb.refresh()
         except Exception:  # a hint: never let it break a rebuild
             logger.exception("%s: resolver refresh failed", lb.name)
 
@@ -305,19 +305,14 @@ class HealthManager:
     def tick(self, now: float) -> None:
         """Run what is due at ``now``; never blocks (skips if the lock is busy)."""
         lb = self._lb
-        lock = lb._lock
-        if not lock.acquire(blocking=False):
-            return
-        try:
-            if lb._closed or now < lb._health_deadline:
+        with lb.locked(blocking=False) as held:
+            if not held or lb.closed or now < lb.health_deadline:
                 return
             self._tick_locked(now)
-        finally:
-            lock.release()
 
     def _tick_locked(self, now: float) -> None:
         lb = self._lb
-        states = lb._current_states()
+        states = lb.endpoint_states()
         changed = now >= self._ramp_due
         if self.outlier is not None and now >= self._next_sweep:
             changed = self._sweep_locked(states, now) or changed
@@ -325,9 +320,9 @@ class HealthManager:
             if s.ejected_until is not None and now >= s.ejected_until:
                 changed = True
         if changed:
-            lb._rebuild_locked(now)
+            lb.rebuild_locked(now)
         else:
-            lb._health_deadline = self._deadline(states, now)
+            lb.health_deadline = self._deadline(states, now)
 
     # -- outlier detection -------------------------------------------------------------------
 
@@ -348,18 +343,15 @@ class HealthManager:
             if fired is not None:
                 self._fire(state, fired, now)
         if now >= self._next_sweep:
-            lock = self._lb._lock
-            if lock.acquire(blocking=False):
-                try:
-                    if now >= self._next_sweep and not self._lb._closed:
-                        self._tick_locked(now)
-                finally:
-                    lock.release()
+            lb = self._lb
+            with lb.locked(blocking=False) as held:
+                if held and now >= self._next_sweep and not lb.closed:
+                    self._tick_locked(now)
 
     def _fire(self, state: EndpointState, detector: str, now: float) -> None:
         lb = self._lb
-        with lb._lock:
-            if lb._closed or state.draining:
+        with lb.locked():
+            if lb.closed or state.draining:
                 return
             outlier = self.outlier
             assert outlier is not None
@@ -372,7 +364,7 @@ class HealthManager:
                 stats.reset_consecutive()
                 return
             if self.eject(state, detector, f"{count} in a row", now):
-                lb._rebuild_locked(now)
+                lb.rebuild_locked(now)
 
     def eject(self, state: EndpointState, detector: str, detail: str, now: float) -> bool:
         """Eject ``state`` (caller holds the lock and rebuilds); False if refused."""
@@ -382,7 +374,7 @@ class HealthManager:
         if state.ejected_until is not None and now < state.ejected_until:
             return False
         lb = self._lb
-        live = [s for s in lb._states.values() if not s.draining]
+        live = [s for s in lb.endpoint_states() if not s.draining]
         ejected = sum(1 for s in live if s.ejected_until is not None and now < s.ejected_until)
         if not outlier.may_eject(ejected, len(live)):
             self.counters["ejections_overflow"] += 1
@@ -454,24 +446,21 @@ class HealthManager:
 
     def probe_targets(self) -> list[EndpointState]:
         """The endpoints to probe: every discovered one not draining (any thread)."""
-        lb = self._lb
-        states = lb._states
-        return [s for ep in lb._endpoint_set
-                if (s := states.get(ep.address)) is not None and not s.draining]
+        return [s for s in self._lb.endpoint_states() if not s.draining]
 
     def on_probe(self, state: EndpointState, ok: bool, detail: str,
                  source: HealthChecker | None = None) -> None:
         """A probe finished (from ``source``'s loop; None: the current checker)."""
         lb = self._lb
-        with lb._lock:
+        with lb.locked():
             checker = self.checker
             if checker is None or (source is not None and source is not checker):
                 return  # a late result of a checker that was replaced
-            if lb._closed or state.draining:
+            if lb.closed or state.draining:
                 return
             self.counters["probes_passed" if ok else "probes_failed"] += 1
             changed = checker.record(state, ok, detail)
-            now = lb._clock()
+            now = lb.clock()
             cfg = self.outlier_detection
             if (ok and cfg is not None and cfg.uneject_on_health_check
                     and state.ejected_until is not None and now < state.ejected_until
@@ -481,7 +470,7 @@ class HealthManager:
                               "row: ejection ended early", "unejections_health_check")
                 changed = True
             if changed:
-                lb._rebuild_locked(now)
+                lb.rebuild_locked(now)
 
     # -- live reconfiguration (LoadBalancer.set_*; Registry.update) -------------------------
 
@@ -493,14 +482,14 @@ class HealthManager:
         lb = self._lb
         new = (HealthChecker(self, health_check, self._logical_name())
                if health_check is not None else None)
-        with lb._lock:
+        with lb.locked():
             old, self.checker, self.health_check = self.checker, new, health_check
-            for st in lb._states.values():
+            for st in lb.endpoint_states():
                 st.probe = new.new_state() if new is not None else None
                 st.probe_healthy = True
-            closed = lb._closed
+            closed = lb.closed
             if not closed:
-                lb._rebuild_locked(lb._clock())
+                lb.rebuild_locked(lb.clock())
         if old is not None:
             old.close()  # outside the lock: its thread may be waiting for it
         if new is not None and not closed:
@@ -514,7 +503,7 @@ class HealthManager:
             raise ConfigError(f"must be a clientlb.OutlierDetection or None, got "
                               f"{outlier_detection!r}", field="outlier_detection")
         lb = self._lb
-        with lb._lock:
+        with lb.locked():
             if self.outlier is not None:
                 lb.remove_listener(self.on_outcome)
             self.outlier_detection = outlier_detection
@@ -524,8 +513,8 @@ class HealthManager:
             self._split = bool(outlier_detection
                                and outlier_detection.split_local_origin_errors)
             self._next_sweep = _INF
-            now = lb._clock()
-            for st in lb._states.values():
+            now = lb.clock()
+            for st in lb.endpoint_states():
                 st.outlier = OutlierStats() if outlier_detection is not None else None
                 if outlier_detection is None and st.ejected_until is not None:
                     st.ejected_until = st.ejected_at = None
@@ -533,8 +522,8 @@ class HealthManager:
                     st.note = "outlier detection turned off"
             if outlier_detection is not None:
                 lb.add_outcome_listener(self.on_outcome)
-            if not lb._closed:
-                lb._rebuild_locked(now)
+            if not lb.closed:
+                lb.rebuild_locked(now)
         logger.info("%s: outlier_detection set to %r", lb.name, outlier_detection)
 
     def set_option(self, name: str, value: object) -> None:
@@ -564,10 +553,10 @@ class HealthManager:
     def statistics(self) -> dict[str, int]:
         """Counters since creation plus current gauges (``endpoints_*``)."""
         lb = self._lb
-        now = lb._clock()
+        now = lb.clock()
         out = dict(self.counters)
         gauges = dict.fromkeys(("healthy", "ejected", "unhealthy", "draining"), 0)
-        for s in (*lb._states.values(), *lb._draining.values()):
+        for s in (*lb.endpoint_states(), *lb.draining_states()):
             gauges[s.health(now).value] += 1
         for k, v in gauges.items():
             out[f"endpoints_{k}"] = v

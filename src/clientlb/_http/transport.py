@@ -374,14 +374,14 @@ class _Router(Generic[P]):
         return pools
 
     def _route(self, pick: Pick, sni: str | None) -> _Route[P]:
-        key = (pick._state.address, sni)
+        key = (pick.address, sni)
         with self._lock:
             shards = self._routes.get(key)
             if shards is None:
                 if self.closed:
                     raise RuntimeError("the transport is closed")
                 route = _Route(key, pick.endpoint, self._pool_factory())
-                if pick._state.draining:  # removed since the pick: a pool for this one call
+                if pick.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
                 else:
                     self._routes[key] = [route]
