@@ -15,8 +15,9 @@ The setup, side by side in one run:
   and the largest (rates kept low so that the eight Python processes fit on a small
   machine).
   Every backend reports its load with ``clientlb.orca.OrcaMiddleware``: its application
-  utilization is the share of its workers busy (a 1 s moving average), with the qps and
-  eps the middleware counts.
+  utilization is the requests it holds, served or waiting, per worker (a 1 s moving
+  average; ``--utilization busy``: the share of its workers busy, which stops at 1.0), with
+  the qps and eps the middleware counts.
 * **Traffic no client sees** — a separate process sends Poisson traffic straight to the
   largest backend (``--hidden-share``: a quarter of its capacity), outside every
   balancer.
@@ -61,30 +62,41 @@ TAU = 1.0  # seconds: the backends' utilization moving average
 # ------------------------------------------------------------------------ backend process
 
 
-def serve(name: str, port: int, workers: int, service: float) -> None:
-    """One backend: ``workers`` requests at a time, each holding a worker ``service`` s."""
+def serve(name: str, port: int, workers: int, service: float, utilization: str) -> None:
+    """One backend: ``workers`` requests at a time, each holding a worker ``service`` s.
+
+    Its application utilization (a moving average over ``TAU`` s) is, with ``load``, the
+    requests it holds — served or waiting — per worker: above 1.0 when requests wait (the
+    ORCA message allows it "when the usage exceeds the reporter dependent notion of soft
+    limits"); with ``busy``, the share of its workers busy, at most 1.0.
+    """
     import uvicorn
 
     from clientlb import orca
 
     metrics = orca.ServerMetrics(cpu=False)
-    state = {"busy": 0, "ewma": 0.0, "area": 0.0, "last": time.monotonic(),
+    state = {"busy": 0, "held": 0, "ewma": 0.0, "area": 0.0, "last": time.monotonic(),
              "client": 0, "hidden": 0, "shed": 0}
+    gauge = "held" if utilization == "load" else "busy"
     sem: list[asyncio.Semaphore] = []
 
     def advance(now: float) -> None:
         dt = now - state["last"]
         if dt > 0:
-            frac = state["busy"] / workers
+            frac = state[gauge] / workers
             state["ewma"] = frac + (state["ewma"] - frac) * math.exp(-dt / TAU)
             state["area"] += state["busy"] * dt
             state["last"] = now
 
-    def utilization() -> float:
+    def change(key: str, delta: int) -> None:
+        advance(time.monotonic())
+        state[key] += delta
+
+    def reported_utilization() -> float:
         advance(time.monotonic())
         return float(state["ewma"])
 
-    metrics.set_application_utilization(utilization)
+    metrics.set_application_utilization(reported_utilization)
 
     async def respond(send: Any, status: int, body: bytes) -> None:
         await send({"type": "http.response.start", "status": status,
@@ -95,22 +107,24 @@ def serve(name: str, port: int, workers: int, service: float) -> None:
         if not sem:
             sem.append(asyncio.Semaphore(workers))
         hidden = any(k == b"x-hidden" for k, _ in scope["headers"])
+        change("held", 1)
         try:
-            await asyncio.wait_for(sem[0].acquire(), MAX_WAIT)
-        except asyncio.TimeoutError:
-            state["shed"] += 1
-            await respond(send, 503, b"busy")
-            return
-        advance(time.monotonic())
-        state["busy"] += 1
-        try:
-            await asyncio.sleep(service)
+            try:
+                await asyncio.wait_for(sem[0].acquire(), MAX_WAIT)
+            except asyncio.TimeoutError:
+                state["shed"] += 1
+                await respond(send, 503, b"busy")
+                return
+            change("busy", 1)
+            try:
+                await asyncio.sleep(service)
+            finally:
+                change("busy", -1)
+                sem[0].release()
+            state["hidden" if hidden else "client"] += 1
+            await respond(send, 200, name.encode())
         finally:
-            advance(time.monotonic())
-            state["busy"] -= 1
-            sem[0].release()
-        state["hidden" if hidden else "client"] += 1
-        await respond(send, 200, name.encode())
+            change("held", -1)
 
     reported = orca.OrcaMiddleware(work, metrics)
 
@@ -120,7 +134,7 @@ def serve(name: str, port: int, workers: int, service: float) -> None:
         if scope["path"] == "/stats":  # outside the middleware: not counted as load
             advance(time.monotonic())
             stats = {k: state[k] for k in ("client", "hidden", "shed", "area", "busy")}
-            stats["waiting"] = len(getattr(sem[0], "_waiters", None) or ()) if sem else 0
+            stats["waiting"] = state["held"] - state["busy"]
             await respond(send, 200, json.dumps(stats).encode())
             return
         await reported(scope, receive, send)
@@ -311,6 +325,7 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
 
 
 def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
+        utilization: str = "load",
         clients: int = 4, warmup: float = 15.0, measure: float = 30.0, rounds: int = 1,
         strategies: tuple[str, ...] = STRATEGIES, smoke: bool = False) -> tuple[
         list[Backend], list[Result]]:
@@ -323,7 +338,8 @@ def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
     results: list[Result] = []
     try:
         for b in backends:
-            b.process = _spawn("--serve", b.name, str(b.port), str(b.workers), str(service))
+            b.process = _spawn("--serve", b.name, str(b.port), str(b.workers), str(service),
+                               utilization)
         for b in backends:
             _wait(lambda b=b: _stats(b.port), 20, f"backend {b.name}")
         hidden_proc = _spawn("--hidden", str(backends[-1].port), str(hidden_rate))
@@ -426,7 +442,6 @@ def chart(backends: list[Backend], results: list[Result], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     spare_total = sum(b.spare for b in backends)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2),
@@ -452,16 +467,16 @@ def chart(backends: list[Backend], results: list[Result], path: Path) -> None:
     right.bar([x - 0.2 for x in range(len(results))], p50, 0.4, label="p50")
     right.bar([x + 0.2 for x in range(len(results))], p99, 0.4, label="p99")
     for x, r in enumerate(results):
-        if r.error_count:
-            right.annotate(f"{r.error_count / max(1, r.total + r.error_count):.1%} errors",
-                           (x + 0.2, p99[x]), ha="center", va="bottom", fontsize=8)
+        errors = r.error_count / max(1, r.total + r.error_count)
+        right.annotate(f"{p99[x]:.0f}\n{errors:.1%} err.", (x + 0.2, p99[x]), ha="center",
+                       va="bottom", fontsize=7)
+        right.annotate(f"{p50[x]:.0f}", (x - 0.2, p50[x]), ha="center", va="bottom",
+                       fontsize=7)
     right.set_xticks(range(len(results)), names, fontsize=8)
-    right.set_yscale("log")
-    right.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    right.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    right.set_ylabel("latency (ms, log scale)")
+    right.set_ylim(0, max(p99) * 1.25)
+    right.set_ylabel("latency (ms)")
     right.set_title("Latency of client requests")
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -470,8 +485,7 @@ def chart(backends: list[Backend], results: list[Result], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", nargs=4, metavar=("NAME", "PORT", "WORKERS", "SERVICE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--hidden", nargs=2, metavar=("PORT", "RATE"), help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--service", type=float, default=0.05,
@@ -483,6 +497,10 @@ def main() -> None:
                         help="traffic sent straight to the largest backend, as a share of "
                              "its capacity (default 0.25)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
+    parser.add_argument("--utilization", choices=("load", "busy"), default="load",
+                        help="what the backends report as application utilization: requests "
+                             "held (served or waiting) per worker (default), or the share "
+                             "of workers busy")
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=1,
@@ -491,8 +509,8 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few seconds (tests)")
     args = parser.parse_args()
     if args.serve:
-        name, port, workers, service = args.serve
-        serve(name, int(port), int(workers), float(service))
+        name, port, workers, service, utilization = args.serve
+        serve(name, int(port), int(workers), float(service), utilization)
         return
     if args.hidden:
         asyncio.run(hidden(int(args.hidden[0]), float(args.hidden[1])))
@@ -509,11 +527,13 @@ def main() -> None:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     backends, results = run(service=args.service, load=args.load, hidden_share=args.hidden_share,
+                            utilization=args.utilization,
                             clients=args.clients, warmup=args.warmup, measure=args.measure,
                             rounds=args.rounds, smoke=args.smoke)
     total_capacity = sum(b.capacity for b in backends)
     print(f"server_load: {len(backends)} backends (capacity {total_capacity:.0f} req/s, "
-          f"{args.service * 1000:g} ms per request), {backends[-1].hidden:.0f} req/s hidden "
+          f"{args.service * 1000:g} ms per request, utilization reported: "
+          f"{args.utilization}), {backends[-1].hidden:.0f} req/s hidden "
           f"on {backends[-1].name.split()[0]}, {args.clients} client processes, total load "
           f"{args.load:.0%} of capacity; {args.warmup:g} s warm-up + {args.measure:g} s "
           f"measured per strategy, {args.rounds} round(s); {os.cpu_count()} CPUs, load "
