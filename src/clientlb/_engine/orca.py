@@ -171,27 +171,30 @@ def _parse_text(payload: str) -> LoadReport:
     maps: dict[str, dict[str, float]] = {}
     seen: set[str] = set()
     for token in payload.split(","):
-        token = token.strip()
-        if not token:
-            continue
-        cut = min((i for i in (token.find("="), token.find(":")) if i >= 0), default=-1)
-        if cut <= 0:
-            raise MalformedLoadReport(f"TEXT: {token[:40]!r} is not key=value")
-        key, value = token[:cut].strip(), token[cut + 1:].strip()
+        key, sep, value = token.partition("=")
+        if not sep or ":" in key:  # Envoy's key:value (and "a:b=c", cut at the first ':')
+            key, sep, value = token.partition(":")
+        key = key.strip()
+        if not sep or not key:
+            if not key and not value.strip():
+                continue  # an empty token: "a=1,,b=2", or an empty report
+            raise MalformedLoadReport(f"TEXT: {token.strip()[:40]!r} is not key=value")
         if key in seen:
             raise MalformedLoadReport(f"TEXT: duplicate metric {key!r}")
         seen.add(key)
+        target = _SCALARS.get(key)
+        if target is not None:
+            scalars[target] = _number(key, value)
+            continue
         prefix, dot, name = key.partition(".")
         if dot:
             target = _MAPS.get(prefix)
             if target is None:
-                continue  # unknown map: ignored
+                continue  # an unknown map: ignored
             if not name:
                 raise MalformedLoadReport(f"TEXT: empty metric name in {key!r}")
             maps.setdefault(target, {})[name] = _number(
                 key, value, signed=target in _SIGNED_MAPS)
-        elif (target := _SCALARS.get(key)) is not None:
-            scalars[target] = _number(key, value)
     return _build(scalars, maps)
 
 
