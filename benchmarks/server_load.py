@@ -62,10 +62,11 @@ TAU = 1.0  # seconds: the backends' utilization moving average
 # ------------------------------------------------------------------------ backend process
 
 
-def serve(name: str, port: int, workers: int, service: float, utilization: str) -> None:
+def serve(name: str, port: int, workers: int, service: float, utilization: str,
+          tau: float = TAU) -> None:
     """One backend: ``workers`` requests at a time, each holding a worker ``service`` s.
 
-    Its application utilization (a moving average over ``TAU`` s) is, with ``load``, the
+    Its application utilization (a moving average over ``tau`` s) is, with ``load``, the
     requests it holds — served or waiting — per worker: above 1.0 when requests wait (the
     ORCA message allows it "when the usage exceeds the reporter dependent notion of soft
     limits"); with ``busy``, the share of its workers busy, at most 1.0.
@@ -84,7 +85,7 @@ def serve(name: str, port: int, workers: int, service: float, utilization: str) 
         dt = now - state["last"]
         if dt > 0:
             frac = state[gauge] / workers
-            state["ewma"] = frac + (state["ewma"] - frac) * math.exp(-dt / TAU)
+            state["ewma"] = frac + (state["ewma"] - frac) * math.exp(-dt / tau)
             state["area"] += state["busy"] * dt
             state["last"] = now
 
@@ -189,6 +190,7 @@ async def client(strategy: str, ports: list[int], rate: float, warmup: float, me
     rng = random.Random(seed)
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
+    by_backend: dict[str, list[float]] = {}
     served: dict[str, int] = {}
     errors = {"503": 0, "timeout": 0, "other": 0}
     weights: dict[str, list[float]] = {}
@@ -219,6 +221,7 @@ async def client(strategy: str, ports: list[int], rate: float, warmup: float, me
                 return
             latencies.append(loop.time() - sent)
             address = response.extensions["clientlb.endpoint"]
+            by_backend.setdefault(address, []).append(latencies[-1])
             served[address] = served.get(address, 0) + 1
 
         async def sample_weights() -> None:
@@ -242,7 +245,7 @@ async def client(strategy: str, ports: list[int], rate: float, warmup: float, me
         if tasks:
             await asyncio.wait(tasks)
         sampler.cancel()
-    return {"latencies": latencies, "served": served, "errors": errors,
+    return {"latencies": latencies, "served": served, "errors": errors, "by_backend": by_backend,
             "weights": {a: sum(w) / len(w) for a, w in weights.items() if w}}
 
 
@@ -275,6 +278,7 @@ class Result:
     errors: dict[str, int]
     utilization: dict[str, float]
     weights: dict[str, float] = field(default_factory=dict)
+    by_backend: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -325,7 +329,7 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
 
 
 def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
-        utilization: str = "load",
+        utilization: str = "load", tau: float = TAU,
         clients: int = 4, warmup: float = 15.0, measure: float = 30.0, rounds: int = 1,
         strategies: tuple[str, ...] = STRATEGIES, smoke: bool = False) -> tuple[
         list[Backend], list[Result]]:
@@ -339,7 +343,7 @@ def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
     try:
         for b in backends:
             b.process = _spawn("--serve", b.name, str(b.port), str(b.workers), str(service),
-                               utilization)
+                               utilization, str(tau))
         for b in backends:
             _wait(lambda b=b: _stats(b.port), 20, f"backend {b.name}")
         hidden_proc = _spawn("--hidden", str(backends[-1].port), str(hidden_rate))
@@ -367,8 +371,11 @@ def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
             errors: dict[str, int] = {}
             latencies: list[float] = []
             weights: dict[str, list[float]] = {}
+            by_backend: dict[str, list[float]] = {}
             for o in outs:
                 latencies += o["latencies"]
+                for k, v in o["by_backend"].items():
+                    by_backend.setdefault(k, []).extend(v)
                 for k, v in o["served"].items():
                     served[k] = served.get(k, 0) + v
                 for k, v in o["errors"].items():
@@ -378,7 +385,8 @@ def run(*, service: float = 0.05, load: float = 0.8, hidden_share: float = 0.25,
             utilization = {b.address: (after[b.port]["area"] - before[b.port]["area"])
                            / elapsed / b.workers for b in backends}
             results.append(Result(strategy, served, latencies, errors, utilization,
-                                  {k: sum(v) / len(v) for k, v in weights.items()}))
+                                  {k: sum(v) / len(v) for k, v in weights.items()},
+                                  by_backend))
             print(f"  {strategy}: {sum(served.values())} requests, "
                   f"p99 {results[-1].percentile(0.99) * 1000:.0f} ms", file=sys.stderr)
     finally:
@@ -402,6 +410,8 @@ def _merge(results: list[Result]) -> list[Result]:
         for k, v in r.errors.items():
             m.errors[k] = m.errors.get(k, 0) + v
         m.latencies += r.latencies
+        for k, v in r.by_backend.items():
+            m.by_backend.setdefault(k, []).extend(v)
         m.utilization = {k: (v + r.utilization[k]) / 2 for k, v in m.utilization.items()}
     return list(merged.values())
 
@@ -429,6 +439,14 @@ def tables(backends: list[Backend], results: list[Result]) -> str:
                      f"{r.percentile(0.99) * 1000:.0f} ms | {r.error_count} "
                      f"({r.error_count / max(1, r.total + r.error_count):.1%}) | "
                      f"{worst:.0%} |")
+    lines += ["", "p99 by backend: | strategy | " + " | ".join(
+        b.name.split()[0] for b in backends) + " |", "|---|" + "---:|" * len(backends)]
+    for r in results:
+        cells = []
+        for b in backends:
+            values = sorted(r.by_backend.get(b.address, []))
+            cells.append(f"{values[int(0.99 * len(values))] * 1000:.0f} ms" if values else "-")
+        lines.append(f"| `{r.strategy}` | " + " | ".join(cells) + " |")
     wrr = next((r for r in results if r.weights), None)
     if wrr is not None:
         lines += ["", "Mean `weighted_round_robin` weights (qps / utilization, per client): "
@@ -485,7 +503,7 @@ def chart(backends: list[Backend], results: list[Result], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--hidden", nargs=2, metavar=("PORT", "RATE"), help=argparse.SUPPRESS)
     parser.add_argument("--client", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--service", type=float, default=0.05,
@@ -503,14 +521,18 @@ def main() -> None:
                              "of workers busy")
     parser.add_argument("--warmup", type=float, default=15.0)
     parser.add_argument("--measure", type=float, default=30.0)
+    parser.add_argument("--tau", type=float, default=TAU,
+                        help="seconds of the backends' utilization moving average (default 1)")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES),
+                        help="comma-separated strategies to run (default: all four)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the strategies this many times, alternating the order")
     parser.add_argument("--chart", type=Path, help="write the chart (PNG) there")
     parser.add_argument("--smoke", action="store_true", help="a few seconds (tests)")
     args = parser.parse_args()
     if args.serve:
-        name, port, workers, service, utilization = args.serve
-        serve(name, int(port), int(workers), float(service), utilization)
+        name, port, workers, service, utilization, tau = args.serve
+        serve(name, int(port), int(workers), float(service), utilization, float(tau))
         return
     if args.hidden:
         asyncio.run(hidden(int(args.hidden[0]), float(args.hidden[1])))
@@ -527,7 +549,8 @@ def main() -> None:
     started = time.monotonic()
     load_before = os.getloadavg()[0]
     backends, results = run(service=args.service, load=args.load, hidden_share=args.hidden_share,
-                            utilization=args.utilization,
+                            utilization=args.utilization, tau=args.tau,
+                            strategies=tuple(args.strategies.split(",")),
                             clients=args.clients, warmup=args.warmup, measure=args.measure,
                             rounds=args.rounds, smoke=args.smoke)
     total_capacity = sum(b.capacity for b in backends)
