@@ -3,7 +3,8 @@
 ``GrpcBackend(name)`` serves ``/demo.Echo/{Unary,UStream,SUnary,SStream}``
 and ``grpc.health.v1.Health``. Every response names the backend (so a test
 sees where a call went) and the trailing metadata carries ``backend=<name>``.
-Controls: ``status`` (a ``grpc.StatusCode`` every call is aborted with),
+``port=`` listens on a given port (default: any free one). Controls: ``status`` (a
+``grpc.StatusCode`` every call is aborted with),
 ``delay`` (seconds before answering), ``hold`` (an Event a stream waits for
 before it ends), ``calls`` (method names received) and ``metadata`` (the
 invocation metadata of the last call).
@@ -20,15 +21,25 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
+import clientlb
+
 UNARY = "/demo.Echo/Unary"
 USTREAM = "/demo.Echo/UStream"
 SUNARY = "/demo.Echo/SUnary"
 SSTREAM = "/demo.Echo/SStream"
 
 
+def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
+    """The ``(address, outcome)`` of every outcome ``lb`` reports from now on."""
+    seen: list[tuple[str, clientlb.Outcome]] = []
+    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
+        (state.address, outcome)))
+    return seen
+
+
 class GrpcBackend:
     def __init__(self, name: str, *, credentials: grpc.ServerCredentials | None = None,
-                 workers: int = 8) -> None:
+                 workers: int = 8, port: int = 0) -> None:
         self.name = name
         self.status: grpc.StatusCode | None = None
         self.delay = 0.0
@@ -50,9 +61,9 @@ class GrpcBackend:
 
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if credentials is None:
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
+            self.port = self.server.add_insecure_port(f"127.0.0.1:{port}")
         else:
-            self.port = self.server.add_secure_port("127.0.0.1:0", credentials)
+            self.port = self.server.add_secure_port(f"127.0.0.1:{port}", credentials)
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
 

@@ -51,6 +51,20 @@ def http_backends() -> Iterator[list]:  # type: ignore[type-arg]
             b.close()
 
 
+@pytest.fixture(name="backends")
+def grpc_backends() -> Iterator[list]:  # type: ignore[type-arg]
+    """Three real gRPC servers on loopback, b0..b2 (see ``tests/_grpc_servers.py``); test
+    modules with backends of another kind define their own ``backends``."""
+    from ._grpc_servers import GrpcBackend
+
+    servers = [GrpcBackend(f"b{i}") for i in range(3)]
+    try:
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
 @pytest.fixture(autouse=True)
 def _probes_stay_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
     """Background reconnect probes (clientlb._engine.connectivity) only ever touch

@@ -25,3 +25,12 @@ def test_strategies_demo_shows_peak_ewma_avoiding_the_slow_backend() -> None:
     assert slow_share_rr == 25.0
     assert slow_share_ewma < 5.0
     assert float(rows["peak_ewma"][6]) < float(rows["round_robin"][6]) / 3  # p99
+
+
+def test_control_room_example_mounts_in_starlette_fastapi_and_litestar() -> None:
+    out = run_example("control_room.py")
+    for framework in ("starlette", "fastapi", "litestar"):
+        line = next(x for x in out.splitlines() if x.startswith(framework))
+        assert "200 home, dashboard 200, drain -> draining (draining)" in line
+        assert line.endswith("without the token -> 401")
+    assert out.rstrip().endswith("ok")

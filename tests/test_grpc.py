@@ -6,7 +6,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -17,23 +16,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import clientlb
 import clientlb.grpc
 
-from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend, outcomes_of
 from ._helpers import free_port, wait_until
-
-
-@pytest.fixture
-def backends() -> Iterator[list[GrpcBackend]]:
-    servers = [GrpcBackend(f"b{i}") for i in range(3)]
-    yield servers
-    for s in servers:
-        s.stop()
-
-
-def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
-    seen: list[tuple[str, clientlb.Outcome]] = []
-    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
-        (state.address, outcome)))
-    return seen
 
 
 @pytest.mark.parametrize("strategy", ["round_robin", "random", "least_request", "peak_ewma"])
@@ -522,20 +506,22 @@ def test_channel_follows_srv_changes_and_drains_the_endpoint_that_left(
 def test_the_logical_name_becomes_authority_and_tls_name() -> None:
     """dns:// targets send NAME:PORT as :authority and check NAME in certificates;
     server_name= wins; a bare static list keeps gRPC's default (the address)."""
+    from clientlb._engine.naming import LogicalName
     from clientlb.grpc._common import channel_options, endpoint_target, logical_name
 
     lb = clientlb.LoadBalancer(["127.0.0.1:1"])
     assert logical_name(lb, None) is None
     assert channel_options(None, None) == ()
-    assert logical_name(lb, "users.internal") == "users.internal"
+    assert logical_name(lb, "users.internal") == LogicalName("users.internal")
     named = clientlb.LoadBalancer(["127.0.0.1:1"], name="orders.internal")
-    assert logical_name(named, None) == "orders.internal"
+    assert logical_name(named, None) == LogicalName("orders.internal")
     opts = dict(channel_options([("grpc.max_receive_message_length", 1 << 20)],
-                                "users.internal:50051"))
+                                LogicalName("users.internal", 50051)))
     assert opts == {"grpc.max_receive_message_length": 1 << 20,
                     "grpc.default_authority": "users.internal:50051",
                     "grpc.ssl_target_name_override": "users.internal"}
-    mine = dict(channel_options([("grpc.default_authority", "x")], "users.internal"))
+    mine = dict(channel_options([("grpc.default_authority", "x")],
+                                LogicalName("users.internal")))
     assert mine["grpc.default_authority"] == "x"  # the caller's own option wins
     assert endpoint_target(clientlb.Endpoint("10.0.0.7", 50051)) == "ipv4:10.0.0.7:50051"
     assert endpoint_target(clientlb.Endpoint("::1", 50051)) == "ipv6:[::1]:50051"
@@ -543,7 +529,7 @@ def test_the_logical_name_becomes_authority_and_tls_name() -> None:
     with pytest.raises(clientlb.ConfigError, match="options"):
         channel_options(42, None)  # type: ignore[arg-type]
     dns = clientlb.LoadBalancer("dns://127.0.0.1:1/users.internal:50051")  # never picked
-    assert logical_name(dns, None) == "users.internal:50051"
+    assert logical_name(dns, None) == LogicalName("users.internal", 50051)
     for balancer in (lb, named, dns):
         balancer.close()
 
@@ -609,18 +595,18 @@ def test_calls_never_fail_while_endpoints_leave_and_come_back(
 
 def test_client_streams_skip_an_endpoint_that_just_failed_to_connect(
         backends: list[GrpcBackend]) -> None:
-    """Client-streaming calls cannot be replayed; they avoid an endpoint whose last
-    connection attempt failed (within gRPC's 1 s reconnect backoff) instead."""
+    """Client-streaming calls cannot be replayed; once a call failed to connect to an
+    endpoint, it is in transient failure and picks leave it out (no stream goes there)."""
     dead = f"127.0.0.1:{free_port()}"
     with clientlb.grpc.insecure_channel([dead, backends[0].address], strategy="round_robin",
                                         outlier_detection=None) as channel:
         unary = channel.unary_unary(UNARY)
+        while channel.lb.snapshot().by_address()[dead].failures == 0:
+            unary(b"x", timeout=5)  # until one attempt hit the dead port
         for _ in range(4):
-            failures = channel.lb.snapshot().by_address()[dead].failures
-            while channel.lb.snapshot().by_address()[dead].failures == failures:
-                unary(b"x", timeout=5)  # until one attempt hit the dead port
             assert channel.stream_unary(SUNARY)(iter([b"a"]), timeout=5) == b"b0:1"
             assert list(channel.stream_stream(SSTREAM)(iter([b"a"]), timeout=5)) == [b"a@b0"]
+        assert channel.lb.snapshot().by_address()[dead].failures == 1
 
 
 def test_a_future_can_be_cancelled_and_reports_it(backends: list[GrpcBackend]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -18,23 +17,8 @@ import clientlb
 import clientlb.grpc
 import clientlb.grpc.aio
 
-from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend
+from ._grpc_servers import SSTREAM, SUNARY, UNARY, USTREAM, GrpcBackend, ProcessBackend, outcomes_of
 from ._helpers import free_port
-
-
-@pytest.fixture
-def backends() -> Iterator[list[GrpcBackend]]:
-    servers = [GrpcBackend(f"b{i}") for i in range(3)]
-    yield servers
-    for s in servers:
-        s.stop()
-
-
-def outcomes_of(lb: clientlb.LoadBalancer) -> list[tuple[str, clientlb.Outcome]]:
-    seen: list[tuple[str, clientlb.Outcome]] = []
-    lb.add_outcome_listener(lambda state, outcome, latency, now: seen.append(
-        (state.address, outcome)))
-    return seen
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> None:

@@ -53,6 +53,7 @@ from ._strategies import (
     Strategy,
     WeightedRoundRobin,
 )
+from ._subset import Aperture, RandomSubset, SubsetSnapshot
 from ._tcp import (
     BalancedSocket,
     BalancedSSLSocket,
@@ -67,6 +68,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "Aperture",
     "AsyncHTTPTransport",
     "BalancedSSLSocket",
     "BalancedSocket",
@@ -98,6 +100,7 @@ __all__ = [
     "Pick",
     "Picker",
     "Random",
+    "RandomSubset",
     "Registry",
     "Resolver",
     "ResolverStats",
@@ -107,6 +110,7 @@ __all__ = [
     "RoundRobin",
     "SlowStart",
     "Strategy",
+    "SubsetSnapshot",
     "SuccessRate",
     "Target",
     "Telemetry",

@@ -72,8 +72,10 @@ TCP handshake plus TLS handshake, the closest thing a raw connection has to a
 round trip, and what a slow or overloaded host stretches first. It is
 reported when the connection closes (one pick, one ``done``). The outcome is
 success unless the application said otherwise with ``set_outcome()`` (a
-protocol error it saw on the connection) or, for asyncio, the transport was
-lost with an error (a reset), which is a ``FAILURE``.
+protocol error it saw on the connection), a read or write on the socket failed
+(a reset or a broken pipe is a ``FAILURE``, a socket timeout a ``TIMEOUT``) or,
+for asyncio, the transport was lost with an error (a reset), a ``FAILURE`` —
+the same outcomes for both, as the conformance matrix checks.
 
 Socket timeout: like :func:`socket.create_connection`, the returned socket
 keeps ``timeout`` as its timeout for later reads and writes; call
@@ -143,7 +145,28 @@ def _tracked(sock: object) -> Completion:
     return lease
 
 
-class CompletionMixin:
+def _io_failed(sock: object, exc: OSError) -> None:
+    lease = _lease_of(sock)
+    if lease is not None and lease.outcome is Outcome.SUCCESS:
+        lease.outcome = (Outcome.TIMEOUT if isinstance(exc, TimeoutError)
+                         else Outcome.FAILURE)
+
+
+def _watched(name: str) -> Callable[..., Any]:
+    """A socket method that records a failed read or write as the connection's outcome."""
+
+    def method(self: _TrackedMixin, *args: Any) -> Any:
+        try:
+            return getattr(super(_TrackedMixin, self), name)(*args)
+        except OSError as exc:
+            _io_failed(self, exc)
+            raise
+
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+class _TrackedMixin:
     """What both balanced socket classes add to theirs: see :class:`BalancedSocket`."""
 
     __slots__ = ()
@@ -160,6 +183,14 @@ class CompletionMixin:
         """The outcome reported when the connection closes (default: success)."""
         _set_outcome(_lease_of(self), outcome)
 
+    # Reads and writes that fail tell the balancer the connection failed (a reset, a
+    # broken pipe, a timeout): the outcome reported when the socket closes. The methods
+    # of the socket class after this one do the I/O.
+    recv = _watched("recv")
+    recv_into = _watched("recv_into")
+    send = _watched("send")
+    sendall = _watched("sendall")
+
     def close(self) -> None:
         try:
             super().close()  # type: ignore[misc]  # the socket class after this one
@@ -169,7 +200,7 @@ class CompletionMixin:
                 lease.finish()
 
 
-class BalancedSocket(CompletionMixin, socket.socket):
+class BalancedSocket(_TrackedMixin, socket.socket):
     """A connected ``socket.socket`` whose ``close()`` completes its balancer pick.
 
     ``endpoint`` is the backend it is connected to, ``connect_latency`` the
@@ -184,7 +215,7 @@ class BalancedSocket(CompletionMixin, socket.socket):
     _clientlb_lease: Completion | None
 
 
-class BalancedSSLSocket(CompletionMixin, _ssl.SSLSocket):
+class BalancedSSLSocket(_TrackedMixin, _ssl.SSLSocket):
     """A TLS ``ssl.SSLSocket`` whose ``close()`` completes its balancer pick.
 
     Same attributes as :class:`BalancedSocket`.

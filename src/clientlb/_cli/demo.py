@@ -21,6 +21,11 @@ With the HTTP integration (``clientlb.AsyncHTTPTransport``) a ``503`` of
 ``flaky`` is retried on another backend (``retries``), so errors stay near
 zero, and outlier detection ejects ``flaky`` after its first burst of
 failures (``ejections``), so its share drops for every strategy.
+
+While it runs, the control room (``clientlb.admin``, when the ``admin`` extra
+is installed) shows the balancer of the strategy being raced, live, at the
+address printed first (``--no-dashboard`` turns it off); with
+``CLIENTLB_ADMIN_TOKEN`` set, its drain and weight buttons work too.
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._core.balancer import LoadBalancer
 from .._core.outcome import Outcome
 from .._core.state import EndpointState
+from .._ops.registry import Registry
 from .._strategies import STRATEGIES
 
 if TYPE_CHECKING:
@@ -280,15 +286,20 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
         if not os.path.isdir(folder):  # say so now, not after the whole run
             raise CLIError(f"--plot: the directory {folder} does not exist")
     _show_warnings(out)
+    registry = Registry(telemetry=False)
+    dashboard = _dashboard(registry, args, out) if getattr(args, "dashboard", False) else None
     backends = _Backends()
     try:
         out.print("backends on 127.0.0.1: " + ", ".join(
             f"{name} :{port}" for name, port in backends.ports.items()))
         out.print(f"{args.concurrency} requests in flight, {args.duration / len(strategies):.1f}"
                   " s per strategy\n")
-        runs = asyncio.run(_race(strategies, backends, args, out))
+        runs = asyncio.run(_race(strategies, backends, args, out, registry))
     finally:
         backends.close()
+        if dashboard is not None:
+            dashboard.close()
+        registry.close()
     out.print(_table(runs, list(BACKENDS), "comparison: % of attempts per backend, client "
                                            "latency in ms"))
     finished = [r for r in runs if r.latencies]
@@ -302,6 +313,21 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
         plot(runs, args.plot)
         out.print(f"chart written to {args.plot}")
     return 0
+
+
+def _dashboard(registry: Registry, args: argparse.Namespace, out: Console) -> Any:
+    """Serve the control room over the demo's balancers; None without the admin extra."""
+    try:
+        from ..admin._serve import TOKEN_ENV, BackgroundServer
+    except ImportError:
+        out.print("(no dashboard: pip install 'clientlb[admin]' to watch the demo live)")
+        return None
+    token = os.environ.get(TOKEN_ENV, "").strip() or None
+    server = BackgroundServer(registry, port=args.dashboard_port, token=token)
+    access = "drain and weights need the token" if token else \
+        f"read-only; set {TOKEN_ENV} to act"
+    out.print(f"dashboard: {server.url} (live while the demo runs; {access})", soft_wrap=True)
+    return server
 
 
 def _show_warnings(out: Console) -> None:
@@ -319,7 +345,7 @@ def _show_warnings(out: Console) -> None:
 
 
 async def _race(strategies: list[str], backends: _Backends, args: argparse.Namespace,
-                out: Console) -> list[Run]:
+                out: Console, registry: Registry) -> list[Run]:
     from rich.live import Live
 
     per = args.duration / len(strategies)
@@ -331,7 +357,7 @@ async def _race(strategies: list[str], backends: _Backends, args: argparse.Names
         for strategy in strategies:
             run = Run(strategy)
             runs.append(run)
-            lb = LoadBalancer(addresses, strategy=strategy, name="demo")
+            lb = registry.create(f"demo-{strategy}", addresses, strategy=strategy)
             await lb.wait_ready_async()
             task = asyncio.create_task(_drive(run, lb, backends.names, per, args.concurrency))
             started = time.perf_counter()
@@ -340,5 +366,5 @@ async def _race(strategies: list[str], backends: _Backends, args: argparse.Names
                 live.update(_table(runs, names, f"running {strategy}"))
                 await asyncio.wait({task}, timeout=0.25)
             await task
-            await lb.aclose()
+            await registry.adelete(f"demo-{strategy}", timeout=0)
     return runs

@@ -5,6 +5,7 @@
     clientlb resolve dns:///users.internal:8080 --watch
     clientlb check static://10.0.0.1:80,10.0.0.2:80 --http /healthz
     clientlb config clientlb.toml
+    clientlb serve clientlb.toml --port 9901       # the control room (clientlb[admin])
     clientlb demo --duration 20 --plot strategies.png
 
 Exit status (as ``curl`` and ``dig`` users expect from a diagnostic tool):
@@ -86,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="validate a TOML/JSON configuration file")
     p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
 
+    p = sub.add_parser("serve", help="run the balancers of a configuration file with the "
+                       "control room (dashboard and HTTP API)")
+    p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=9901, help="port (default 9901; 0: any free)")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="file holding the admin token every change needs (default: the "
+                   "CLIENTLB_ADMIN_TOKEN environment variable; without either, read-only)")
+    p.add_argument("--read-requires-token", action="store_true",
+                   help="require the token to read the API and /metrics too")
+    p.add_argument("--traffic", type=float, default=0.0, metavar="N",
+                   help="send N synthetic HTTP GET a second through each service (default 0)")
+    p.add_argument("--traffic-path", default="/", metavar="PATH",
+                   help="the path of the synthetic requests (default /)")
+
     p = sub.add_parser("demo", help="race the strategies over local slow and flaky backends")
     p.add_argument("--duration", type=float, default=24.0, metavar="S",
                    help="total seconds of traffic, shared by the strategies (default 24)")
@@ -93,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated strategy names")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--plot", metavar="FILE.png", help="write a latency chart (matplotlib)")
+    p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                   help="do not serve the control room while the demo runs")
+    p.add_argument("--dashboard-port", type=int, default=9901, metavar="PORT",
+                   help="the control room's port on 127.0.0.1 (default 9901; another free "
+                   "one when taken)")
     return parser
 
 
@@ -116,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check(args, out)
         if args.command == "config":
             return config(args, out)
+        if args.command == "serve":
+            return serve(args)
         from .demo import run_demo
 
         return run_demo(args, out)
@@ -225,6 +249,36 @@ def config(args: argparse.Namespace, out: Console) -> int:
     out.print(table)
     out.print("configuration OK")
     return EXIT_OK
+
+
+# -- serve --------------------------------------------------------------------------------
+
+def serve(args: argparse.Namespace) -> int:
+    """Run the control room (clientlb.admin) over the balancers of a configuration file."""
+    import logging
+
+    try:
+        from ..admin._serve import serve as run_serve
+    except ImportError:
+        raise CLIError("clientlb serve needs the admin extra: pip install "
+                       "'clientlb[admin]'") from None
+    if args.traffic < 0:
+        raise CLIError(f"--traffic must be >= 0 requests a second, got {args.traffic:g}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("clientlb")
+    level, propagate = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return run_serve(args.file, host=args.host, port=args.port, token_file=args.token_file,
+                         read_requires_token=args.read_requires_token, traffic=args.traffic,
+                         traffic_path=args.traffic_path, out=sys.stdout)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+        log.propagate = propagate
 
 
 # -- check --------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from .._resolvers.base import Resolver, create_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
+from .._subset.config import SubsetConfig, check_subset
+from .._subset.subsetter import SubsetSnapshot, Subsetter
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from .errors import ClientLBError, ConfigError, NoEndpointAvailable
 from .outcome import Outcome
@@ -186,6 +188,9 @@ class EndpointSnapshot:
     requests: int
     failures: int
     connectivity: str = "idle"
+    #: False for an endpoint outside this client's subset (``subset=``): discovered,
+    #: never picked. True for every endpoint without subsetting.
+    in_subset: bool = True
     #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
     #: (the mean of the others' while it has none); None with other strategies.
     load_weight: float | None = None
@@ -205,6 +210,8 @@ class BalancerSnapshot:
     mode: str  # "normal", "panic", "empty", "waiting" (first resolution), "closed"
     endpoints: tuple[EndpointSnapshot, ...]
     version: int
+    #: The subset (size, aperture width, widening, place) with ``subset=``; else None.
+    subset: SubsetSnapshot | None = None
 
     def by_address(self) -> dict[str, EndpointSnapshot]:
         return {e.address: e for e in self.endpoints}
@@ -251,6 +258,9 @@ class LoadBalancer:
         retry: the :class:`RetryPolicy` of the HTTP and gRPC integrations
             (default ``RetryPolicy()``); ``None`` turns retries off. The
             balancer keeps its own retry budget, ``lb.retry_budget``.
+        subset: :class:`Aperture` or :class:`RandomSubset` to use only a
+            subset of the endpoints (large fleets); None (default) uses all.
+            See docs/architecture.md, "Subsetting".
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
@@ -275,6 +285,7 @@ class LoadBalancer:
         max_requests: int | None = None,
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        subset: SubsetConfig | None = None,
     ) -> None:
         self._target = parse_target(target)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -326,9 +337,13 @@ class LoadBalancer:
             max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
         self._circuit = self._health.circuit
         self._connectivity = ConnectivityTracker(self)
+        # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
+        self._subsetter = self._new_subsetter(check_subset(subset))
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
         self._start_resolver()
         self._health.start()
+        if self._subsetter is not None:
+            self._subsetter.start()
 
     # -- resolver side ------------------------------------------------------------------
 
@@ -410,14 +425,23 @@ class LoadBalancer:
         return self._health.select(states, now)
 
     def _current_states(self) -> list[EndpointState]:
-        """The states of the current endpoint set, in its order (draining ones excluded)."""
+        """The states of the current endpoint set, in its order (draining ones excluded);
+        with ``subset=``, only those of this client's subset. Safe without the lock
+        (the health checker lists its probe targets so): a state not there yet is left out."""
         states = self._states
-        return [states[ep.address] for ep in self._endpoint_set]
+        current = [s for ep in self._endpoint_set if (s := states.get(ep.address)) is not None]
+        subsetter = self._subsetter
+        return current if subsetter is None else subsetter.members(current)
 
     def _rebuild_locked(self, now: float) -> None:
         if self._weight_overrides:
             self._apply_weight_overrides_locked()
-        states = self._current_states()
+        subsetter = self._subsetter
+        if subsetter is not None:  # the subset first: health and strategy see only it
+            states = subsetter.update([self._states[ep.address] for ep in self._endpoint_set],
+                                      now)
+        else:
+            states = self._current_states()
         # Connectivity: endpoints that cannot be connected to are left out while
         # another one may take calls (clientlb._engine.connectivity).
         usable = [s for s in states if s.connectivity not in UNUSABLE]
@@ -428,6 +452,8 @@ class LoadBalancer:
         else:
             chosen, weights, mode = self._select(states, now)
         self._mode = mode
+        if subsetter is not None:  # the aperture's overlap weights
+            weights = subsetter.scale(chosen, weights)
         self._weights = {s.address: w for s, w in zip(chosen, weights, strict=True)}
         if chosen:
             self._picker = self._strategy.build(chosen, weights, self._rng)
@@ -516,6 +542,11 @@ class LoadBalancer:
     def draining_states(self) -> list[EndpointState]:
         """For the health layer: endpoints discovery removed, calls still in flight."""
         return list(self._draining.values())
+
+    def states_in_use(self) -> list[EndpointState]:
+        """For the health layer: :meth:`endpoint_states` narrowed to this client's subset
+        (``subset=``; docs/architecture.md, "Subsetting"); all of them without one."""
+        return self._current_states()
 
     # -- picking --------------------------------------------------------------------------
 
@@ -680,6 +711,29 @@ class LoadBalancer:
     def set_local_zone(self, local_zone: str | None) -> None:
         self._health.set_option("local_zone", local_zone)
 
+    def _new_subsetter(self, subset: SubsetConfig | None) -> Subsetter | None:
+        if subset is None:
+            return None
+        return Subsetter(subset, name=self.name, rng=self._rng, on_place_change=self.rebuild)
+
+    def set_subset(self, subset: SubsetConfig | None) -> None:
+        """Replace the subset live (``None``: every endpoint again); in-flight calls finish.
+
+        Raises:
+            ConfigError: not an Aperture, a RandomSubset or None; an aperture
+                whose place cannot be found.
+        """
+        new = self._new_subsetter(check_subset(subset))
+        with self._lock:
+            old, self._subsetter = self._subsetter, new
+            closed = self._closed
+            if not closed:
+                self._rebuild_locked(self._clock())
+        if old is not None:
+            old.close()
+        if new is not None and not closed:
+            new.start()
+
     def health_statistics(self) -> dict[str, int]:
         """Health counters since creation (ejections by detector, probes,
         transitions, panics, circuit-breaker rejections, re-resolution requests)
@@ -705,9 +759,11 @@ class LoadBalancer:
                 self._row(state, now)
                 for state in (*self._states.values(), *self._draining.values())
             ]
+            subsetter = self._subsetter
             return BalancerSnapshot(
                 name=self.name, target=str(self._target), strategy=self._strategy.name,
                 mode=self.mode, endpoints=tuple(rows), version=self._endpoint_set.version,
+                subset=subsetter.snapshot() if subsetter is not None else None,
             )
 
     def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:
@@ -723,6 +779,7 @@ class LoadBalancer:
             requests=load.requests,
             failures=load.failures,
             connectivity=state.connectivity.value,
+            in_subset=self._subsetter is None or self._subsetter.contains(state.address),
             load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
@@ -880,6 +937,8 @@ class LoadBalancer:
             self._picker = None
         self._resolver.close()
         self._health.close()
+        if self._subsetter is not None:
+            self._subsetter.close()
         self._set_ready()
 
     async def aclose(self) -> None:
@@ -890,6 +949,8 @@ class LoadBalancer:
             self._picker = None
         await self._resolver.aclose()
         await self._health.aclose()
+        if self._subsetter is not None:
+            await self._subsetter.aclose()
         self._set_ready()
 
     @property

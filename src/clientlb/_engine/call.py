@@ -213,6 +213,19 @@ class LogicalCall:
         record_retry(lb, attempt=len(self.tried) + 1, reason=reason, endpoint=address)
         return delay
 
+    def can_fail_over(self, address: str) -> bool:
+        """Could an attempt on ``address`` that never reaches a backend be followed by
+        one on another endpoint? (Rule 2 of :meth:`after_failure`, asked beforehand: a
+        call that cannot be replayed waits for a connection only when it may move on.)"""
+        if self.policy is None:
+            return False
+        left = self.remaining()
+        if left is not None and left <= 0:
+            return False
+        if self.max_unreached is not None and self.unreached >= self.max_unreached:
+            return False
+        return len(self.tried_addresses() | {address}) < len(self.lb.endpoints())
+
     def take_hedge(self, attempt: int) -> bool:
         """Pay one hedged attempt from the retry budget; False when it is spent."""
         budget = self.budget
@@ -227,6 +240,8 @@ class LogicalCall:
         tried = self.tried
         note = f"; {self.note}" if self.note else ""
         name = self.lb.name
+        if not tried:
+            return f"{first_line} (service {name!r}{note})"
         if len(tried) == 1:
             return f"{first_line} (service {name!r}, endpoint {tried[0][0]}{note})"
         steps = "; ".join(f"{a} → {d}" for a, d in tried)

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from .._core.endpoint import Endpoint
     from .._core.state import EndpointState
 
-__all__ = ["Connectivity", "ConnectivityTracker", "Probe", "tcp_probe"]
+__all__ = ["Connectivity", "ConnectivityTracker", "Probe", "call_later", "tcp_probe"]
 
 logger = logging.getLogger("clientlb.connectivity")
 
@@ -131,6 +131,12 @@ class _Scheduler:
 def _get_scheduler() -> _Scheduler:
     """The process-wide scheduler, created on first use (its thread on first probe)."""
     return _Scheduler()
+
+
+def call_later(delay: float, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in ``delay`` seconds on the engine's shared timer thread (its pool of
+    four workers): for integrations' backoffs and hedge delays, without a thread each."""
+    _get_scheduler().call_later(delay, fn)
 
 
 class ConnectivityTracker:

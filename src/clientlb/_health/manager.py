@@ -374,7 +374,7 @@ class HealthManager:
         if state.ejected_until is not None and now < state.ejected_until:
             return False
         lb = self._lb
-        live = [s for s in lb.endpoint_states() if not s.draining]
+        live = [s for s in lb.states_in_use() if not s.draining]  # the subset's, if any
         ejected = sum(1 for s in live if s.ejected_until is not None and now < s.ejected_until)
         if not outlier.may_eject(ejected, len(live)):
             self.counters["ejections_overflow"] += 1
@@ -445,8 +445,9 @@ class HealthManager:
     # -- active health checks -------------------------------------------------------------
 
     def probe_targets(self) -> list[EndpointState]:
-        """The endpoints to probe: every discovered one not draining (any thread)."""
-        return [s for s in self._lb.endpoint_states() if not s.draining]
+        """The endpoints to probe: every discovered one not draining (any thread);
+        with ``subset=``, those of the subset only (docs/architecture.md, "Subsetting")."""
+        return [s for s in self._lb.states_in_use() if not s.draining]
 
     def on_probe(self, state: EndpointState, ok: bool, detail: str,
                  source: HealthChecker | None = None) -> None:

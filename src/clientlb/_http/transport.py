@@ -67,7 +67,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, NoReturn, TypeVar
 
 import anyio
 import httpcore
@@ -414,13 +414,12 @@ class _Router(Generic[P]):
         with self._lock:
             return [r for shards in self._routes.values() for r in shards]
 
-    def release(self, route: _Route[P]) -> P | None:
-        """One response on ``route`` ended; its pool when it is now to be closed."""
+    def release(self, route: _Route[P]) -> None:
+        """One response on ``route`` ended; a retired pool now idle goes to ``to_close``."""
         with self._lock:
             route.in_flight -= 1
             if route.retiring and route.in_flight == 0:
-                return route.pool
-        return None
+                self.to_close.append(route.pool)
 
     def all_pools(self) -> list[P]:
         with self._lock:
@@ -453,6 +452,12 @@ class _Router(Generic[P]):
 
     def attempt(self, call: _Call) -> _Attempt[P]:
         """Pick an endpoint (avoiding those tried) and build the httpcore request."""
+        if call.deadline_at is not None:
+            left = call.remaining()
+            if left is not None and left <= 0:  # checked before a pick is in flight
+                call.note = "deadline exceeded"
+                raise httpx.TimeoutException(call.describe_failure(
+                    "deadline exceeded before an attempt"), request=call.request)
         try:
             pick = call.pick()
         except NoEndpointAvailable as exc:
@@ -487,11 +492,7 @@ class _Router(Generic[P]):
     @staticmethod
     def _bounded(call: _Call, extensions: dict[str, Any]) -> dict[str, Any]:
         """httpx's timeouts for one attempt, none longer than the call's time left."""
-        left = call.remaining()
-        assert left is not None
-        if left <= 0:
-            raise httpx.TimeoutException(call.describe_failure(
-                "deadline exceeded before the attempt"), request=call.request)
+        left = max(call.remaining() or 0.0, 0.001)
         timeout = dict(extensions.get("timeout") or {})
         for phase in ("connect", "read", "write", "pool"):
             value = timeout.get(phase)
@@ -505,10 +506,7 @@ class _Router(Generic[P]):
     def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
         """An attempt raised: report it; the delay before a retry, or raise the final error."""
         cls, outcome, reached = classify_exception(exc)
-        retired = attempt.finish(outcome)
-        if retired is not None:
-            with self._lock:
-                self.to_close.append(retired)
+        attempt.finish(outcome)
         if cls is None:
             raise exc  # not an I/O error (a bug, a cancellation): as it is
         retryable = cls not in _NOT_RETRIED and (call.body is None or not reached)
@@ -566,14 +564,15 @@ class _Router(Generic[P]):
         return httpx.Response(status_code=resp.status, headers=headers, stream=stream,
                               extensions=extensions)
 
-    def body_error(self, attempt: _Attempt[P], exc: BaseException) -> BaseException:
-        """An error while reading a response body: record it, map it to httpx."""
+    @staticmethod
+    def body_error(attempt: _Attempt[P], exc: BaseException) -> NoReturn:
+        """An error while reading a response body: record it, raise it as httpx's."""
         cls, outcome, _ = classify_exception(exc)
         if outcome is not Outcome.CANCELLED or attempt.outcome is _SUCCESS:
             attempt.outcome = outcome
         if cls is None:
-            return exc
-        return cls(str(exc))
+            raise exc
+        raise cls(str(exc)) from exc
 
     def describe(self, kind: str) -> str:
         pools, in_flight = self.stats()
@@ -589,60 +588,101 @@ def _resolve_lb(lb: LoadBalancer | str | Iterable[str | Endpoint]) -> tuple[Load
     return LoadBalancer(lb), True
 
 
-# -- sync ---------------------------------------------------------------------------------------
-
 _DRAIN_LIMIT = 65536  # bytes read from a retried error response to keep its connection
 
 
-class _SyncResponseStream(httpx.SyncByteStream):
+class _Drain:
+    """Counts what is read of a retried error response, up to ``_DRAIN_LIMIT``."""
+
+    __slots__ = ("read",)
+
+    def __init__(self) -> None:
+        self.read = 0
+
+    def enough(self, chunk: bytes) -> bool:
+        self.read += len(chunk)
+        return self.read > _DRAIN_LIMIT
+
+
+class _Body:
+    """What the sync and async response streams share: the attempt they complete."""
+
     __slots__ = ("_attempt", "_closed", "_router", "_stream")
 
-    def __init__(self, router: _Router[httpcore.ConnectionPool], attempt: _Attempt[Any],
-                 stream: Iterable[bytes]) -> None:
+    def __init__(self, router: _Router[Any], attempt: _Attempt[Any], stream: Any) -> None:
         self._router = router
         self._attempt = attempt
         self._stream = stream
         self._closed = False
 
+    def _closing(self) -> bool:
+        """True the first time the stream is closed (then the attempt completes)."""
+        closing, self._closed = not self._closed, True
+        return closing
+
+
+class _Transport:
+    """The constructor, ``lb`` and ``repr`` of both transports (see HTTPTransport)."""
+
+    _pool_class: ClassVar[Callable[..., Any]]
+
+    def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
+                 server_name: str | None = None, hash_key: HashKey | None = None,
+                 affinity: Affinity | None = None, pool_shards: int = 4,
+                 deadline: float | None = None, **options: Any) -> None:
+        kwargs = _pool_kwargs(options)
+        self._lb, self._owns_lb = _resolve_lb(lb)
+        self._router: _Router[Any] = _Router(
+            self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+            server_name=server_name, hash_key=hash_key, affinity=affinity,
+            pool_shards=pool_shards, deadline=deadline,
+            is_async=self._pool_class is httpcore.AsyncConnectionPool)
+
+    @property
+    def lb(self) -> LoadBalancer:
+        return self._lb
+
+    def __repr__(self) -> str:
+        return self._router.describe(type(self).__name__)
+
+
+# -- sync ---------------------------------------------------------------------------------------
+
+
+def _close(closeable: Any) -> None:
+    close = getattr(closeable, "close", None)
+    if close is not None:
+        close()
+
+
+class _SyncResponseStream(_Body, httpx.SyncByteStream):
+    __slots__ = ()
+
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self._stream
         except Exception as exc:
-            err = self._router.body_error(self._attempt, exc)
-            if err is exc:
-                raise
-            raise err from exc
+            self._router.body_error(self._attempt, exc)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            close = getattr(self._stream, "close", None)
-            if close is not None:
-                close()
-        finally:
-            pool = self._attempt.finish()
-            if pool is not None:
-                pool.close()
+        if self._closing():
+            try:
+                _close(self._stream)
+            finally:
+                self._attempt.finish()
+                self._router.close_retired_sync()
 
 
-def _drain(stream: Any) -> None:
-    read = 0
-    try:
+def _discard(stream: Any) -> None:
+    drain = _Drain()
+    with contextlib.suppress(Exception):  # the attempt failed anyway; the retry decides
         for chunk in stream:
-            read += len(chunk)
-            if read > _DRAIN_LIMIT:
+            if drain.enough(chunk):
                 break
-    except Exception:  # the attempt failed anyway; the retry decides
-        pass
-    finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+    _close(stream)
 
 
-class HTTPTransport(httpx.BaseTransport):
+class HTTPTransport(_Transport, httpx.BaseTransport):
     """An ``httpx.BaseTransport`` that balances every request over ``lb``.
 
     ::
@@ -677,46 +717,29 @@ class HTTPTransport(httpx.BaseTransport):
         ConfigError: an unknown or unsupported option, a bad argument.
     """
 
-    def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
-                 server_name: str | None = None, hash_key: HashKey | None = None,
-                 affinity: Affinity | None = None, pool_shards: int = 4,
-                 deadline: float | None = None, **options: Any) -> None:
-        kwargs = _pool_kwargs(options)
-        self._lb, self._owns_lb = _resolve_lb(lb)
-        self._router: _Router[httpcore.ConnectionPool] = _Router(
-            self._lb, pool_factory=lambda: httpcore.ConnectionPool(**kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, is_async=False, deadline=deadline)
-
-    @property
-    def lb(self) -> LoadBalancer:
-        return self._lb
+    _pool_class = httpcore.ConnectionPool
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         router = self._router
         call = router.begin(request)
+        delay: float | None
         while True:
             attempt = router.attempt(call)
             try:
                 resp = attempt.route.pool.handle_request(attempt.core_request)
             except BaseException as exc:
                 try:
-                    wait = router.failed(call, attempt, exc)
+                    delay = router.failed(call, attempt, exc)
                 finally:
                     router.close_retired_sync()
-                if wait:
-                    time.sleep(wait)
-                continue
-            delay = router.responded(call, attempt, resp)
-            if delay is None:
-                return router.response(call, attempt, resp, _SyncResponseStream(
-                    router, attempt, cast("Iterable[bytes]", resp.stream)))
-            try:
-                _drain(resp.stream)
-            finally:
-                retired = attempt.finish()
-                if retired is not None:
-                    retired.close()
+            else:
+                delay = router.responded(call, attempt, resp)
+                if delay is None:
+                    return router.response(call, attempt, resp,
+                                           _SyncResponseStream(router, attempt, resp.stream))
+                _discard(resp.stream)
+                attempt.finish()
+                router.close_retired_sync()
             if delay:
                 time.sleep(delay)
 
@@ -727,63 +750,46 @@ class HTTPTransport(httpx.BaseTransport):
         if self._owns_lb:
             self._lb.close()
 
-    def __repr__(self) -> str:
-        return self._router.describe("HTTPTransport")
-
 
 # -- async --------------------------------------------------------------------------------------
 
 
-class _AsyncResponseStream(httpx.AsyncByteStream):
-    __slots__ = ("_attempt", "_closed", "_router", "_stream")
+async def _aclose(closeable: Any) -> None:
+    aclose = getattr(closeable, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
-    def __init__(self, router: _Router[httpcore.AsyncConnectionPool], attempt: _Attempt[Any],
-                 stream: Any) -> None:
-        self._router = router
-        self._attempt = attempt
-        self._stream = stream
-        self._closed = False
+
+class _AsyncResponseStream(_Body, httpx.AsyncByteStream):
+    __slots__ = ()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for chunk in self._stream:
                 yield chunk
         except Exception as exc:
-            err = self._router.body_error(self._attempt, exc)
-            if err is exc:
-                raise
-            raise err from exc
+            self._router.body_error(self._attempt, exc)
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            aclose = getattr(self._stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        finally:
-            pool = self._attempt.finish()
-            if pool is not None:
-                await pool.aclose()
+        if self._closing():
+            try:
+                await _aclose(self._stream)
+            finally:
+                self._attempt.finish()
+                for pool in self._router.take_retired():
+                    await pool.aclose()
 
 
-async def _adrain(stream: Any) -> None:
-    read = 0
-    try:
+async def _adiscard(stream: Any) -> None:
+    drain = _Drain()
+    with contextlib.suppress(Exception):  # the attempt failed anyway; the retry decides
         async for chunk in stream:
-            read += len(chunk)
-            if read > _DRAIN_LIMIT:
+            if drain.enough(chunk):
                 break
-    except Exception:  # the attempt failed anyway; the retry decides
-        pass
-    finally:
-        aclose = getattr(stream, "aclose", None)
-        if aclose is not None:
-            await aclose()
+    await _aclose(stream)
 
 
-class AsyncHTTPTransport(httpx.AsyncBaseTransport):
+class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
     """An ``httpx.AsyncBaseTransport`` that balances every request over ``lb``.
 
     The asyncio (or trio) twin of :class:`HTTPTransport`, with the same
@@ -793,22 +799,9 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             await client.get("http://users/v1/me")
     """
 
-    def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
-                 server_name: str | None = None, hash_key: HashKey | None = None,
-                 affinity: Affinity | None = None, pool_shards: int = 4,
-                 deadline: float | None = None, **options: Any) -> None:
-        kwargs = _pool_kwargs(options)
-        self._lb, self._owns_lb = _resolve_lb(lb)
-        self._router: _Router[httpcore.AsyncConnectionPool] = _Router(
-            self._lb, pool_factory=lambda: httpcore.AsyncConnectionPool(**kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, is_async=True, deadline=deadline)
-        self._ready = False
-        self._closers: set[asyncio.Task[None]] = set()
-
-    @property
-    def lb(self) -> LoadBalancer:
-        return self._lb
+    _pool_class = httpcore.AsyncConnectionPool
+    _ready = False  # the balancer answered its first resolution
+    _closers: set[asyncio.Task[None]] | None = None
 
     def _watch_retired(self) -> None:
         """Close retired pools on this event loop as soon as a diff retires them."""
@@ -816,11 +809,13 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not asyncio (trio): pools close at the next request
             return
+        closers: set[asyncio.Task[None]] = set()
+        self._closers = closers
 
         def close_soon() -> None:
             task = loop.create_task(self._close_retired())
-            self._closers.add(task)
-            task.add_done_callback(self._closers.discard)
+            closers.add(task)
+            task.add_done_callback(closers.discard)
 
         def wake() -> None:
             with contextlib.suppress(RuntimeError):  # the loop is closed
@@ -840,32 +835,23 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
             self._ready = self._lb.mode != "waiting"
             if router.on_retired is None:
                 self._watch_retired()
-        if router.to_close:
-            await self._close_retired()
         call = router.begin(request)
+        delay: float | None
         while True:
+            if router.to_close:
+                await self._close_retired()
             attempt = router.attempt(call)
             try:
                 resp = await attempt.route.pool.handle_async_request(attempt.core_request)
             except BaseException as exc:
-                try:
-                    wait = router.failed(call, attempt, exc)
-                finally:
-                    if router.to_close:
-                        await self._close_retired()
-                if wait:
-                    await anyio.sleep(wait)
-                continue
-            delay = router.responded(call, attempt, resp)
-            if delay is None:
-                return router.response(call, attempt, resp,
-                                       _AsyncResponseStream(router, attempt, resp.stream))
-            try:
-                await _adrain(resp.stream)
-            finally:
-                retired = attempt.finish()
-                if retired is not None:
-                    await retired.aclose()
+                delay = router.failed(call, attempt, exc)
+            else:
+                delay = router.responded(call, attempt, resp)
+                if delay is None:
+                    return router.response(call, attempt, resp,
+                                           _AsyncResponseStream(router, attempt, resp.stream))
+                await _adiscard(resp.stream)
+                attempt.finish()
             if delay:
                 await anyio.sleep(delay)
 
@@ -875,6 +861,3 @@ class AsyncHTTPTransport(httpx.AsyncBaseTransport):
         self._lb.remove_listener(self._router.listener)
         if self._owns_lb:
             await self._lb.aclose()
-
-    def __repr__(self) -> str:
-        return self._router.describe("AsyncHTTPTransport")

@@ -20,6 +20,10 @@ The format (TOML shown; JSON has the same shape)::
     attempts = 3
     budget = { ratio = 0.2 }
 
+    [services.users.subset]             # subsetting; false = every endpoint (the default)
+    kind = "aperture"                   # clientlb.Aperture(**rest), or "random": RandomSubset
+    peers = "consul:///web"             # or client_index/client_count, or the environment
+
 ``target`` may also be a list of ``"host:port"`` strings or of endpoint tables
 (``{ host = "10.0.0.1", port = 80, weight = 2 }``).
 
@@ -33,7 +37,8 @@ starts with the dotted path of the offending value
 Sections map onto the public classes by name — ``health_check`` →
 :class:`clientlb.HealthCheck`, ``outlier_detection`` →
 :class:`clientlb.OutlierDetection`, ``retry`` → :class:`clientlb.RetryPolicy`,
-``slow_start`` → ``clientlb.SlowStart`` — and every other key to the
+``slow_start`` → ``clientlb.SlowStart``, ``subset`` → ``clientlb.Aperture`` or
+``clientlb.RandomSubset`` by its ``kind`` — and every other key to the
 :class:`~clientlb.LoadBalancer` argument of the same name; a key the installed
 version's ``LoadBalancer`` does not take is unknown. Nested tables build the
 nested classes (``retry.budget`` → ``RetryBudget``), found from type hints.
@@ -56,6 +61,7 @@ from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError
 from .._core.target import parse_target
 from .._strategies import STRATEGIES, Strategy
+from .._subset.config import subset_option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -158,6 +164,8 @@ def option_value(key: str, value: Any, path: str) -> Any:
     """Turn one config value into the object the ``LoadBalancer`` argument takes."""
     if key == "strategy":
         return _strategy(value, path)
+    if key == "subset":
+        return subset_option(value, path)
     class_name = SECTION_CLASSES.get(key)
     if class_name is None:
         return value

@@ -17,7 +17,7 @@ in-flight calls finish where they are, and load metrics carry over. What can
 change live: ``strategy`` (a new picker over the same endpoint states),
 ``weights``, ``retry``, and every option the balancer has a ``set_<option>``
 method for — ``health_check``, ``outlier_detection``, ``panic_threshold``,
-``slow_start``, ``local_zone``; other options (``target``,
+``slow_start``, ``local_zone``, ``subset``; other options (``target``,
 ``first_resolution_timeout``, ...) raise :class:`~clientlb.ConfigError` naming
 the option, instead of being ignored.
 
@@ -40,6 +40,7 @@ from typing import Any
 from .._core.balancer import BalancerSnapshot, LoadBalancer
 from .._core.errors import ConfigError
 from .._core.target import parse_target
+from .._subset.config import subset_option
 from .config import load_config, option_value, parse_config, repath
 from .telemetry import Telemetry, default_telemetry
 
@@ -184,8 +185,8 @@ class Registry:
         ``Strategy``); ``retry=`` replaces the retry policy (and budget);
         ``weights={"host:port": w}`` overrides endpoint weights;
         ``health_check=``, ``outlier_detection=``, ``panic_threshold=``,
-        ``slow_start=``, ``local_zone=`` (objects, tables, or ``False`` for
-        off) go to the balancer's ``set_<option>()`` method. Every change is
+        ``slow_start=``, ``local_zone=``, ``subset=`` (objects, tables, or
+        ``False`` for off) go to the balancer's ``set_<option>()`` method. Every change is
         validated before any is applied.
 
         Raises:
@@ -226,6 +227,12 @@ class Registry:
                     lb.set_weight(address, weight)
 
             return set_weights
+        if key == "subset":
+            from .._subset.peers import check_place
+
+            subset = subset_option(value, key)
+            check_place(subset)  # an aperture's place is found now, not halfway through
+            return lambda: lb.set_subset(subset)
         obj = value if not isinstance(value, (Mapping, bool)) else option_value(key, value, key)
         setter = getattr(lb, f"set_{key}", None)
         if callable(setter):

@@ -10,10 +10,12 @@
     stub.Get(users_pb2.GetRequest(id=7))
 
 The returned object *is* a ``grpc.Channel``: it keeps one grpcio channel per
-endpoint and picks an endpoint for every call (see ``_channel`` for the
-mechanics, ``_common`` for how status codes become outcomes, and
-``clientlb.grpc.aio`` for ``grpc.aio``). grpcio is an optional extra:
-``pip install clientlb[grpc]``.
+endpoint and picks an endpoint for every call. Every call, sync or
+``clientlb.grpc.aio``, is driven by one policy state machine on the call engine
+(``_policy``: retries, hedging and transparent retry as gRFC A6;
+docs/architecture.md, "Integrations"); ``_pool`` holds the sub-channels,
+``_channel`` and ``aio`` only do the I/O, ``_common`` turns status codes into
+outcomes. grpcio is an optional extra: ``pip install clientlb[grpc]``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from typing import Any
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
-from .._core.errors import ConfigError
 from ._channel import BalancedChannel
 from ._common import (
     DEFAULT_FAILURE_CODES,
@@ -91,10 +92,11 @@ def insecure_channel(
             idempotent methods).
         max_attempts: attempts in all, first included, for ``retryable_codes``
             (gRFC A6, 1..5); default the balancer's ``RetryPolicy.attempts``
-            (3), capped at 5. Backoff and budget are the balancer's.
+            (3), capped at 5. Backoff and budget are the balancer's, read when
+            each call starts (``Registry.update(retry=...)`` reaches the channel).
         transparent_retries: how many times a call that never reached a
-            server (connect failure) is sent to another endpoint (default 3,
-            or 0 when the balancer was built with ``retry=None``).
+            server (connect failure) is sent to another endpoint (default 3;
+            free of the retry budget; none while the balancer has ``retry=None``).
         hedging: a :class:`Hedging` policy for idempotent unary-unary methods.
         hash_key: the pick key for ``ring_hash``/``maglev``: a metadata key
             (``"x-user-id"``) or ``callable(method, request, metadata)``
@@ -105,9 +107,10 @@ def insecure_channel(
         ConfigError: for a bad target, option or policy.
     """
     lb, owns, config, opts = prepare_channel(
-        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
+        lb_or_target, options, server_name=server_name, failure_codes=failure_codes,
         retryable_codes=retryable_codes, max_attempts=max_attempts,
-        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
+        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key,
+        **lb_options)
 
     def factory(endpoint: Endpoint) -> grpc.Channel:
         return grpc.insecure_channel(endpoint_target(endpoint), options=opts,
@@ -140,13 +143,11 @@ def secure_channel(
     balancer) so that certificates are checked against the service's name.
     Other arguments as :func:`insecure_channel`.
     """
-    if not isinstance(credentials, grpc.ChannelCredentials):
-        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
-                          field="credentials")
     lb, owns, config, opts = prepare_channel(
-        lb_or_target, lb_options, options, server_name, failure_codes=failure_codes,
-        retryable_codes=retryable_codes, max_attempts=max_attempts,
-        transparent_retries=transparent_retries, hedging=hedging, hash_key=hash_key)
+        lb_or_target, options, credentials=credentials, server_name=server_name,
+        failure_codes=failure_codes, retryable_codes=retryable_codes,
+        max_attempts=max_attempts, transparent_retries=transparent_retries, hedging=hedging,
+        hash_key=hash_key, **lb_options)
 
     def factory(endpoint: Endpoint) -> grpc.Channel:
         return grpc.secure_channel(endpoint_target(endpoint), credentials, options=opts,

@@ -10,8 +10,10 @@ runs them around each call. A balanced channel does the same:
   contract (``intercept_unary_unary(continuation, client_call_details,
   request)`` returning a call or a response).
 * stream interceptors are installed on each endpoint's sub-channel: once
-  per call, except that a server-streaming call sent again because its
-  first endpoint could not be reached passes through them again.
+  per call, except that a server-streaming call sent again (gRFC A6 retry
+  before its first message) passes through them again.
+
+See docs/architecture.md, "Integrations", for the shells around the calls.
 """
 
 from __future__ import annotations
@@ -26,34 +28,28 @@ import grpc.aio
 
 from .._core.errors import ConfigError
 
-__all__ = ["InterceptedUnaryUnaryCall", "split_interceptors"]
+__all__ = ["Answers", "InterceptedUnaryUnaryCall", "split_interceptors"]
 
 
-class _UnaryStreamOnly(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
+def _only(kind: str, base: type) -> type:
+    """An interceptor of one call kind forwarding to ``inner`` (grpc.aio dispatches an
+    interceptor by the base classes it has, so one that implements several kinds is
+    split into one forwarder per kind)."""
+    method = f"intercept_{kind}"
+
+    def __init__(self: Any, inner: Any) -> None:
         self._inner = inner
 
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await self._inner.intercept_unary_stream(continuation, details, request)
+    async def forward(self: Any, continuation: Any, details: Any, request: Any) -> Any:
+        return await getattr(self._inner, method)(continuation, details, request)
+
+    return type(f"_{kind.title().replace('_', '')}Only", (base,),
+                {"__init__": __init__, method: forward})
 
 
-class _StreamUnaryOnly(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def intercept_stream_unary(self, continuation: Any, details: Any,
-                                     request_iterator: Any) -> Any:
-        return await self._inner.intercept_stream_unary(continuation, details, request_iterator)
-
-
-class _StreamStreamOnly(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    async def intercept_stream_stream(self, continuation: Any, details: Any,
-                                      request_iterator: Any) -> Any:
-        return await self._inner.intercept_stream_stream(continuation, details,
-                                                         request_iterator)
+_UnaryStreamOnly = _only("unary_stream", grpc.aio.UnaryStreamClientInterceptor)
+_StreamUnaryOnly = _only("stream_unary", grpc.aio.StreamUnaryClientInterceptor)
+_StreamStreamOnly = _only("stream_stream", grpc.aio.StreamStreamClientInterceptor)
 
 
 def split_interceptors(interceptors: object) -> tuple[tuple[Any, ...], list[Any] | None]:
@@ -125,7 +121,29 @@ class _ResponseCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         return None
 
 
-class InterceptedUnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class Answers:
+    """``initial_metadata()``, ``trailing_metadata()``, ``code()`` and ``details()`` of a
+    call object, read from the call that answered (``_answer(name)``)."""
+
+    async def _answer(self, name: str) -> Any:
+        raise NotImplementedError
+
+    async def initial_metadata(self) -> Any:
+        return await self._answer("initial_metadata")
+
+    async def trailing_metadata(self) -> Any:
+        return await self._answer("trailing_metadata")
+
+    async def code(self) -> grpc.StatusCode:
+        code: grpc.StatusCode = await self._answer("code")
+        return code
+
+    async def details(self) -> str:
+        details: str = await self._answer("details")
+        return details
+
+
+class InterceptedUnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     """A balanced unary-unary call behind a chain of grpc.aio interceptors."""
 
     def __init__(self, interceptors: Sequence[Any], details: grpc.aio.ClientCallDetails,
@@ -192,26 +210,12 @@ class InterceptedUnaryUnaryCall(grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
 
         self._task.add_done_callback(chained)
 
-    async def _delegate(self, name: str) -> Any:
+    async def _answer(self, name: str) -> Any:
         try:
             call = await self._call()
         except grpc.aio.AioRpcError as exc:
             return getattr(exc, name)()
         return await getattr(call, name)()
-
-    async def initial_metadata(self) -> Any:
-        return await self._delegate("initial_metadata")
-
-    async def trailing_metadata(self) -> Any:
-        return await self._delegate("trailing_metadata")
-
-    async def code(self) -> grpc.StatusCode:
-        code: grpc.StatusCode = await self._delegate("code")
-        return code
-
-    async def details(self) -> str:
-        details: str = await self._delegate("details")
-        return details
 
     async def wait_for_connection(self) -> None:
         call = await self._call()

@@ -1,29 +1,26 @@
-"""A ``grpc.Channel`` that picks an endpoint per call (sync grpcio).
+"""A ``grpc.Channel`` that picks an endpoint per call (sync grpcio): the I/O shell.
 
-grpcio cannot load a custom resolver or balancing policy (grpc/grpc#11685),
-so the balancing happens one level up: :class:`BalancedChannel` keeps one
-ordinary grpcio channel (a *sub-channel*, ``pick_first`` to one address) per
-endpoint, created on first use, and every call asks the
-:class:`~clientlb.LoadBalancer` for an endpoint, sends the call on that
-endpoint's sub-channel and reports the outcome (see ``_common``) on the
-``Pick``. Streaming calls stay in flight (for ``least_request`` and
-``peak_ewma``) until they end.
+Every call is one :class:`~._policy.RpcCall` (the policy, shared with grpc.aio)
+over the sub-channels of :class:`~._pool.ChannelBase`; this module only starts
+grpcio calls, waits and sleeps as the policy says (docs/architecture.md,
+"Integrations"; retries, hedging and transparent retry as gRFC A6):
 
-When discovery drops an endpoint its sub-channel stops taking new calls and
-is closed once its in-flight calls have ended (drained), never under them.
+* a blocking unary call makes its first attempt inline — the fast path, no
+  thread, no future; if the policy wants another attempt, the call goes on as a
+  :class:`_UnaryFuture` and the caller waits for it;
+* ``future()`` and hedged calls are :class:`_UnaryFuture`: each attempt is a
+  grpcio future whose end is handed to the policy; backoffs and hedge delays
+  run on the engine's shared timer thread;
+* a server-streaming call (:class:`_ServerStream`) is sent again as the policy
+  allows while nothing has come back; client- and bidi-streaming calls are
+  never replayed (their requests are an iterator).
 
-Retries (gRFC A6): a unary-unary call that failed before any server saw it
-(connect failure) is sent again at once to an endpoint not yet tried
-(*transparent retry*); so is a server-streaming call whose first message
-could not be read for that reason (``_streams``). With ``retryable_codes=`` a
-unary-unary call that failed with one of those codes is retried after a
-jittered exponential backoff, up to ``max_attempts``, while the balancer's
-retry budget allows. Client-streaming calls are not retried: their request
-messages cannot be replayed.
+Streams count as in flight (``least_request``, ``peak_ewma``) until they end.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,126 +28,53 @@ from typing import Any
 
 import grpc
 
-from .._core.balancer import LoadBalancer, Pick
+from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import NoEndpointAvailable
 from .._core.outcome import Outcome
-from .._engine.retry import RetryState
-from ._common import (
-    ChannelConfig,
-    NoEndpointRpcError,
-    attempt_wait_for_ready,
-    classify,
-    retry_decision,
-)
-from ._future import RetryingFuture
-from ._hedging import hedged_call
-from ._streams import RetryingUnaryStream
+from .._engine import connectivity
+from ._common import ChannelConfig
+from ._policy import WAIT, Attempt, RpcCall, connect_verdict
+from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
 
 __all__ = ["BalancedChannel"]
 
-_CONNECTIVITY_ORDER = (
-    grpc.ChannelConnectivity.READY,
-    grpc.ChannelConnectivity.CONNECTING,
-    grpc.ChannelConnectivity.IDLE,
-    grpc.ChannelConnectivity.TRANSIENT_FAILURE,
-    grpc.ChannelConnectivity.SHUTDOWN,
-)
-
 # grpcio's connectivity poller wakes up every 0.2 s; a little more than that.
 _POLL_TICK = 0.3
-# gRPC's initial reconnect backoff (connection-backoff.md): an endpoint that failed to
-# connect less than this ago is still failing; client-streaming calls skip it.
-_RECONNECT_BACKOFF = 1.0
-
-# (kind, method, request_serializer, response_deserializer, registered)
-_Key = tuple[str, str, Any, Any, bool]
+_SUCCESS = Outcome.SUCCESS
+_CANCELLED = Outcome.CANCELLED
 
 
-class _SubChannel:
-    """One endpoint's grpcio channel, its cached multicallables and in-flight count."""
-
-    __slots__ = ("_lock", "address", "callables", "channel", "closed", "draining",
-                 "failed_at", "in_flight", "state", "watcher")
-
-    def __init__(self, address: str, channel: grpc.Channel) -> None:
-        self.address = address
-        self.channel = channel
-        self.callables: dict[_Key, Any] = {}
-        self.in_flight = 0
-        self.draining = False
-        self.closed = False
-        self.state: grpc.ChannelConnectivity | None = None
-        #: when a call last failed to connect through it (monotonic), or None
-        self.failed_at: float | None = None
-        self.watcher: Callable[[grpc.ChannelConnectivity], None] | None = None
-        self._lock = threading.Lock()
-
-    def callable(self, key: _Key) -> Any:
-        c = self.callables.get(key)
-        if c is None:
-            kind, method, ser, deser, registered = key
-            c = getattr(self.channel, kind)(method, request_serializer=ser,
-                                           response_deserializer=deser,
-                                           _registered_method=registered)
-            self.callables[key] = c
-        return c
-
-    def acquire(self) -> bool:
-        """Count one more call; False when the sub-channel was closed meanwhile."""
-        with self._lock:
-            if self.closed:
-                return False
-            self.in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._lock:
-            self.in_flight -= 1
-            if not (self.draining and self.in_flight <= 0 and not self.closed):
-                return
-            self.closed = True
-        # release() may run in a grpcio callback thread of this very channel, where
-        # closing it would deadlock: close it from a short-lived thread instead.
-        threading.Thread(target=self._close, name=f"clientlb-grpc-close-{self.address}",
-                         daemon=True).start()
-
-    def drain(self) -> None:
-        """Take no new calls; close as soon as the in-flight ones have ended."""
-        with self._lock:
-            self.draining = True
-            if self.in_flight > 0 or self.closed:
-                return
-            self.closed = True
-        self._close()
-
-    def close_now(self) -> None:
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-        self._close()
-
-    def _close(self) -> None:
-        watcher, self.watcher = self.watcher, None
-        if watcher is None:
-            self.channel.close()
-            return
-        # grpcio polls a watched channel's connectivity in a thread that only
-        # notices an unsubscribe at its next 0.2 s tick; closing the channel under
-        # it raises "Channel closed!" in that thread. Unsubscribe, then close
-        # once the poller has stopped.
-        self.channel.unsubscribe(watcher)
-        timer = threading.Timer(_POLL_TICK, self.channel.close)
-        timer.daemon = True
-        timer.start()
-
-    def __repr__(self) -> str:
-        status = "closed" if self.closed else "draining" if self.draining else "open"
-        return f"<SubChannel {self.address} {status} in_flight={self.in_flight}>"
+def _later(delay: float, fn: Callable[[], None]) -> None:
+    """Run ``fn`` in ``delay`` seconds on the engine's timer thread (no thread per call)."""
+    connectivity.call_later(delay, fn)
 
 
-class BalancedChannel(grpc.Channel):  # type: ignore[misc]
+def _connected(sub: SubChannel, timeout: float, early: bool) -> bool:
+    """Wait (at most ``timeout``) for ``sub`` to be READY; see ``connect_verdict``."""
+    verdicts: list[bool] = []
+    ended = threading.Event()
+
+    def on_state(state: grpc.ChannelConnectivity) -> None:
+        verdict = connect_verdict(state, early)
+        if verdict is not None and not verdicts:
+            verdicts.append(verdict)
+            ended.set()
+
+    sub.watched = True
+    sub.channel.subscribe(on_state, try_to_connect=True)
+    try:
+        ended.wait(timeout)
+    finally:
+        sub.channel.unsubscribe(on_state)
+    return verdicts == [True]
+
+
+def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
+    """grpcio's done callback of a stream attempt: its one outcome report."""
+    rpc.report(attempt, call.code(), call.details())
+
+
+class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
     """A ``grpc.Channel`` over every endpoint of a :class:`~clientlb.LoadBalancer`.
 
     Build it with :func:`clientlb.grpc.insecure_channel` or
@@ -160,274 +84,105 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
 
     def __init__(self, lb: LoadBalancer, *, owns_lb: bool,
                  factory: Callable[[Endpoint], grpc.Channel], config: ChannelConfig) -> None:
-        self._lb = lb
-        self._owns_lb = owns_lb
-        self._factory = factory
-        self._config = config
-        self._failure_codes = config.failure_codes
-        self._subs: dict[str, _SubChannel] = {}
-        self._draining: list[_SubChannel] = []
-        self._connect_all = False
-        self._lock = threading.Lock()
-        self._closed = False
+        super().__init__(lb, owns_lb, factory, config)
         self._subscribers: list[Callable[[grpc.ChannelConnectivity], None]] = []
         self._state: grpc.ChannelConnectivity = grpc.ChannelConnectivity.IDLE
-        self._rng = lb.rng
-        lb.add_diff_listener(self._on_diff)
 
     # -- sub-channels ---------------------------------------------------------------------
 
-    @property
-    def lb(self) -> LoadBalancer:
-        """The balancer that picks an endpoint for every call."""
-        return self._lb
-
-    def _sub(self, endpoint: Endpoint) -> _SubChannel:
-        sub = self._subs.get(endpoint.address)
-        if sub is not None and not sub.draining:
-            return sub
-        with self._lock:
-            if self._closed:
-                raise ValueError("Cannot invoke RPC on closed channel!")
-            sub = self._subs.get(endpoint.address)
-            if sub is not None and not sub.draining:
-                return sub
-            sub = _SubChannel(endpoint.address, self._factory(endpoint))
-            current = self._lb.state_of(endpoint.address)
-            if current is None or current.draining:
-                # Picked just before it left the target: serve this call, then close.
-                sub.draining = True
-                return sub
-            self._subs[endpoint.address] = sub
-            watch = bool(self._subscribers)
-        if watch:
+    def sub_channel(self, endpoint: Endpoint) -> SubChannel:
+        sub = super().sub_channel(endpoint)
+        if self._subscribers and sub.watcher is None:
             self._watch(sub, False)
         return sub
+
+    def _close_sub(self, sub: SubChannel) -> None:
+        # Never inside one of the channel's own callbacks (release() runs there): from
+        # the timer's thread. grpcio polls a watched channel's connectivity in a thread
+        # that only notices an unsubscribe at its next 0.2 s tick, and closing the
+        # channel under it raises "Channel closed!" there: wait for that tick.
+        watcher, sub.watcher = sub.watcher, None
+        if watcher is not None:
+            sub.channel.unsubscribe(watcher)
+        timer = threading.Timer(_POLL_TICK if sub.watched else 0.0, sub.channel.close)
+        timer.daemon = True
+        timer.start()
+
+    def _probe(self, endpoint: Endpoint, timeout: float) -> bool:
+        """The balancer's connect probe: True once the endpoint's sub-channel is READY."""
+        sub = self._probe_sub(endpoint)
+        if sub is None:
+            return connectivity.tcp_probe(endpoint, timeout)
+        try:
+            return _connected(sub, timeout, False)
+        finally:
+            if sub.draining:  # left the target meanwhile: close it if nothing runs on it
+                sub.drain()
 
     def _on_diff(self, diff: EndpointSetDiff) -> None:
         if diff.added and self._connect_all:  # someone asked to connect everything
             for ep in diff.added:
                 try:
-                    self._watch(self._sub(ep), True)
+                    self._watch(self.sub_channel(ep), True)
                 except ValueError:  # closed meanwhile
                     return
-        if not diff.removed:
-            return
-        with self._lock:
-            gone = [self._subs.pop(ep.address) for ep in diff.removed
-                    if ep.address in self._subs]
-            self._draining = [s for s in self._draining if not s.closed] + gone
-        for sub in gone:
-            sub.drain()
-        if gone:
+        if self._drain_removed(diff):
             self._update_state()
-
-    def sub_channels(self) -> dict[str, str]:
-        """``{address: "open" | "draining"}`` of the sub-channels not closed yet.
-
-        A removed endpoint's sub-channel shows as ``"draining"`` while calls it
-        carries are in flight, and disappears once it is closed.
-        """
-        with self._lock:
-            self._draining = [s for s in self._draining if not s.closed]
-            live = {s.address: "draining" for s in self._draining}
-            live.update((a, "open") for a in self._subs)
-            return live
 
     # -- calls ------------------------------------------------------------------------------
 
-    def _hash(self, method: str, request: Any, metadata: Any) -> Any:
-        hash_key = self._config.hash_key
-        return None if hash_key is None else hash_key(method, request, metadata)
-
-    def _pick(self, exclude: set[str] | None, hkey: Any = None) -> Pick:
-        if self._closed:  # checked before the pick, so that no pick is left in flight
-            raise ValueError("Cannot invoke RPC on closed channel!")
-        try:
-            return self._lb.pick(hkey, exclude=exclude)
-        except NoEndpointAvailable as exc:
-            raise NoEndpointRpcError(exc) from exc
-
-    def _acquire(self, exclude: set[str] | None, hkey: Any) -> tuple[Pick, _SubChannel]:
-        """Pick an endpoint and count the call on its sub-channel.
-
-        An endpoint that leaves between the pick and the call may have its
-        sub-channel closed in that instant: then pick again (a new pick never
-        gets that sub-channel back).
-        """
-        while True:
-            pick = self._pick(exclude, hkey)
-            sub = self._sub(pick.endpoint)
-            if sub.acquire():
-                return pick, sub
-            pick.done(Outcome.CANCELLED)
-
-    def _blocking(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
+    def _blocking(self, key: Key, request: Any, timeout: float | None, metadata: Any,
                   credentials: Any, wait_for_ready: bool | None, compression: Any,
                   with_call: bool) -> Any:
-        hedging = self._config.hedging
-        if hedging is not None and hedging.applies_to(key[1]):
-            return hedged_call(self, key, request, timeout, metadata, credentials,
-                               wait_for_ready, compression, with_call)
-        start = time.monotonic() if timeout is not None else 0.0
-        plan = self._config.retry
-        if plan.budget is not None:
-            plan.budget.deposit()
-        tried: set[str] | None = None
-        rstate: RetryState | None = None
-        transparent = 0
-        call_timeout = timeout
-        hkey = None if self._config.hash_key is None else self._hash(key[1], request, metadata)
-        while True:
-            pick, sub = self._acquire(tried, hkey)
-            wfr = wait_for_ready and attempt_wait_for_ready(wait_for_ready, plan, self._lb,
-                                                            tried, transparent)
-            try:
-                c = sub.callable(key)
-                if with_call:
-                    result = c.with_call(request, timeout=call_timeout, metadata=metadata,
-                                         credentials=credentials, wait_for_ready=wfr,
-                                         compression=compression)
-                else:
-                    result = c(request, timeout=call_timeout, metadata=metadata,
-                               credentials=credentials, wait_for_ready=wfr,
-                               compression=compression)
-            except grpc.RpcError as exc:
-                code, details = exc.code(), exc.details()
-                outcome = classify(code, details, self._failure_codes)
-                if outcome is Outcome.CONNECT_FAILURE:
-                    sub.failed_at = time.monotonic()
-                pick.done(outcome)
-                sub.release()
-                delay, rstate = retry_decision(plan, self._lb, code, details, transparent,
-                                               rstate)
-                if delay is None:
-                    raise
-                if delay < 0:
-                    transparent += 1
-                elif delay:
-                    if timeout is not None and time.monotonic() + delay >= start + timeout:
-                        raise
-                    time.sleep(delay)
-                if timeout is not None:
-                    call_timeout = start + timeout - time.monotonic()
-                    if call_timeout <= 0:
-                        raise
-                if tried is None:
-                    tried = set()
-                tried.add(pick.endpoint.address)
-                continue
-            except BaseException:
-                pick.done(Outcome.CANCELLED)
-                sub.release()
+        rpc = RpcCall(self, key[1], request, metadata, timeout, wait_for_ready, hedge=True)
+        kwargs = {"metadata": metadata, "credentials": credentials, "compression": compression}
+        if rpc.hedging is not None:
+            return _UnaryFuture(self, rpc, key, request, kwargs).outcome(with_call)
+        attempt = rpc.next()
+        try:
+            c = attempt.sub.callable(key)
+            result = (c.with_call if with_call else c)(
+                request, timeout=None if rpc.logical.deadline_at is None else rpc.timeout(),
+                metadata=metadata,
+                credentials=credentials, wait_for_ready=wait_for_ready and rpc.wait_for_ready(),
+                compression=compression)
+        except grpc.RpcError as exc:
+            delay = rpc.ended(attempt, exc.code(), exc.details())
+            if delay is None:
                 raise
-            pick.done(Outcome.SUCCESS)
-            sub.release()
-            return result
-
-    def _future(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
-                credentials: Any, wait_for_ready: bool | None, compression: Any) -> Any:
-        fut = RetryingFuture(self, key, request, timeout, metadata, credentials,
-                             wait_for_ready, compression)
-        fut.start()
-        return fut
-
-    def _open_stream(self, key: _Key, request: Any, timeout: float | None,
-                     kwargs: dict[str, Any], exclude: set[str] | None,
-                     hkey: Any = None) -> tuple[Any, str]:
-        """Start one attempt of a server-streaming call: ``(grpc call, address)``."""
-        pick, sub = self._acquire(exclude or None, hkey)
-        if kwargs["wait_for_ready"]:
-            kwargs = {**kwargs, "wait_for_ready": attempt_wait_for_ready(
-                kwargs["wait_for_ready"], self._config.retry, self._lb, exclude,
-                len(exclude or ()))}
-        try:
-            call = sub.callable(key)(request, timeout=timeout, **kwargs)
+            return _UnaryFuture(self, rpc, key, request, kwargs, delay).outcome(with_call)
         except BaseException:
-            pick.done(Outcome.CANCELLED)
-            sub.release()
+            attempt.finish(_CANCELLED)
             raise
-        failure_codes = self._failure_codes
+        attempt.finish(_SUCCESS)
+        return result
 
-        def finished(c: Any) -> None:
-            outcome = classify(c.code(), c.details(), failure_codes)
-            if outcome is Outcome.CONNECT_FAILURE:
-                sub.failed_at = time.monotonic()
-            pick.done(outcome)
-            sub.release()
-
-        call.add_done_callback(finished)
-        return call, pick.endpoint.address
-
-    def _stream(self, key: _Key, request: Any, timeout: float | None, metadata: Any,
-                credentials: Any, wait_for_ready: bool | None, compression: Any,
-                method: str = "__call__") -> Any:
-        hkey = self._hash(key[1], None, metadata)
-        pick, sub = self._acquire(None, hkey)
-        # Requests from an iterator cannot be replayed, so a client-streaming call is
-        # never retried; but an endpoint that just failed to connect is skipped first.
-        tried: set[str] | None = None
-        for _ in range(self._config.retry.transparent_retries):
-            failed_at = sub.failed_at
-            if failed_at is None or time.monotonic() - failed_at > _RECONNECT_BACKOFF:
-                break
-            pick.done(Outcome.CANCELLED)
-            sub.release()
-            tried = (tried or set()) | {pick.endpoint.address}
-            pick, sub = self._acquire(tried, hkey)
-        try:
-            call = getattr(sub.callable(key), method)(
-                request, timeout=timeout, metadata=metadata, credentials=credentials,
-                wait_for_ready=wait_for_ready, compression=compression)
-        except grpc.RpcError as exc:  # with_call of a stream-unary call
-            pick.done(classify(exc.code(), exc.details(), self._failure_codes))
-            sub.release()
-            raise
-        except BaseException:
-            pick.done(Outcome.CANCELLED)
-            sub.release()
-            raise
-        if method == "with_call":
-            pick.done(Outcome.SUCCESS)
-            sub.release()
-            return call
-        failure_codes = self._failure_codes
-
-        def finished(c: Any) -> None:
-            outcome = classify(c.code(), c.details(), failure_codes)
-            if outcome is Outcome.CONNECT_FAILURE:
-                sub.failed_at = time.monotonic()
-            pick.done(outcome)
-            sub.release()
-
-        call.add_done_callback(finished)
-        return call
+    def _stream(self, key: Key, requests: Iterator[Any], timeout: float | None,
+                metadata: Any, credentials: Any, wait_for_ready: bool | None,
+                compression: Any, how: str = "") -> Any:
+        """A client- or bidi-streaming call: one attempt (its requests cannot be replayed)."""
+        rpc = RpcCall(self, key[1], None, metadata, timeout, wait_for_ready, replayable=False)
+        attempt = rpc.next()
+        # each endpoint at most once: the last candidate is sent as it is (grpcio says why)
+        while rpc.must_connect_first(attempt) and rpc.logical.can_fail_over(attempt.address) \
+                and not _connected(attempt.sub, rpc.connect_timeout(), True):
+            rpc.unready(attempt)
+            attempt = rpc.next()
+        attempt = self.start_attempt(rpc, key, requests, {
+            "metadata": metadata, "credentials": credentials, "compression": compression},
+            how, attempt)
+        attempt.call.add_done_callback(functools.partial(_report, rpc, attempt))
+        return attempt.call
 
     # -- grpc.Channel -----------------------------------------------------------------------
 
-    def unary_unary(self, method: str, request_serializer: Any = None,
-                    response_deserializer: Any = None,
-                    _registered_method: bool = False) -> grpc.UnaryUnaryMultiCallable:
-        return _UnaryUnary(self, ("unary_unary", method, request_serializer,
-                                  response_deserializer, _registered_method))
+    def _multicallable(self, key: Key) -> Any:
+        return _CALLABLES[key[0]](self, key)
 
-    def unary_stream(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool = False) -> grpc.UnaryStreamMultiCallable:
-        return _UnaryStream(self, ("unary_stream", method, request_serializer,
-                                   response_deserializer, _registered_method))
-
-    def stream_unary(self, method: str, request_serializer: Any = None,
-                     response_deserializer: Any = None,
-                     _registered_method: bool = False) -> grpc.StreamUnaryMultiCallable:
-        return _StreamUnary(self, ("stream_unary", method, request_serializer,
-                                   response_deserializer, _registered_method))
-
-    def stream_stream(self, method: str, request_serializer: Any = None,
-                      response_deserializer: Any = None,
-                      _registered_method: bool = False) -> grpc.StreamStreamMultiCallable:
-        return _StreamStream(self, ("stream_stream", method, request_serializer,
-                                    response_deserializer, _registered_method))
+    unary_unary = multicallable("unary_unary")
+    unary_stream = multicallable("unary_stream")
+    stream_unary = multicallable("stream_unary")
+    stream_stream = multicallable("stream_stream")
 
     # -- connectivity -------------------------------------------------------------------------
 
@@ -443,8 +198,8 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         if try_to_connect:
             self._connect_all = True  # endpoints discovered later are connected too
             try:
-                for ep in self._lb.endpoints():
-                    self._sub(ep)
+                for ep in self.lb.endpoints():
+                    self.sub_channel(ep)
             except ValueError:
                 pass
         if first or try_to_connect:
@@ -454,7 +209,7 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
                 self._watch(sub, try_to_connect)
         callback(state)
 
-    def _watch(self, sub: _SubChannel, try_to_connect: bool) -> None:
+    def _watch(self, sub: SubChannel, try_to_connect: bool) -> None:
         watcher = sub.watcher
         if watcher is not None:
             if try_to_connect:  # subscribe again, this time asking to connect
@@ -467,15 +222,14 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
             self._update_state()
 
         sub.watcher = on_state
+        sub.watched = True
         sub.channel.subscribe(on_state, try_to_connect=try_to_connect)
 
     def _update_state(self) -> None:
         with self._lock:
-            if self._closed:
+            if self.closed:
                 return
-            states = {s.state for s in self._subs.values() if s.state is not None}
-            new = next((s for s in _CONNECTIVITY_ORDER if s in states),
-                       grpc.ChannelConnectivity.IDLE)
+            new = aggregate({s.state for s in self._subs.values() if s.state is not None})
             if new is self._state:
                 return
             self._state = new
@@ -493,18 +247,16 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
     def close(self) -> None:
         """Close every sub-channel now (in-flight calls are cancelled, as grpcio does)
         and the balancer when the channel created it."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            subs = [*self._subs.values(), *self._draining]
-            self._subs.clear()
-            self._draining.clear()
-        self._lb.remove_listener(self._on_diff)
+        subs = self._take_all()
+        if subs is None:
+            return
         for sub in subs:
-            sub.close_now()
+            if sub.watched:
+                self._close_sub(sub)
+            else:
+                sub.channel.close()
         if self._owns_lb:
-            self._lb.close()
+            self.lb.close()
 
     def __enter__(self) -> BalancedChannel:
         return self
@@ -513,17 +265,249 @@ class BalancedChannel(grpc.Channel):  # type: ignore[misc]
         self.close()
 
     def __repr__(self) -> str:
-        subs = self.sub_channels()
-        draining = sum(1 for v in subs.values() if v == "draining")
-        status = "closed" if self._closed else self._state.name
-        return (f"<BalancedChannel {self._lb.name!r} [{len(subs)} sub-channels, "
-                f"{draining} draining] {status}>")
+        return self._describe("BalancedChannel", self._state.name)
+
+
+class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
+    """A unary-unary call across its attempts, as a ``grpc.Future`` and ``grpc.Call``.
+
+    Each attempt is a grpcio future on one sub-channel; when it ends the policy
+    says what follows (another attempt now or after a backoff, nothing while
+    hedges are in flight, or this attempt's answer is the call's). As a
+    ``grpc.Call`` it reports the answering attempt's metadata, code and details.
+    """
+
+    def __init__(self, channel: BalancedChannel, rpc: RpcCall, key: Key, request: Any,
+                 kwargs: dict[str, Any], delay: float = 0.0) -> None:
+        self._ch = channel
+        self._rpc = rpc
+        self._key = key
+        self._request = request
+        self._kwargs = kwargs
+        self._cond = threading.Condition()
+        self._live: list[Attempt] = []
+        self._final: Any = None  # the grpcio call whose answer is the call's
+        self._error: BaseException | None = None
+        self._cancelled = False
+        self._callbacks: list[Callable[[Any], None]] = []
+        if delay:
+            _later(delay, self._start)
+        else:
+            self._start()
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._final is not None or self._error is not None:
+                return
+            try:
+                attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs,
+                                          "future")
+            except BaseException as exc:
+                error: BaseException | None = exc
+            else:
+                self._live.append(attempt)
+                hedge = self._rpc.hedge_delay()
+                error = None
+        if error is not None:
+            self._finish(None, error)
+            return
+        attempt.call.add_done_callback(functools.partial(self._ended, attempt))
+        if hedge is not None:
+            _later(hedge, self._hedge)
+
+    def _hedge(self) -> None:
+        with self._cond:
+            go = self._rpc.hedge()
+        if go:
+            self._start()
+
+    def _ended(self, attempt: Attempt, call: Any) -> None:
+        with self._cond:
+            delay = self._rpc.ended(attempt, call.code(), call.details())
+            self._live.remove(attempt)
+        if delay is None:
+            self._finish(call, None)
+        elif delay == 0:
+            self._start()
+        elif delay != WAIT:
+            _later(delay, self._start)
+
+    def _finish(self, call: Any, error: BaseException | None) -> None:
+        with self._cond:
+            if self._final is not None or self._error is not None:
+                return
+            self._final = call
+            self._error = error
+            losers = [a.call for a in self._live if a.call is not call]
+            callbacks, self._callbacks = self._callbacks, []
+            self._cond.notify_all()
+        for loser in losers:  # hedges that lost: their ends report CANCELLED
+            loser.cancel()
+        for cb in callbacks:
+            cb(self)
+
+    def _wait(self, timeout: float | None) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._final is not None or
+                                       self._error is not None, timeout):
+                raise grpc.FutureTimeoutError()
+
+    def outcome(self, with_call: bool) -> Any:
+        """What a blocking call returns: the response (and this call, for ``with_call``)."""
+        result = self.result()
+        return (result, self) if with_call else result
+
+    # -- grpc.Future ------------------------------------------------------------------------
+
+    def cancel(self) -> bool:
+        """Cancel the call: done and cancelled at once, as grpcio's own futures; the
+        attempts in flight are cancelled and report CANCELLED when grpcio ends them."""
+        with self._cond:
+            if self._final is not None or self._error is not None:
+                return False
+            self._cancelled = True
+        self._finish(None, grpc.FutureCancelledError())
+        return True
+
+    def cancelled(self) -> bool:
+        with self._cond:
+            return self._cancelled
+
+    def running(self) -> bool:
+        return not self.done()
+
+    def done(self) -> bool:
+        with self._cond:
+            return self._final is not None or self._error is not None
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        if self._error is not None:
+            raise self._error
+        return self._final.result()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait(timeout)
+        if self._cancelled:
+            raise grpc.FutureCancelledError()
+        if self._error is not None:
+            return self._error
+        exc: BaseException | None = self._final.exception()
+        return exc
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        self._wait(timeout)
+        if self._error is not None:
+            return self._error.__traceback__
+        return self._final.traceback()
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        with self._cond:
+            if self._final is None and self._error is None:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    # -- grpc.Call (of the answering attempt) ------------------------------------------------
+
+    def is_active(self) -> bool:
+        return not self.done()
+
+    def time_remaining(self) -> float | None:
+        return self._rpc.timeout()
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        self.add_done_callback(lambda _f: callback())
+        return True
+
+    def initial_metadata(self) -> Any:
+        self._wait(None)
+        return self._final.initial_metadata() if self._final is not None else ()
+
+    def trailing_metadata(self) -> Any:
+        self._wait(None)
+        return self._final.trailing_metadata() if self._final is not None else ()
+
+    def code(self) -> grpc.StatusCode:
+        self._wait(None)
+        if self._cancelled:
+            return grpc.StatusCode.CANCELLED
+        if self._error is not None:
+            code = getattr(self._error, "code", None)
+            return code() if callable(code) else grpc.StatusCode.UNKNOWN
+        result: grpc.StatusCode = self._final.code()
+        return result
+
+    def details(self) -> str | None:
+        self._wait(None)
+        if self._cancelled:
+            return "Locally cancelled by application!"
+        if self._error is not None:
+            return str(self._error)
+        details: str | None = self._final.details()
+        return details
+
+    def __repr__(self) -> str:
+        return f"<UnaryFuture {self._key[1]} {'done' if self.done() else 'running'} {self._rpc}>"
+
+
+class _ServerStream:
+    """The iterator of a server-streaming call; otherwise its current attempt's
+    ``grpc.Call``/``grpc.Future``. Before its first message, an attempt that failed
+    is replaced as the policy allows (the single request can be replayed)."""
+
+    def __init__(self, channel: BalancedChannel, key: Key, request: Any, timeout: float | None,
+                 kwargs: dict[str, Any], wait_for_ready: bool | None) -> None:
+        self._rpc = RpcCall(channel, key[1], request, kwargs["metadata"], timeout,
+                            wait_for_ready)
+        self._ch = channel
+        self._key = key
+        self._request = request
+        self._kwargs = kwargs
+        self._attempt = self._open()
+
+    def _open(self) -> Attempt:
+        attempt = self._ch.start_attempt(self._rpc, self._key, self._request, self._kwargs)
+        attempt.call.add_done_callback(functools.partial(_report, self._rpc, attempt))
+        return attempt
+
+    def __iter__(self) -> _ServerStream:
+        return self
+
+    def __next__(self) -> Any:
+        while True:
+            attempt = self._attempt
+            try:
+                item = next(attempt.call)
+            except grpc.RpcError as exc:
+                delay = self._rpc.failed(attempt, exc.code(), exc.details())
+                if delay is None:
+                    raise
+                if delay:
+                    time.sleep(delay)
+                self._attempt = self._open()
+                continue
+            self._rpc.replay = False  # a message came back: the call is committed
+            return item
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._attempt.call.add_done_callback(lambda _call: fn(self))
+
+    def __getattr__(self, name: str) -> Any:  # grpc.Call / grpc.Future of the attempt
+        return getattr(self._attempt.call, name)
+
+    def __repr__(self) -> str:
+        return f"<UnaryStream {self._key[1]} on {self._attempt.address}>"
+
+
+grpc.Call.register(_ServerStream)
+grpc.Future.register(_ServerStream)
 
 
 class _MultiCallable:
     __slots__ = ("_ch", "_key")
 
-    def __init__(self, channel: BalancedChannel, key: _Key) -> None:
+    def __init__(self, channel: BalancedChannel, key: Key) -> None:
         self._ch = channel
         self._key = key
 
@@ -551,8 +535,10 @@ class _UnaryUnary(_MultiCallable, grpc.UnaryUnaryMultiCallable):  # type: ignore
     def future(self, request: Any, timeout: float | None = None, metadata: Any = None,
                credentials: Any = None, wait_for_ready: bool | None = None,
                compression: Any = None) -> Any:
-        return self._ch._future(self._key, request, timeout, metadata, credentials,
-                                wait_for_ready, compression)
+        rpc = RpcCall(self._ch, self._key[1], request, metadata, timeout, wait_for_ready,
+                      hedge=True)
+        return _UnaryFuture(self._ch, rpc, self._key, request, {
+            "metadata": metadata, "credentials": credentials, "compression": compression})
 
 
 class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: ignore[misc]
@@ -561,9 +547,9 @@ class _UnaryStream(_MultiCallable, grpc.UnaryStreamMultiCallable):  # type: igno
     def __call__(self, request: Any, timeout: float | None = None, metadata: Any = None,
                  credentials: Any = None, wait_for_ready: bool | None = None,
                  compression: Any = None) -> Any:
-        return RetryingUnaryStream(self._ch, self._key, request, timeout, {
-            "metadata": metadata, "credentials": credentials,
-            "wait_for_ready": wait_for_ready, "compression": compression})
+        return _ServerStream(self._ch, self._key, request, timeout, {
+            "metadata": metadata, "credentials": credentials, "compression": compression},
+            wait_for_ready)
 
 
 class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: ignore[misc]
@@ -580,10 +566,9 @@ class _StreamUnary(_MultiCallable, grpc.StreamUnaryMultiCallable):  # type: igno
                   metadata: Any = None, credentials: Any = None,
                   wait_for_ready: bool | None = None,
                   compression: Any = None) -> tuple[Any, grpc.Call]:
-        result: tuple[Any, grpc.Call] = self._ch._stream(
-            self._key, request_iterator, timeout, metadata, credentials, wait_for_ready,
-            compression, "with_call")
-        return result
+        call = self.future(request_iterator, timeout, metadata, credentials, wait_for_ready,
+                           compression)
+        return call.result(), call
 
     def future(self, request_iterator: Iterator[Any], timeout: float | None = None,
                metadata: Any = None, credentials: Any = None,
@@ -600,3 +585,8 @@ class _StreamStream(_MultiCallable, grpc.StreamStreamMultiCallable):  # type: ig
                  wait_for_ready: bool | None = None, compression: Any = None) -> Any:
         return self._ch._stream(self._key, request_iterator, timeout, metadata, credentials,
                                 wait_for_ready, compression)
+
+
+_CALLABLES: dict[str, type[_MultiCallable]] = {
+    "unary_unary": _UnaryUnary, "unary_stream": _UnaryStream,
+    "stream_unary": _StreamUnary, "stream_stream": _StreamStream}

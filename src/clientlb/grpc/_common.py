@@ -1,6 +1,7 @@
-"""What the sync and asyncio gRPC channels share: outcomes, names, options, policies.
+"""What the sync and asyncio gRPC channels share: outcomes, names, options.
 
-Status codes → outcomes (the issue's rule, configurable with ``failure_codes=``):
+The shells classify their own errors into outcomes (docs/architecture.md,
+"Integrations"). Status codes → outcomes (configurable with ``failure_codes=``):
 
 * ``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ``RESOURCE_EXHAUSTED``, ``INTERNAL``
   and ``UNKNOWN`` are the endpoint's failures — the codes gRFC A50 (outlier
@@ -26,7 +27,7 @@ import ipaddress
 import math
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -37,8 +38,7 @@ from .._core.errors import ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
 from .._engine.naming import LogicalName, override_name
 from .._engine.naming import logical_name as balancer_name
-from .._engine.retry import RetryBudget, RetryPolicy, RetryState
-from .._ops.telemetry import record_budget_exhausted, record_retry
+from .._engine.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_FAILURE_CODES",
@@ -46,8 +46,6 @@ __all__ = [
     "HashKey",
     "Hedging",
     "NoEndpointRpcError",
-    "RetryPlan",
-    "attempt_wait_for_ready",
     "channel_options",
     "classify",
     "close_on_error",
@@ -57,8 +55,6 @@ __all__ = [
     "make_lb",
     "metadata_hash_key",
     "prepare_channel",
-    "retry_decision",
-    "take_retry",
 ]
 
 StatusCode = grpc.StatusCode
@@ -80,6 +76,12 @@ _LOCAL_ORIGIN_MARKERS = (
     "DNS resolution failed",
     "empty address list",
 )
+
+# A sub-channel is one address: grpcio's reconnect backoff (up to 120 s) would keep an
+# endpoint that came back unusable long after the balancer's probe (backoff up to 1 s,
+# clientlb._engine.connectivity) saw it return. Unless the caller set it, cap it too.
+_MAX_BACKOFF_OPTION = "grpc.max_reconnect_backoff_ms"
+_MAX_BACKOFF_MS = 1000
 
 _OK = StatusCode.OK
 _CANCELLED = StatusCode.CANCELLED
@@ -180,87 +182,6 @@ class Hedging:
         return self.methods is None or method in self.methods
 
 
-@dataclass(frozen=True)
-class RetryPlan:
-    """How one channel retries unary-unary calls (gRFC A6), resolved at construction.
-
-    * ``transparent_retries``: a call that never reached a server (connect
-      failure) goes at once, with no backoff, to an endpoint not yet tried, at
-      most this many times (gRPC's transparent retry; default 3, 0 when the
-      balancer was built with ``retry=None``).
-    * ``retryable_codes`` (gRFC A6 ``retryableStatusCodes``): a call that
-      failed with one of them is sent again after the balancer's
-      :class:`~clientlb.RetryPolicy` backoff, up to its ``attempts`` (capped
-      at 5 as gRFC A6 does). Default none: the server may have run the call.
-    * Every retry, transparent or not, is withdrawn from the balancer's
-      :class:`~clientlb.RetryBudget` (``lb.retry_budget``), shared with its
-      HTTP and TCP traffic, so an outage never becomes a retry storm.
-    """
-
-    retryable_codes: frozenset[grpc.StatusCode] = frozenset()
-    policy: RetryPolicy | None = None
-    transparent_retries: int = 3
-    budget: RetryBudget | None = None
-
-
-def retry_decision(plan: RetryPlan, lb: LoadBalancer, code: grpc.StatusCode | None,
-                   details: str | None, transparent: int, state: RetryState | None
-                   ) -> tuple[float | None, RetryState | None]:
-    """After a failed attempt: ``(-1, state)`` to retry at once (transparent),
-    ``(seconds, state)`` to retry after a backoff, ``(None, state)`` to give up."""
-    budget = plan.budget
-    reason = code.name.lower() if code is not None else "unknown"
-    if is_local_origin(code, details):
-        if transparent < plan.transparent_retries and len(lb.endpoints()) > 1:
-            if budget is None or budget.try_withdraw():
-                # the attempt about to start: the first, the transparent and policy retries
-                record_retry(lb, attempt=transparent + (state.attempt_number if state else 1)
-                             + 1, reason=f"transparent_{reason}")
-                return -1.0, state
-            record_budget_exhausted(lb)
-        return None, state
-    if plan.policy is None or code not in plan.retryable_codes:
-        return None, state
-    if state is None:
-        state = plan.policy.start(lb.rng)
-    delay = state.next_delay()
-    if delay is None:
-        return None, state
-    if budget is not None and not budget.try_withdraw():
-        record_budget_exhausted(lb)
-        return None, state
-    record_retry(lb, attempt=transparent + state.attempt_number, reason=reason)
-    return delay, state
-
-
-def take_retry(lb: LoadBalancer, budget: RetryBudget | None, *, attempt: int,
-               reason: str) -> bool:
-    """Withdraw one retry (or hedge) from the budget and note it on the caller's span."""
-    if budget is not None and not budget.try_withdraw():
-        record_budget_exhausted(lb)
-        return False
-    record_retry(lb, attempt=attempt, reason=reason)
-    return True
-
-
-def attempt_wait_for_ready(wait_for_ready: bool | None, plan: RetryPlan, lb: LoadBalancer,
-                           tried: Collection[str] | None, transparent: int) -> bool | None:
-    """``wait_for_ready`` for one attempt.
-
-    With ``wait_for_ready=True`` a grpcio channel queues a call while its
-    endpoint cannot connect; behind a balancer that would pin the call to a
-    dead endpoint while others are up. gRPC's own balancers only wait when
-    *no* endpoint is ready; likewise, an attempt that another endpoint could
-    still take goes out without waiting (and fails over transparently), and
-    only the last candidate waits.
-    """
-    if not wait_for_ready or transparent >= plan.transparent_retries:
-        return wait_for_ready
-    if len(tried or ()) + 1 < len(lb.endpoints()):
-        return False
-    return wait_for_ready
-
-
 #: ``hash_key(method, request, metadata)`` → the pick key of ``ring_hash``/``maglev``
 #: (``request`` is None for client-streaming calls).
 HashKey = Callable[[str, Any, Any], "str | bytes | int | None"]
@@ -279,14 +200,45 @@ def metadata_hash_key(name: str) -> HashKey:
     return key
 
 
-@dataclass(frozen=True)
 class ChannelConfig:
-    """Everything a balanced channel needs beyond its balancer."""
+    """A channel's own options, validated once; the retry policy and budget are not here.
 
-    failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES
-    retry: RetryPlan = field(default_factory=RetryPlan)
-    hedging: Hedging | None = None
-    hash_key: HashKey | None = None
+    They are the balancer's, read when each call starts (``LogicalCall``), so
+    ``Registry.update(name, retry=...)`` reaches channels built before it; the
+    channel's ``max_attempts=`` (and gRFC A6's cap of 5 attempts) is applied on top of
+    the live policy by :meth:`policy`, which derives it again only when the balancer's
+    policy object changes.
+    """
+
+    __slots__ = ("failure_codes", "hash_key", "hedging", "max_attempts", "max_unreached",
+                 "policy_cache", "retryable_codes")
+
+    def __init__(self, *, failure_codes: frozenset[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
+                 retryable_codes: frozenset[grpc.StatusCode] = frozenset(),
+                 max_attempts: int | None = None, max_unreached: int = 3,
+                 hedging: Hedging | None = None, hash_key: HashKey | None = None) -> None:
+        self.failure_codes = failure_codes
+        self.retryable_codes = retryable_codes
+        self.max_attempts = max_attempts
+        self.max_unreached = max_unreached
+        self.hedging = hedging
+        self.hash_key = hash_key
+        #: ``(the balancer's policy, the policy derived from it)``, see :meth:`policy`
+        self.policy_cache: tuple[object, RetryPolicy | None] = (None, None)
+
+    def policy(self, lb: LoadBalancer) -> RetryPolicy | None:
+        """The balancer's current policy with this channel's ``max_attempts`` on top."""
+        live = lb.retry_policy
+        source, derived = self.policy_cache
+        if source is live:
+            return derived
+        derived = live
+        if live is not None:
+            attempts = self.max_attempts or min(live.attempts, 5)  # gRFC A6 caps at 5
+            if attempts != live.attempts:
+                derived = replace(live, attempts=attempts)
+        self.policy_cache = (live, derived)
+        return derived
 
 
 def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: object,
@@ -307,30 +259,22 @@ def build_config(lb: LoadBalancer, *, failure_codes: object, retryable_codes: ob
     if hedging is not None and not isinstance(hedging, Hedging):
         raise ConfigError(f"hedging must be a clientlb.grpc.Hedging or None, got {hedging!r}",
                           field="hedging")
-    policy = lb.retry_policy
-    t = transparent_retries
-    if t is None:
-        t = 0 if policy is None else 3
+    t = 3 if transparent_retries is None else transparent_retries
     if isinstance(t, bool) or not isinstance(t, int) or t < 0:
         raise ConfigError(f"transparent_retries must be an integer >= 0, got {t!r}",
                           field="transparent_retries")
-    if retryable and policy is None:
-        raise ConfigError("retryable_codes needs a retry policy, but the balancer was built "
-                          "with retry=None", field="retryable_codes")
+    no_policy = "needs a retry policy, but the balancer was built with retry=None"
+    if retryable and lb.retry_policy is None:
+        raise ConfigError(f"retryable_codes {no_policy}", field="retryable_codes")
     if max_attempts is not None:
         if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) \
                 or not 1 <= max_attempts <= 5:
             raise ConfigError(f"max_attempts must be an integer 1..5 (gRFC A6 caps it at 5), "
                               f"got {max_attempts!r}", field="max_attempts")
-        if policy is None:
-            raise ConfigError("max_attempts needs a retry policy, but the balancer was built "
-                              "with retry=None", field="max_attempts")
-        policy = replace(policy, attempts=max_attempts)
-    elif policy is not None and policy.attempts > 5:
-        policy = replace(policy, attempts=5)  # gRFC A6: maxAttempts above 5 is treated as 5
-    plan = RetryPlan(retryable_codes=retryable, policy=policy if retryable else None,
-                     transparent_retries=t, budget=lb.retry_budget)
-    return ChannelConfig(failure_codes=codes, retry=plan, hedging=hedging,
+        if lb.retry_policy is None:
+            raise ConfigError(f"max_attempts {no_policy}", field="max_attempts")
+    return ChannelConfig(failure_codes=codes, retryable_codes=retryable,
+                         max_attempts=max_attempts, max_unreached=t, hedging=hedging,
                          hash_key=hash_key)
 
 
@@ -384,24 +328,32 @@ def close_on_error(lb: LoadBalancer, owns: bool) -> Iterator[None]:
         raise
 
 
-def prepare_channel(lb_or_target: object, lb_options: dict[str, Any],
-                    options: Sequence[tuple[str, Any]] | None, server_name: str | None, *,
-                    failure_codes: object, retryable_codes: object, max_attempts: int | None,
-                    transparent_retries: int | None, hedging: Hedging | None,
-                    hash_key: object) -> tuple[LoadBalancer, bool, ChannelConfig,
-                                               tuple[tuple[str, Any], ...]]:
-    """What every channel constructor does first: ``(lb, owns_lb, config, options)``.
+def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | None, *,
+                    credentials: object = None, server_name: str | None = None,
+                    failure_codes: object = DEFAULT_FAILURE_CODES, retryable_codes: object = (),
+                    max_attempts: int | None = None, transparent_retries: int | None = None,
+                    hedging: Hedging | None = None, hash_key: object = None,
+                    **lb_options: Any) -> tuple[LoadBalancer, bool, ChannelConfig,
+                                                tuple[tuple[str, Any], ...]]:
+    """What every channel constructor (sync and aio) does first, with its keyword
+    arguments (documented at :func:`clientlb.grpc.insecure_channel`):
+    ``(lb, owns_lb, config, options)``.
 
     Builds (or takes) the balancer, validates the channel's options and adds
-    the authority/TLS-name overrides; a balancer built here is closed again
-    if anything is invalid.
+    the authority/TLS-name overrides and a 1 s cap on grpcio's reconnect backoff
+    (unless given); a balancer built here is closed again if anything is invalid.
     """
+    if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+        raise ConfigError(f"credentials must be grpc.ChannelCredentials, got {credentials!r}",
+                          field="credentials")
     lb, owns = make_lb(lb_or_target, lb_options)
     with close_on_error(lb, owns):
         config = build_config(lb, failure_codes=failure_codes, retryable_codes=retryable_codes,
                               max_attempts=max_attempts, transparent_retries=transparent_retries,
                               hedging=hedging, hash_key=hash_key)
         opts = channel_options(options, logical_name(lb, server_name))
+    if not any(key == _MAX_BACKOFF_OPTION for key, _ in opts):
+        opts += ((_MAX_BACKOFF_OPTION, _MAX_BACKOFF_MS),)
     return lb, owns, config, opts
 
 
