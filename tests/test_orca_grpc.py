@@ -23,6 +23,8 @@ import grpc.aio
 import pytest
 
 import clientlb
+import clientlb.grpc
+import clientlb.grpc.aio
 from clientlb import orca
 from clientlb._engine.call import Completion
 from clientlb._engine.orca import HEADER, TRAILER, parse_header, record_trailers
@@ -287,3 +289,93 @@ def test_aio_grpc_calls_balance_by_the_reported_capacity() -> None:
                 await b.stop()
 
     asyncio.run(main())
+
+
+# -- the balanced channels (clientlb.grpc) read the trailers themselves ----------------------
+
+
+def wrr() -> clientlb.WeightedRoundRobin:
+    return clientlb.WeightedRoundRobin(blackout_period=0, weight_update_period=0.1)
+
+
+def test_sync_balanced_channel_follows_the_reported_capacity(
+        sync_backends: list[SyncBackend]) -> None:
+    """clientlb.grpc.insecure_channel with weighted_round_robin: blocking, with_call, future
+    and server-streaming calls all feed the weights; the large backend ends up with about
+    4 calls in 5."""
+    from ._helpers import wait_until
+
+    small, large = sync_backends
+    with clientlb.grpc.insecure_channel([small.address, large.address], strategy=wrr(),
+                                        outlier_detection=None) as channel:
+        unary = channel.unary_unary(UNARY)
+        stream = channel.unary_stream(STREAM)
+
+        def shifted() -> bool:
+            served: collections.Counter[str] = collections.Counter()
+            for i in range(40):
+                if i % 4 == 0:
+                    response, _call = unary.with_call(b"x")
+                elif i % 4 == 1:
+                    response = unary.future(b"x").result()
+                elif i % 4 == 2:
+                    response = next(iter(stream(b""))).split(b":")[0]
+                else:
+                    response = unary(b"x")
+                served[response.decode()] += 1
+            return served["large"] >= 28
+
+        wait_until(shifted, timeout=30, interval=0.1, message="traffic to follow the reports")
+        lb = channel.lb
+        weights = {e.address: e.load_weight or 0.0 for e in lb.snapshot().endpoints}
+        assert weights[large.address] == pytest.approx(4 * weights[small.address], rel=0.35)
+        stats = orca.statistics(lb)
+        assert stats["reports"] > 0 and stats["malformed"] == 0
+        with pytest.raises(grpc.RpcError):
+            channel.unary_unary(FAIL)(b"")  # a failed call's trailer is read too
+        assert orca.statistics(lb)["reports"] > stats["reports"]
+
+
+def test_aio_balanced_channel_follows_the_reported_capacity() -> None:
+    """clientlb.grpc.aio.insecure_channel with weighted_round_robin: unary and
+    server-streaming calls feed the weights."""
+
+    async def main() -> None:
+        backends = [AioBackend("small", 0.004), AioBackend("large", 0.001)]
+        for b in backends:
+            await b.start()
+        try:
+            async with clientlb.grpc.aio.insecure_channel(
+                    [b.address for b in backends], strategy=wrr(),
+                    outlier_detection=None) as channel:
+                unary = channel.unary_unary(UNARY)
+                stream = channel.unary_stream(STREAM)
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + 30
+                while True:
+                    served: collections.Counter[str] = collections.Counter()
+                    for i in range(40):
+                        if i % 4 == 3:
+                            messages = [m async for m in stream(b"")]
+                            served[messages[0].split(b":")[0].decode()] += 1
+                        else:
+                            served[(await unary(b"xy")).decode()] += 1
+                    if served["large"] >= 28:
+                        break
+                    assert loop.time() < deadline, served
+                    await asyncio.sleep(0.1)
+                assert orca.statistics(channel.lb)["malformed"] == 0
+        finally:
+            for b in backends:
+                await b.stop()
+
+    asyncio.run(main())
+
+
+def test_channels_do_not_read_trailers_for_other_strategies(
+        sync_backends: list[SyncBackend]) -> None:
+    with clientlb.grpc.insecure_channel([b.address for b in sync_backends],
+                                        strategy="round_robin") as channel:
+        for _ in range(4):
+            channel.unary_unary(UNARY)(b"x")
+        assert orca.statistics(channel.lb)["reports"] == 0
