@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_orca_example_balances_by_the_reported_capacity() -> None:
-    """Servers report 100 and 400 req/s of capacity: weights 1:4, about 80 of 100 calls to
-    the large one; the gRPC interceptor's trailer carries the server's named metric."""
+    """Servers report 100 and 400 req/s of capacity: weights 1:4, about 4 calls in 5 to the
+    large one, over HTTP (httpx) and gRPC (a balanced channel); the gRPC interceptor's
+    trailer carries the server's named metric."""
     result = subprocess.run([sys.executable, str(ROOT / "examples" /
                                                  "orca_weighted_round_robin.py")],
                             cwd=ROOT / "examples", capture_output=True, text=True, timeout=90)
@@ -24,7 +25,8 @@ def test_orca_example_balances_by_the_reported_capacity() -> None:
     assert result.returncode == 0, out + result.stderr
     assert "report: TEXT [('db_queries', 2.0)]" in out
     assert "weights: large/small = 4" in out
-    assert "large served about 80 of 100 requests" in out
+    assert "large served about 4 requests in 5" in out
+    assert "grpc: large served about 4 calls in 5" in out
     assert "grpc report: queue_length = 3.0" in out
     assert out.rstrip().endswith("ok")
 
