@@ -438,6 +438,17 @@ def test_an_endpoint_back_in_rotation_earns_its_weight_again(clock: FakeClock) -
     assert weights(lb)[ADDRS[2]] == 800.0
 
 
+def test_static_weights_multiply_the_reported_ones(clock: FakeClock) -> None:
+    """A canary weight (set_weight) or a slow-start ramp still scales an endpoint's share:
+    every clientlb strategy honours static weights, this one on top of the reports."""
+    lb = balancer(clock, blackout_period=0)
+    load(lb, {ADDRS[0]: 100, ADDRS[1]: 100, ADDRS[2]: 200})
+    clock.advance(1.0)
+    lb.set_weight(ADDRS[2], 0.5)
+    assert weights(lb)[ADDRS[2]] == 400.0  # the reported weight, as snapshot() shows it
+    assert shares(lb, 900) == {a: 300 for a in ADDRS}  # 400 × 0.5 against 200 × 1
+
+
 def test_other_strategies_show_no_load_weight(clock: FakeClock) -> None:
     lb = clientlb.LoadBalancer(ADDRS, strategy="least_request", clock=clock)
     assert set(weights(lb).values()) == {None}

@@ -192,7 +192,8 @@ class EndpointSnapshot:
     #: never picked. True for every endpoint without subsetting.
     in_subset: bool = True
     #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
-    #: (the mean of the others' while it has none); None with other strategies.
+    #: (the mean of the others' while it has none; picks follow it multiplied by
+    #: ``effective_weight``); None with other strategies.
     load_weight: float | None = None
 
     @property

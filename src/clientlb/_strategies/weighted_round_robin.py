@@ -43,9 +43,11 @@ The scheduler is the smooth earliest-deadline-first one of ``round_robin``
 (A58 prescribes EDF): each endpoint is due at ``(k + φᵢ) / wᵢ``, taken from a
 heap, so picks are interleaved in proportion to the weights.
 
-Static weights (discovery's, ``set_weight``, slow start) do not scale the
-reported ones — as in A58, the backends' reports decide; a weight of 0 still
-takes an endpoint out of rotation.
+Static weights (discovery's, ``set_weight``, slow start) multiply the reported
+ones. A58 has none (its endpoints' weights come only from reports), but every
+clientlb strategy honours them: a canary at weight 0.05 or a slow-start ramp
+keep working, and without reports the strategy is a weighted round robin on
+them.
 
 Defaults (why): A58's and Envoy's — ``blackout_period = 10 s``,
 ``weight_expiration_period = 180 s``, ``weight_update_period = 1 s``,
@@ -83,17 +85,19 @@ _builds = itertools.count(1)
 class _WRRPicker(Picker):
     """A scheduler over fixed endpoints whose weights it refreshes from their reports."""
 
-    __slots__ = ("_index", "_lock", "_next_update", "_rng", "_scheduler", "_slots",
-                 "_states", "_strategy", "_used")
+    __slots__ = ("_index", "_lock", "_next_update", "_reported", "_rng", "_scheduler",
+                 "_slots", "_states", "_static", "_strategy")
 
     def __init__(self, strategy: WeightedRoundRobin, states: Sequence[EndpointState],
-                 slots: Sequence[EndpointLoadReports], rng: _random.Random) -> None:
+                 weights: Sequence[float], slots: Sequence[EndpointLoadReports],
+                 rng: _random.Random) -> None:
         self._strategy = strategy
         self._states = tuple(states)
+        self._static = tuple(float(w) for w in weights)
         self._slots = tuple(slots)
         self._index = {id(s): i for i, s in enumerate(self._states)}
         self._rng = rng
-        self._used: tuple[float, ...] = (1.0,) * len(self._states)
+        self._reported: tuple[float, ...] = (1.0,) * len(self._states)
         self._scheduler: Picker = _RotationPicker(self._states, 0)
         self._next_update = -math.inf  # the first pick computes the weights
         self._lock = threading.Lock()
@@ -109,7 +113,7 @@ class _WRRPicker(Picker):
             return None
         if now >= self._next_update:
             self._refresh(now)
-        return self._used[i]
+        return self._reported[i]
 
     def _refresh(self, now: float) -> None:
         if not self._lock.acquire(blocking=False):
@@ -118,23 +122,23 @@ class _WRRPicker(Picker):
             if now < self._next_update:
                 return
             strategy = self._strategy
-            weights = [strategy.weight_at(slot, now) for slot in self._slots]
-            used = _spread(weights)
+            reported = _spread([strategy.weight_at(slot, now) for slot in self._slots])
+            used = [r * s for r, s in zip(reported, self._static, strict=True)]
             n = len(used)
             offset = self._rng.random()
             if all(w == used[0] for w in used):
                 scheduler: Picker = _RotationPicker(self._states, int(offset * n))
             else:
                 scheduler = _EDFPicker(self._states, used, offset)
-            self._used = tuple(used)
+            self._reported = tuple(reported)
             self._scheduler = scheduler
             self._next_update = now + strategy.weight_update_period
         finally:
             self._lock.release()
 
     def __repr__(self) -> str:
-        weights = ", ".join(f"{s.address}={w:.3g}" for s, w in zip(self._states, self._used,
-                                                                   strict=True))
+        weights = ", ".join(f"{s.address}={w:.3g}" for s, w in zip(self._states,
+                                                                   self._reported, strict=True))
         return f"<WeightedRoundRobin picker [{weights}]>"
 
 
@@ -229,7 +233,7 @@ class WeightedRoundRobin(Strategy):
             if slot.built < latest:
                 slot.non_empty_since = None
             slot.built = seq
-        return _WRRPicker(self, endpoints, slots, rng)
+        return _WRRPicker(self, endpoints, weights, slots, rng)
 
     def __repr__(self) -> str:
         return (f"WeightedRoundRobin(blackout_period={self.blackout_period:g}, "
