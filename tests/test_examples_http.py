@@ -47,6 +47,14 @@ def test_mounts_example_balances_two_services_from_one_client() -> None:
     assert "plain URL: not-balanced" in out
 
 
+def test_options_example_retries_hide_a_503_and_keys_stick() -> None:
+    """The retry policy and pick keys of docs/http.md, on three local backends."""
+    out = run_example("http_options.py")
+    assert "retry: statuses seen by the caller {200: 20}" in out
+    assert "hash_key: backends per user {'ann': 1, 'bob': 1, 'cyd': 1}" in out
+    assert out.rstrip().endswith("ok")
+
+
 @pytest.mark.servers
 def test_http_overhead_benchmark_runs_in_smoke_mode() -> None:
     """The benchmark keeps working (nginx and HAProxy started by it); no timing asserted."""

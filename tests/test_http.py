@@ -21,7 +21,7 @@ import trustme
 import clientlb
 from clientlb import Outcome, RetryBudget, RetryPolicy
 
-from ._helpers import FakeClock, wait_until
+from ._helpers import FakeClock, closing, wait_until
 from ._http_backend import Backend, HangUpBackend, dead_address
 
 FAST = RetryPolicy(backoff=tenacity.wait_none())  # no back-off sleeps in tests
@@ -39,7 +39,8 @@ def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
     options.setdefault("strategy", "round_robin")
     options.setdefault("retry", FAST)
     options.setdefault("outlier_detection", None)  # these tests watch retries, not ejection
-    return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
+                                         **options))
 
 
 @contextlib.contextmanager

@@ -29,7 +29,7 @@ from clientlb import (
 )
 from clientlb._health.checks import HealthChecker
 
-from ._helpers import FakeClock, wait_until
+from ._helpers import FakeClock, closing, wait_until
 from .consul_emulator import ConsulEmulator
 
 ADDRS = [f"10.0.{i // 200}.{i % 200 + 1}:80" for i in range(30)]
@@ -46,9 +46,9 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def make_lb(clock: FakeClock | None = None, *, subset: object = APERTURE,
             strategy: str = "round_robin", targets: list[str] | list[Endpoint] | None = None,
             **options: object) -> LoadBalancer:
-    return LoadBalancer(targets or ADDRS, strategy=strategy, subset=subset,  # type: ignore[arg-type]
-                        clock=clock or FakeClock(), rng=random.Random(11),
-                        **options)  # type: ignore[arg-type]
+    return closing(LoadBalancer(targets or ADDRS, strategy=strategy,  # type: ignore[arg-type]
+                                subset=subset, clock=clock or FakeClock(),
+                                rng=random.Random(11), **options))  # type: ignore[arg-type]
 
 
 def members(lb: LoadBalancer) -> dict[str, float]:
@@ -370,7 +370,7 @@ def test_subsetting_with_discovered_peers_inside_asyncio() -> None:
     async def main() -> tuple[int | None, int | None, str | None]:
         peers = "static://10.9.0.1:7000,10.9.0.2:7000"
         lb = LoadBalancer(ADDRS, subset=Aperture(size=5, peers=peers, client_id="10.9.0.2:7000"))
-        await lb.wait_ready_async()
+        await lb.await_ready()
         for _ in range(100):  # the peers resolver is a task of this loop
             if place(lb)[2] == "peers":
                 break

@@ -23,7 +23,9 @@ import math
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+import warnings
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -36,13 +38,15 @@ from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
 from .._subset.config import SubsetConfig, check_subset
 from .._subset.subsetter import SubsetSnapshot, Subsetter
+from .checks import check_clock
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from .errors import ClientLBError, ConfigError, NoEndpointAvailable
+from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_arguments
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
+from .text import plural
 
-__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
+__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick", "check_options"]
 
 logger = logging.getLogger("clientlb.balancer")
 
@@ -56,6 +60,19 @@ _DEFAULT_OUTLIER_DETECTION = OutlierDetection()
 _CANCELLED = Outcome.CANCELLED
 _CONNECT_FAILURE = Outcome.CONNECT_FAILURE
 _READY = Connectivity.READY
+
+
+def _check_resolver_options(options: object, target: Target) -> dict[str, Any]:
+    """``resolver_options`` as keyword arguments for the target's resolver."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"resolver_options must be a mapping of option names to values, "
+                          f"got {options!r}", field="resolver_options")
+    if options and target.scheme == "static":
+        raise ConfigError(f"a static target takes no resolver options, got "
+                          f"{sorted(options)}", field="resolver_options")
+    return dict(options)
 
 
 def _classify_exception(exc: BaseException) -> Outcome:
@@ -191,6 +208,8 @@ class EndpointSnapshot:
     #: False for an endpoint outside this client's subset (``subset=``): discovered,
     #: never picked. True for every endpoint without subsetting.
     in_subset: bool = True
+    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
+    error_rate: float = 0.0
     #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
     #: (the mean of the others' while it has none; picks follow it multiplied by
     #: ``effective_weight``); None with other strategies.
@@ -218,6 +237,7 @@ class BalancerSnapshot:
         return {e.address: e for e in self.endpoints}
 
 
+@strict_arguments
 class LoadBalancer:
     """An in-process load balancer over the endpoints of a target.
 
@@ -267,6 +287,9 @@ class LoadBalancer:
         ConfigError: for a malformed target, an unknown scheme or strategy.
     """
 
+    #: False only for :func:`check_options`: validate, start nothing.
+    _starts = True
+
     def __init__(
         self,
         target: str | Iterable[str | Endpoint] | Target,
@@ -288,17 +311,23 @@ class LoadBalancer:
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         subset: SubsetConfig | None = None,
     ) -> None:
+        self._closed = True  # until construction succeeds: __del__ has nothing to stop
         self._target = parse_target(target)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
-        if not isinstance(first_resolution_timeout, (int, float)) or first_resolution_timeout < 0:
-            raise ConfigError(f"first_resolution_timeout must be >= 0 seconds, got "
-                              f"{first_resolution_timeout!r}", field="first_resolution_timeout")
+        if isinstance(first_resolution_timeout, bool) or not isinstance(
+                first_resolution_timeout, (int, float)) \
+                or not 0 <= first_resolution_timeout < math.inf:
+            raise ConfigError(f"first_resolution_timeout must be a finite number >= 0 seconds, "
+                              f"got {first_resolution_timeout!r}",
+                              field="first_resolution_timeout")
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"rng must be a random.Random, got {rng!r}", field="rng")
+        check_clock(clock)
+        options = _check_resolver_options(resolver_options, self._target)
         self.name: str = name or self._target.service
         self._first_resolution_timeout = float(first_resolution_timeout)
         self._clock: Clock = clock or time.monotonic
@@ -321,7 +350,6 @@ class LoadBalancer:
         self._ready = threading.Event()
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._discovery_error: BaseException | None = None
-        self._closed = False
         self._outcome_listeners: tuple[OutcomeListener, ...] = ()
         self._diff_listeners: tuple[DiffListener, ...] = ()
         self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
@@ -340,22 +368,32 @@ class LoadBalancer:
         self._connectivity = ConnectivityTracker(self)
         # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
         self._subsetter = self._new_subsetter(check_subset(subset))
-        self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
-        self._start_resolver()
-        self._health.start()
-        if self._subsetter is not None:
-            self._subsetter.start()
+        self._resolver: Resolver = create_resolver(self._target, **options)
+        if not self._starts:  # check_options(): every check made, nothing started
+            return
+        self._closed = False
+        try:
+            self._start_resolver()
+            self._health.start()
+            if self._subsetter is not None:
+                self._subsetter.start()
+        except BaseException:  # release what was started: nothing keeps running
+            self.close()
+            raise
 
     # -- resolver side ------------------------------------------------------------------
 
     def _start_resolver(self) -> None:
+        # The resolver talks to a weak proxy: its thread or task must not keep a
+        # balancer dropped without close() alive (then __del__ stops it).
+        sink = _WeakSink(self)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._resolver.start(self)
+            self._resolver.start(sink)
             return
         # Inside a running loop: resolve with asyncio tasks on that loop.
-        self._resolver_task = loop.create_task(self._resolver.astart(self))
+        self._resolver_task = loop.create_task(self._resolver.astart(sink))
 
     def publish(self, endpoints: EndpointSet) -> None:
         """Apply a new endpoint set (called by resolvers; safe from any thread)."""
@@ -395,13 +433,21 @@ class LoadBalancer:
                 listener(diff)
 
     def error(self, exc: BaseException) -> None:
-        """Record a discovery failure (called by resolvers); the last good set stays."""
+        """Record a discovery failure (called by resolvers); the last good set stays.
+
+        Logged at DEBUG only: the resolver logs the episode (one WARNING when its
+        source starts failing, DEBUG until it recovers, INFO when it does;
+        ``_resolvers/_loop.py``), since only it knows when an unchanged answer
+        ends the episode.
+        """
         with self._lock:
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
+            kept = (f"keeping the last good set ({plural(len(self._endpoint_set), 'endpoint')})"
+                    if self._ready.is_set() else "no endpoint set yet")
             error_listeners = self._error_listeners
-        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        logger.debug("%s: discovery error, %s: %s", self.name, kept, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 
@@ -460,9 +506,11 @@ class LoadBalancer:
             self._picker = self._strategy.build(chosen, weights, self._rng)
         else:
             self._picker = None
+            why = self._resolver.empty_reason if not states else None
             self._no_pick_reason = (
-                "the target resolved to no endpoint" if not states
-                else "no endpoint may take traffic"
+                "no endpoint may take traffic" if states
+                else f"the target resolved to no endpoint: {why}" if why
+                else "the target resolved to no endpoint"
             )
 
     def rebuild(self) -> None:
@@ -623,8 +671,13 @@ class LoadBalancer:
         """Block until the first resolution finished; True when it did in time."""
         return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
 
-    async def wait_ready_async(self, timeout: float | None = None) -> bool:
-        """Await the first resolution without blocking the event loop."""
+    async def await_ready(self, timeout: float | None = None) -> bool:
+        """The async twin of :meth:`wait_ready`: await the first resolution without
+        blocking the event loop; True when it finished in time.
+
+        Named as httpx names async twins (``close``/``aclose``): ``a`` + the sync
+        name, here ``a`` + ``wait_ready``.
+        """
         if self._ready.is_set():
             return True
         loop = asyncio.get_running_loop()
@@ -781,6 +834,7 @@ class LoadBalancer:
             failures=load.failures,
             connectivity=state.connectivity.value,
             in_subset=self._subsetter is None or self._subsetter.contains(state.address),
+            error_rate=getattr(load, "error_rate", 0.0),
             load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
@@ -790,7 +844,7 @@ class LoadBalancer:
         healthy = sum(1 for s in states if s.health(now) is Health.HEALTHY)
         in_flight = sum(s.load.in_flight for s in states)
         return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
-                f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
+                f"[{plural(len(states), 'endpoint')}: {healthy} healthy] in_flight={in_flight} "
                 f"mode={self.mode}>")
 
     # -- runtime control (the control API; see clientlb.Registry) ------------------------------
@@ -910,6 +964,12 @@ class LoadBalancer:
             self.publish(EndpointSet(rest, version=self._endpoint_set.version + 1))
             return True
 
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """Deprecated: the old name of :meth:`await_ready`."""
+        warnings.warn("LoadBalancer.wait_ready_async() is deprecated; use await_ready(), the "
+                      "async twin of wait_ready()", DeprecationWarning, stacklevel=2)
+        return await self.await_ready(timeout)
+
     def _check_static(self, what: str) -> None:
         if self._target.scheme != "static":
             raise ConfigError(
@@ -919,7 +979,7 @@ class LoadBalancer:
             # Created inside an event loop, the static list is published by a task that
             # has not run yet: an edit now would be overwritten by it.
             raise ClientLBError(f"{what}() before the balancer's first endpoint set; "
-                                "await lb.wait_ready_async() first")
+                                "await lb.await_ready() first")
 
     def in_flight(self) -> int:
         """Calls in flight on every endpoint, including draining ones."""
@@ -958,6 +1018,20 @@ class LoadBalancer:
     def closed(self) -> bool:
         return self._closed
 
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Collected without close(), as a socket or an asyncio transport can be:
+        # stop the background work (discovery, probes) without waiting for it,
+        # then say so with a ResourceWarning, as they do.
+        if getattr(self, "_closed", True):  # closed, or __init__ failed early
+            return
+        self._closed = True
+        self._picker = None
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self._resolver.stop()
+        with contextlib.suppress(Exception):
+            self._health.close(wait=False)
+        _warn(f"unclosed {self!r}; close() it or use 'with'", ResourceWarning, source=self)
+
     def __enter__(self) -> LoadBalancer:
         return self
 
@@ -969,6 +1043,42 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _WeakSink:
+    """What a balancer's resolver publishes to: the balancer, weakly referenced."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, lb: LoadBalancer) -> None:
+        self._ref = weakref.ref(lb)
+
+    def publish(self, endpoints: EndpointSet) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.publish(endpoints)
+
+    def error(self, exc: BaseException) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.error(exc)
+
+
+class _Unstarted(LoadBalancer):
+    """A balancer that makes every check and starts nothing (no discovery, no probes)."""
+
+    _starts = False
+
+
+def check_options(target: object, **options: Any) -> None:
+    """Raise what ``LoadBalancer(target, **options)`` would raise, starting nothing.
+
+    The configuration file check (``clientlb config``, ``Registry.from_config``
+    before it creates anything) uses it, so that a file is validated by the very
+    code that builds the balancers: a misspelt ``resolver_options`` key or
+    ``max_requests = -5`` is refused there as it is here.
+    """
+    _Unstarted(target, **options)  # type: ignore[arg-type]
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

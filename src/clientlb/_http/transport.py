@@ -63,6 +63,9 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import math
+import os
+import ssl
 import threading
 import time
 import weakref
@@ -75,13 +78,13 @@ import httpx
 
 from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.call import LIVE_POLICY, Completion, LogicalCall
 from .._engine.orca import record_headers
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
-__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
+__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport", "TransportClosed"]
 
 _SUCCESS = Outcome.SUCCESS
 
@@ -98,6 +101,12 @@ class HTTPNoEndpointAvailable(httpx.TransportError, NoEndpointAvailable):
         self.args = (str(error),)
         if request is not None:
             self.request = request
+
+
+class TransportClosed(httpx.TransportError):
+    """The transport was closed: a request in flight (or a retry of one) ends with
+    this httpx exception, not a bare ``RuntimeError``; nothing is retried and the
+    endpoint is not blamed (the outcome is ``CANCELLED``)."""
 
 
 # httpcore exception → (httpx exception, outcome, may the request have reached the backend?)
@@ -180,9 +189,15 @@ def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
                                                 keepalive_expiry=5.0))
     if not isinstance(limits, httpx.Limits):
         raise ConfigError(f"limits must be an httpx.Limits, got {limits!r}", field="limits")
-    ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
-                                           cert=options.get("cert"),
-                                           trust_env=options.get("trust_env", True))
+    _check_transport_options(options, limits)
+    try:
+        ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
+                                               cert=options.get("cert"),
+                                               trust_env=options.get("trust_env", True))
+    except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+        name = "cert" if options.get("cert") else "verify"
+        raise ConfigError(f"cannot build the TLS context from {name}="
+                          f"{options.get(name)!r}: {exc}", field=name) from None
     return {
         "ssl_context": ssl_context,
         "max_connections": limits.max_connections,
@@ -194,6 +209,55 @@ def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         "retries": options.get("retries", 0),
         "socket_options": options.get("socket_options"),
     }
+
+
+def _check_transport_options(options: dict[str, Any], limits: httpx.Limits) -> None:
+    """The httpx options' types, checked here: httpcore takes anything and fails later."""
+    verify = options.get("verify", True)
+    if not isinstance(verify, (bool, str, ssl.SSLContext)):
+        raise ConfigError(f"verify must be True, False, an ssl.SSLContext or a CA path, got "
+                          f"{verify!r}", field="verify")
+    if isinstance(verify, str) and not os.path.exists(verify):
+        raise ConfigError(f"verify names no file or directory: {verify!r}", field="verify")
+    cert = options.get("cert")
+    parts = (cert,) if isinstance(cert, str) else cert
+    if cert is not None and (not isinstance(parts, tuple) or not 1 <= len(parts) <= 3
+                             or not all(p is None or isinstance(p, str) for p in parts)
+                             or not isinstance(parts[0], str)):
+        raise ConfigError(f"cert must be a path or a (certfile, keyfile[, password]) tuple, "
+                          f"got {cert!r}", field="cert")
+    for name in ("trust_env", "http1", "http2"):
+        if name in options and not isinstance(options[name], bool):
+            raise ConfigError(f"{name} must be True or False, got {options[name]!r}",
+                              field=name)
+    if options.get("http1", True) is False and options.get("http2", False) is False:
+        raise ConfigError("http1 and http2 cannot both be False", field="http1")
+    local = options.get("local_address")
+    if local is not None and (not isinstance(local, str) or not local):
+        raise ConfigError(f"local_address must be an IP address string or None, got "
+                          f"{local!r}", field="local_address")
+    retries = options.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be an integer >= 0, got {retries!r}", field="retries")
+    sockopts = options.get("socket_options")
+    if sockopts is not None and (isinstance(sockopts, (str, bytes)) or not all(
+            isinstance(o, tuple) and len(o) in (3, 4) for o in _iterable(sockopts))):
+        raise ConfigError(f"socket_options must be (level, option, value) tuples, got "
+                          f"{sockopts!r}", field="socket_options")
+    for name in ("max_connections", "max_keepalive_connections"):
+        n = getattr(limits, name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"limits.{name} must be an integer >= 0 or None, got {n!r}",
+                              field=f"limits.{name}")
+    expiry = limits.keepalive_expiry
+    if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))
+                               or not 0 <= expiry < math.inf):
+        raise ConfigError(f"limits.keepalive_expiry must be a finite number >= 0 or None, got "
+                          f"{expiry!r}", field="limits.keepalive_expiry")
+
+
+def _iterable(value: object) -> list[Any]:
+    return list(value) if isinstance(value, Iterable) else [None]
 
 
 # -- the shared core ----------------------------------------------------------------------------
@@ -379,7 +443,7 @@ class _Router(Generic[P]):
             shards = self._routes.get(key)
             if shards is None:
                 if self.closed:
-                    raise RuntimeError("the transport is closed")
+                    raise TransportClosed("the transport is closed")
                 route = _Route(key, pick.endpoint, self._pool_factory())
                 if pick.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
@@ -476,8 +540,10 @@ class _Router(Generic[P]):
             extensions = self._bounded(call, extensions)
         try:
             route = self._route(pick, sni)
-        except BaseException:
+        except BaseException as exc:
             pick.done(Outcome.CANCELLED)
+            if isinstance(exc, TransportClosed):
+                exc.request = call.request
             raise
         core = httpcore.Request(
             method=request.method,
@@ -505,6 +571,12 @@ class _Router(Generic[P]):
 
     def failed(self, call: _Call, attempt: _Attempt[P], exc: BaseException) -> float:
         """An attempt raised: report it; the delay before a retry, or raise the final error."""
+        if self.closed and isinstance(exc, Exception):  # closed under it: not the endpoint's
+            attempt.finish(Outcome.CANCELLED)
+            err = TransportClosed(f"the transport was closed while the request was in "
+                                  f"flight (service {self.lb.name!r})")
+            err.request = call.request
+            raise err from exc
         cls, outcome, reached = classify_exception(exc)
         attempt.finish(outcome)
         if cls is None:
@@ -517,9 +589,9 @@ class _Router(Generic[P]):
         else:
             call.tried.append((attempt.address, f"{outcome.value}: {exc}"))
         if delay is None:
-            err = cls(call.describe_failure(str(exc)))
-            err.request = call.request
-            raise err from exc
+            final = cls(call.describe_failure(str(exc)))
+            final.request = call.request
+            raise final from exc
         return delay
 
     def responded(self, call: _Call, attempt: _Attempt[P],
@@ -564,9 +636,12 @@ class _Router(Generic[P]):
         return httpx.Response(status_code=resp.status, headers=headers, stream=stream,
                               extensions=extensions)
 
-    @staticmethod
-    def body_error(attempt: _Attempt[P], exc: BaseException) -> NoReturn:
+    def body_error(self, attempt: _Attempt[P], exc: BaseException) -> NoReturn:
         """An error while reading a response body: record it, raise it as httpx's."""
+        if self.closed:  # the transport was closed under the body: not the endpoint's fault
+            attempt.outcome = Outcome.CANCELLED
+            raise TransportClosed("the transport was closed while the response body was "
+                                  f"being read (service {self.lb.name!r})") from exc
         cls, outcome, _ = classify_exception(exc)
         if outcome is not Outcome.CANCELLED or attempt.outcome is _SUCCESS:
             attempt.outcome = outcome
@@ -621,6 +696,7 @@ class _Body:
         return closing
 
 
+@strict_arguments
 class _Transport:
     """The constructor, ``lb`` and ``repr`` of both transports (see HTTPTransport)."""
 
@@ -632,11 +708,16 @@ class _Transport:
                  deadline: float | None = None, **options: Any) -> None:
         kwargs = _pool_kwargs(options)
         self._lb, self._owns_lb = _resolve_lb(lb)
-        self._router: _Router[Any] = _Router(
-            self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
-            server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, deadline=deadline,
-            is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        try:
+            self._router: _Router[Any] = _Router(
+                self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+                server_name=server_name, hash_key=hash_key, affinity=affinity,
+                pool_shards=pool_shards, deadline=deadline,
+                is_async=self._pool_class is httpcore.AsyncConnectionPool)
+        except BaseException:  # a balancer built here must not outlive the failure
+            if self._owns_lb:
+                self._lb.close()
+            raise
 
     @property
     def lb(self) -> LoadBalancer:
@@ -831,7 +912,7 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
         router = self._router
         if not self._ready:  # a discovered target may still be resolving (asyncio only)
             if self._lb.mode == "waiting":
-                await self._lb.wait_ready_async()
+                await self._lb.await_ready()
             self._ready = self._lb.mode != "waiting"
             if router.on_retired is None:
                 self._watch_retired()

@@ -157,7 +157,19 @@ def parse_service(name: str, spec: object, path: str) -> ServiceConfig:
         if key == "target":
             continue
         options[key] = option_value(key, value, f"{path}.{key}")
+    check_service(name, target, options, path)
     return ServiceConfig(name, target, options)
+
+
+def check_service(name: str, target: object, options: Mapping[str, Any], path: str) -> None:
+    """What ``LoadBalancer(target, name=name, **options)`` refuses, refused now, with
+    the dotted path, by the balancer's own checks (nothing is started)."""
+    from .._core.balancer import check_options
+
+    try:
+        check_options(target, name=name, **options)
+    except ConfigError as exc:
+        raise repath(exc, path) from None
 
 
 def option_value(key: str, value: Any, path: str) -> Any:
@@ -200,7 +212,8 @@ def build(cls: type[Any], value: Any, path: str, *, section: str | None = None) 
     for key, item in value.items():
         nested = _nested_class(hints.get(key)) if isinstance(item, Mapping) else None
         if nested is not None:
-            kwargs[key] = build(nested, item, f"{path}.{key}")
+            kwargs[key] = build(nested, item, f"{path}.{key}",
+                                section=f"{section}.{key}" if section else None)
         elif isinstance(item, list) and _wants_set(hints.get(key)):
             kwargs[key] = frozenset(item)
         else:
@@ -217,7 +230,8 @@ def repath(exc: ConfigError, path: str, section: str | None = None) -> ConfigErr
     """The same error, its field made absolute under ``path``.
 
     Classes name their own fields either bare (``"weight"``) or under their
-    section (``"health_check.interval"``); both end up as
+    section (``"health_check.interval"``, ``"retry.budget.ratio"`` for the
+    nested ``retry.budget``); both end up as
     ``services.users.health_check.interval``.
     """
     message = str(exc)
@@ -226,8 +240,9 @@ def repath(exc: ConfigError, path: str, section: str | None = None) -> ConfigErr
         message = message[len(field) + 2:]
     if not field:
         full = path
-    elif section and (field == section or field.startswith(section + ".")):
-        parent = path.rpartition(".")[0]
+    elif section and path.endswith(section) and (
+            field == section or field.startswith(section + ".")):
+        parent = path[:-len(section)].rstrip(".")  # a section names its fields from itself
         full = f"{parent}.{field}" if parent else field
     else:
         full = f"{path}.{field}"

@@ -38,7 +38,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._core.balancer import BalancerSnapshot, LoadBalancer
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, strict_arguments
 from .._core.target import parse_target
 from .._subset.config import subset_option
 from .config import load_config, option_value, parse_config, repath
@@ -53,6 +53,7 @@ logger = logging.getLogger("clientlb.registry")
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
+@strict_arguments
 class Registry:
     """Named load balancers, created, updated and deleted at runtime (thread-safe).
 
@@ -76,6 +77,10 @@ class Registry:
         else:
             raise ConfigError(f"must be a bool or a Telemetry, got {telemetry!r}",
                               field="telemetry")
+        if defaults is not None and (not isinstance(defaults, Mapping) or not all(
+                isinstance(k, str) for k in defaults)):
+            raise ConfigError(f"must be a mapping of LoadBalancer options, got {defaults!r}",
+                              field="defaults")
         self._defaults = dict(defaults or {})
         self._lock = threading.RLock()
         self._balancers: dict[str, LoadBalancer] = {}
@@ -352,21 +357,36 @@ class Registry:
             await asyncio.sleep(0.01)
         return lb.in_flight() == 0
 
-    def close(self) -> None:
-        """Close every balancer without waiting (in-flight calls still finish)."""
+    def _detach_all(self) -> list[LoadBalancer]:
         with self._lock:
             balancers, self._balancers = list(self._balancers.values()), {}
             self._specs = {}
-        for lb in balancers:
-            if self._telemetry is not None:
+        if self._telemetry is not None:
+            for lb in balancers:
                 self._telemetry.uninstrument(lb)
+        return balancers
+
+    def close(self) -> None:
+        """Close every balancer without waiting (in-flight calls still finish)."""
+        for lb in self._detach_all():
             lb.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for asyncio: each balancer's discovery stops on its own loop."""
+        for lb in self._detach_all():
+            await lb.aclose()
 
     def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    async def __aenter__(self) -> Registry:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     def __repr__(self) -> str:
         with self._lock:

@@ -40,6 +40,10 @@ class ResolverSink(Protocol):
 class Resolver(ABC):
     """Base class of the resolvers; see the module documentation for the rules."""
 
+    #: Why the last set published is empty, when it is (``"NXDOMAIN: users.internal
+    #: does not exist"``), for the balancer's ``NoEndpointAvailable``; None otherwise.
+    empty_reason: str | None = None
+
     def __init__(self, target: Target) -> None:
         self.target = target
 
@@ -56,6 +60,13 @@ class Resolver(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Stop resolving; idempotent."""
+
+    def stop(self) -> None:
+        """Stop resolving without waiting for it to end (from a finalizer); idempotent.
+
+        Defaults to :meth:`close`; resolvers whose ``close`` waits override it.
+        """
+        self.close()
 
     async def aclose(self) -> None:
         self.close()

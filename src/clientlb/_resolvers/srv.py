@@ -44,6 +44,7 @@ from typing import Any
 import dns.name
 import dns.rdatatype
 
+from .._core.checks import check_bool
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -82,7 +83,7 @@ class SRVResolver(TTLResolver):
         super().__init__(target, **options)
         self.record_types = check_record_types(record_types)
         self.querier = DNSQuerier(target.server, timeout=check_seconds(
-            "timeout", timeout, allow_zero=False), tcp=bool(tcp), target=str(target))
+            "timeout", timeout, allow_zero=False), tcp=check_bool(tcp, "tcp"), target=str(target))
         # target host → addresses from its last successful lookup
         self._known: dict[str, list[str]] = {}
 

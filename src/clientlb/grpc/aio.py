@@ -37,6 +37,7 @@ import grpc.aio
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import strict_arguments
 from .._core.outcome import Outcome
 from .._engine import connectivity
 from .._engine.orca import record_trailers
@@ -45,9 +46,11 @@ from ._common import (
     ChannelConfig,
     Hedging,
     NoEndpointRpcError,
+    check_compression,
     close_on_error,
     endpoint_target,
     prepare_channel,
+    server_name_fourth,
 )
 from ._policy import Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
@@ -215,7 +218,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     async def __aenter__(self) -> BalancedChannel:
         """Enter, after the balancer's first resolution (or its timeout)."""
-        await self.lb.wait_ready_async()
+        await self.lb.await_ready()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -509,7 +512,7 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     async def _drive(self) -> Any:
         rpc = self._rpc
         if self._attempt is None:
-            await self._ch.lb.wait_ready_async()
+            await self._ch.lb.await_ready()
             if rpc.hedging is not None:
                 return await self._hedged(rpc)
             self._launch()
@@ -688,6 +691,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -706,27 +710,31 @@ def insecure_channel(
     return _open(lb_or_target, None, options, compression, interceptors, kwargs)
 
 
+@strict_arguments
+@server_name_fourth
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
     options: Sequence[tuple[str, Any]] | None = None,
-    server_name: str | None = None,
-    *,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     **kwargs: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
 
-    Arguments as :func:`clientlb.grpc.secure_channel` and :func:`insecure_channel`.
+    The positional arguments are ``grpc.aio.secure_channel``'s (``target,
+    credentials, options, compression, interceptors``); the others are
+    keyword-only, as :func:`clientlb.grpc.secure_channel` and
+    :func:`insecure_channel`. A server name in the fourth place (where clientlb
+    used to take it) still works, with a ``DeprecationWarning``.
     """
-    return _open(lb_or_target, credentials, options, compression, interceptors,
-                 {"server_name": server_name, **kwargs})
+    return _open(lb_or_target, credentials, options, compression, interceptors, kwargs)
 
 
 def _open(lb_or_target: Any, credentials: grpc.ChannelCredentials | None,
           options: Sequence[tuple[str, Any]] | None, compression: grpc.Compression | None,
           interceptors: object, kwargs: dict[str, Any]) -> BalancedChannel:
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(lb_or_target, options, credentials=credentials,
                                              **kwargs)
     with close_on_error(lb, owns):
