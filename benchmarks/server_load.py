@@ -197,7 +197,7 @@ async def client(strategy: str, ports: list[int], rate: float, warmup: float, me
     tasks: set[asyncio.Task[Any]] = set()
     transport = clientlb.AsyncHTTPTransport(lb)
     async with lb, httpx.AsyncClient(transport=transport, timeout=TIMEOUT) as http:
-        await lb.wait_ready_async()
+        await lb.await_ready()
         start = loop.time()
         measured_from = start + warmup
         end = measured_from + measure

@@ -37,7 +37,7 @@ from clientlb._engine.orca import (
     to_binary,
 )
 
-from ._helpers import FakeClock, wait_until
+from ._helpers import FakeClock, closing, wait_until
 
 # -- formats ---------------------------------------------------------------------------
 
@@ -178,6 +178,7 @@ for value in ("TEXT cpu_utilization=0.5,rps_fractional=10", "BIN CZqZmZmZmbk/", 
     record_headers(Completion(lb.pick()), [(b"endpoint-load-metrics", value.encode())])
 record_trailers(Completion(lb.pick()), (("endpoint-load-metrics-bin", b"\x09"),))
 print(orca.statistics(lb))
+lb.close()
 try:
     orca.OrcaMiddleware(lambda *a: None, format="BIN")
 except clientlb.ConfigError as exc:
@@ -210,7 +211,7 @@ def report_to(lb: clientlb.LoadBalancer, address: str, value: str) -> None:
 def test_the_hook_counts_malformed_reports_and_never_raises(caplog: pytest.LogCaptureFixture
                                                             ) -> None:
     """A malformed report is ignored, counted, and logged once per endpoint at WARNING."""
-    lb = clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin")
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin"))
     with caplog.at_level("DEBUG", logger="clientlb.orca"):
         for value in ("TEXT cpu_utilization=oops", "nonsense", "TEXT eps=-3",
                       "TEXT application_utilization=0.5,rps_fractional=3"):
@@ -227,7 +228,7 @@ def test_the_hook_counts_malformed_reports_and_never_raises(caplog: pytest.LogCa
 
 
 def test_the_hook_reads_the_legacy_bin_header() -> None:
-    lb = clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin")
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin"))
     completion = Completion(lb.pick())
     value = base64.b64encode(to_binary(LoadReport(cpu_utilization=0.4))).decode()
     record_headers(completion, [("endpoint-load-metrics-bin", value)])
@@ -236,7 +237,7 @@ def test_the_hook_reads_the_legacy_bin_header() -> None:
 
 
 def test_reports_are_not_parsed_for_strategies_that_do_not_read_them() -> None:
-    lb = clientlb.LoadBalancer(["127.0.0.1:1"], strategy="round_robin")
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:1"], strategy="round_robin"))
     report_to(lb, "127.0.0.1:1", "TEXT cpu_utilization=0.5,rps_fractional=10")
     assert orca.statistics(lb) == {"reports": 0, "malformed": 0, "unsupported": 0}
 
@@ -310,8 +311,9 @@ def clock() -> FakeClock:
 
 
 def balancer(clock: FakeClock, addrs: list[str] = ADDRS, **options: Any) -> clientlb.LoadBalancer:
-    return clientlb.LoadBalancer(addrs, strategy=_wrr(**options), clock=clock,
-                                 outlier_detection=None, rng=__import__("random").Random(7))
+    return closing(clientlb.LoadBalancer(addrs, strategy=_wrr(**options), clock=clock,
+                                         outlier_detection=None,
+                                         rng=__import__("random").Random(7)))
 
 
 def load(lb: clientlb.LoadBalancer, qps_by_address: dict[str, float],
@@ -450,7 +452,7 @@ def test_static_weights_multiply_the_reported_ones(clock: FakeClock) -> None:
 
 
 def test_other_strategies_show_no_load_weight(clock: FakeClock) -> None:
-    lb = clientlb.LoadBalancer(ADDRS, strategy="least_request", clock=clock)
+    lb = closing(clientlb.LoadBalancer(ADDRS, strategy="least_request", clock=clock))
     assert set(weights(lb).values()) == {None}
     lb.set_strategy("weighted_round_robin")
     assert set(weights(lb).values()) == {1.0}

@@ -29,6 +29,8 @@ from clientlb import orca
 from clientlb._engine.call import Completion
 from clientlb._engine.orca import HEADER, TRAILER, parse_header, record_trailers
 
+from ._helpers import closing
+
 UNARY = "/demo.Load/Unary"
 STREAM = "/demo.Load/Stream"
 FAIL = "/demo.Load/Fail"
@@ -167,7 +169,7 @@ def test_an_aborted_call_still_carries_a_report_and_counts_as_an_error(
 
 
 def test_the_hook_ignores_calls_without_a_report_and_bad_ones() -> None:
-    lb = clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin")
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:1"], strategy="weighted_round_robin"))
     record_trailers(Completion(lb.pick()), None)
     record_trailers(Completion(lb.pick()), (("backend", "x"),))
     record_trailers(Completion(lb.pick()), ((TRAILER, b"\x0a\x05"),))
@@ -268,7 +270,7 @@ def test_aio_grpc_calls_balance_by_the_reported_capacity() -> None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + 30
             async with lb:
-                await lb.wait_ready_async()
+                await lb.await_ready()
                 while True:
                     served: collections.Counter[str] = collections.Counter()
                     for _ in range(40):
