@@ -51,6 +51,7 @@ from ._strategies import (
     RingHash,
     RoundRobin,
     Strategy,
+    WeightedRoundRobin,
 )
 from ._subset import Aperture, RandomSubset, SubsetSnapshot
 from ._tcp import (
@@ -113,6 +114,7 @@ __all__ = [
     "SuccessRate",
     "Target",
     "Telemetry",
+    "WeightedRoundRobin",
     "__version__",
     "aconnect_with",
     "connect",

@@ -115,6 +115,15 @@ class Pick:
         return self._state.address
 
     @property
+    def state(self) -> EndpointState:
+        """The picked endpoint's live state (where its load reports are recorded)."""
+        return self._state
+
+    @property
+    def balancer(self) -> LoadBalancer:
+        return self._lb
+
+    @property
     def started_at(self) -> float:
         """The balancer clock's reading when the pick was made."""
         return self._start
@@ -202,6 +211,10 @@ class EndpointSnapshot:
     in_subset: bool = True
     #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
     error_rate: float = 0.0
+    #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
+    #: (the mean of the others' while it has none; picks follow it multiplied by
+    #: ``effective_weight``); None with other strategies.
+    load_weight: float | None = None
 
     @property
     def address(self) -> str:
@@ -242,7 +255,7 @@ class LoadBalancer(Closing):
             or :class:`Endpoint` objects.
         strategy: a strategy name (``round_robin``, ``random``,
             ``least_request``, ``peak_ewma`` — the default —, ``ring_hash``,
-            ``maglev``) or a :class:`Strategy` object.
+            ``maglev``, ``weighted_round_robin``) or a :class:`Strategy` object.
         name: the logical service name used in logs, metrics and as the HTTP
             ``Host``/TLS name; defaults to the target's service name.
         first_resolution_timeout: how long the first ``pick()`` waits for a
@@ -803,6 +816,7 @@ class LoadBalancer(Closing):
 
     def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:
         load = state.load
+        picker = self._picker
         return EndpointSnapshot(
             endpoint=state.endpoint,
             state=state.health(now).value,
@@ -815,6 +829,7 @@ class LoadBalancer(Closing):
             connectivity=state.connectivity.value,
             in_subset=self._subsetter is None or self._subsetter.contains(state.address),
             error_rate=getattr(load, "error_rate", 0.0),
+            load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
     def __repr__(self) -> str:

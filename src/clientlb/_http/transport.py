@@ -81,6 +81,7 @@ from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.errors import ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.call import LIVE_POLICY, Completion, LogicalCall
+from .._engine.orca import record_headers
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
 __all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport", "TransportClosed"]
@@ -597,6 +598,7 @@ class _Router(Generic[P]):
                   response: httpcore.Response) -> float | None:
         """Headers arrived: the outcome; the delay before a retry, or None to return it."""
         attempt.mark_first_byte()
+        record_headers(attempt, response.headers)  # ORCA load report (weighted_round_robin)
         status = response.status
         if status < 500:
             return None

@@ -24,6 +24,12 @@ instrument                          kind       attributes
 ``clientlb.health.events``          counter    service, ``clientlb.event`` (ejections by
                                                detector, probes, panic entered/exited,
                                                circuit breaker rejections, ...)
+``clientlb.endpoint.weight``        gauge      service, endpoint; the weight
+                                               ``weighted_round_robin`` computed from the
+                                               endpoint's load reports (other strategies:
+                                               not recorded)
+``clientlb.load_reports``           counter    service, ``clientlb.load_report.result``
+                                               (``read``, ``malformed``, ``unsupported``)
 ==================================  =========  ===============================================
 
 Attribute names follow OpenTelemetry's semantic conventions where one
@@ -68,6 +74,7 @@ from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 from .._core.endpoint import EndpointSetDiff
 from .._core.outcome import Outcome
 from .._core.state import EndpointState, Health
+from .._engine.orca import statistics as load_report_statistics
 
 if TYPE_CHECKING:
     from .._core.balancer import LoadBalancer
@@ -86,6 +93,7 @@ STATE = "clientlb.endpoint.state"
 RETRY_REASON = "clientlb.retry.reason"
 ATTEMPT = "clientlb.attempt"
 EVENT = "clientlb.event"
+REPORT_RESULT = "clientlb.load_report.result"
 
 _STATES = tuple(h.value for h in Health)
 
@@ -225,6 +233,12 @@ class Telemetry:
         meter.create_observable_counter(
             "clientlb.health.events", callbacks=[self._observe_health], unit="{event}",
             description="Health events of each balancer (lb.health_statistics()).")
+        meter.create_observable_gauge(
+            "clientlb.endpoint.weight", callbacks=[self._observe_weights], unit="1",
+            description="Endpoint weights computed from load reports (weighted_round_robin).")
+        meter.create_observable_counter(
+            "clientlb.load_reports", callbacks=[self._observe_load_reports], unit="{report}",
+            description="ORCA load reports received, by result (read, malformed, unsupported).")
 
     # -- instrumenting --------------------------------------------------------------------
 
@@ -326,6 +340,27 @@ class Telemetry:
             for event, n in statistics().items():
                 if not event.startswith("endpoints_"):  # gauges: see clientlb.endpoints
                     yield Observation(int(n), {SERVICE: bound.service, EVENT: event})
+
+    def _observe_weights(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            if not lb.strategy.uses_load_reports:
+                continue
+            for row in lb.snapshot().endpoints:
+                if row.load_weight is not None:
+                    ep = row.endpoint
+                    yield Observation(row.load_weight, {
+                        SERVICE: bound.service, "server.address": ep.host,
+                        "server.port": ep.port})
+
+    def _observe_load_reports(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            states = (lb.state_of(ep.address) for ep in lb.endpoints())
+            totals = load_report_statistics(s for s in states if s is not None)
+            if not any(totals.values()):
+                continue
+            for result, key in (("read", "reports"), ("malformed", "malformed"),
+                                ("unsupported", "unsupported")):
+                yield Observation(totals[key], {SERVICE: bound.service, REPORT_RESULT: result})
 
     def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():

@@ -39,6 +39,11 @@ class Picker(ABC):
     def pick(self, key: Key | None, now: float) -> EndpointState:
         """Choose an endpoint. ``key`` drives hashing pickers; others ignore it."""
 
+    def weight_of(self, state: EndpointState, now: float) -> float | None:
+        """The weight this picker computed for ``state`` from its load reports, for
+        ``snapshot()`` (None: the picker does not compute weights)."""
+        return None
+
 
 @strict_arguments
 class Strategy(ABC):
@@ -51,6 +56,9 @@ class Strategy(ABC):
     name: ClassVar[str] = "custom"
     #: True when the strategy uses the pick key (consistent hashing).
     uses_key: ClassVar[bool] = False
+    #: True when the strategy reads the endpoints' ORCA load reports
+    #: (``weighted_round_robin``): the integrations parse them only then.
+    uses_load_reports: ClassVar[bool] = False
 
     def __init__(self) -> None:  # noqa: B027 - not abstract: most strategies have no settings
         """A strategy without settings takes no argument."""

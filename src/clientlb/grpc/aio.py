@@ -40,6 +40,7 @@ from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.errors import strict_arguments
 from .._core.outcome import Outcome
 from .._engine import connectivity
+from .._engine.orca import record_trailers
 from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     ChannelConfig,
@@ -237,7 +238,8 @@ def _report_when_done(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
 
 async def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
     try:
-        rpc.report(attempt, await call.code(), await call.details())
+        trailers = await call.trailing_metadata() if rpc.reads_reports else None
+        rpc.report(attempt, await call.code(), await call.details(), trailers)
     finally:
         attempt.finish(_CANCELLED)  # nothing when reported above
 
@@ -257,13 +259,13 @@ async def _connected(channel: grpc.aio.Channel, timeout: float, early: bool) -> 
         return False
 
 
-async def _status(call: Any) -> tuple[grpc.StatusCode, str | None]:
-    """How an attempt ended: ``(code, details)``."""
+async def _status(call: Any, reports: bool) -> tuple[grpc.StatusCode, str | None, Any]:
+    """How an attempt ended: ``(code, details, trailing metadata when reports)``."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details()
-    return _OK, None
+        return exc.code(), exc.details(), exc.trailing_metadata() if reports else None
+    return _OK, None, await call.trailing_metadata() if reports else None
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -517,10 +519,14 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
         while True:
             attempt = self._attempt
             assert attempt is not None
+            trailers = None
             try:
                 response = await attempt.call
+                if rpc.reads_reports:
+                    trailers = await attempt.call.trailing_metadata()
             except grpc.aio.AioRpcError as exc:
-                delay = rpc.ended(attempt, exc.code(), exc.details())
+                delay = rpc.ended(attempt, exc.code(), exc.details(),
+                                  exc.trailing_metadata() if rpc.reads_reports else None)
                 if delay is None or self._user_cancelled:
                     raise
                 if delay:
@@ -530,6 +536,8 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             except BaseException:
                 attempt.finish(_CANCELLED)
                 raise
+            if trailers:
+                record_trailers(attempt, trailers)
             attempt.finish(_SUCCESS)
             return response
 
@@ -539,7 +547,7 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
 
         def launch() -> None:
             attempt = self._launch()
-            tasks[asyncio.ensure_future(_status(attempt.call))] = attempt
+            tasks[asyncio.ensure_future(_status(attempt.call, rpc.reads_reports))] = attempt
 
         launch()
         winner: Attempt | None = None
