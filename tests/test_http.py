@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 import socket
 import ssl
@@ -481,6 +482,22 @@ def test_no_endpoint_available_is_an_httpx_transport_error() -> None:
     assert isinstance(info.value, clientlb.NoEndpointAvailable)
     assert "the balancer is closed" in str(info.value)
     assert info.value.request.url.host == "users"
+
+
+def test_a_transport_and_its_requests_log_nothing_at_info(
+        backends: list[Backend], caplog: pytest.LogCaptureFixture) -> None:
+    """Routine work (the first endpoint set, a request, an update) is DEBUG, so tests
+    that assert on log records (httpx's own) see nothing of clientlb's."""
+    caplog.set_level(logging.DEBUG, logger="clientlb")
+    lb = clientlb.LoadBalancer([b.address for b in backends[:2]], name="users")
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        lb.add(backends[2].address)
+        client.get("http://users/")
+    lb.close()
+    assert any("endpoints updated" in r.getMessage() for r in caplog.records)  # at DEBUG
+    loud = [r.getMessage() for r in caplog.records
+            if r.name.startswith("clientlb") and r.levelno >= logging.INFO]
+    assert loud == []
 
 
 # -- affinity -----------------------------------------------------------------------------------

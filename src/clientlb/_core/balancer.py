@@ -356,8 +356,8 @@ class LoadBalancer:
             self._discovery_error = None
             self._rebuild_locked(now)
             self._visible_endpoints = endpoints.endpoints
-            if diff:
-                logger.info("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
+            if diff:  # routine: DEBUG (ejections and panic are the health layer's INFO)
+                logger.debug("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
                             len(diff.added), len(diff.removed), len(diff.changed),
                             len(endpoints))
             listeners = self._diff_listeners
