@@ -500,6 +500,32 @@ def test_a_transport_and_its_requests_log_nothing_at_info(
     assert loud == []
 
 
+def test_circuit_open_through_httpx_is_catchable_as_circuit_open_with_scope_and_limit(
+        backends: list[Backend]) -> None:
+    """Over max_requests the transport raises an httpx.TransportError that is also a
+    clientlb.CircuitOpen, keeping .scope and .limit (sync and async)."""
+    lb = make_lb([backends[0].address], max_requests=1)
+    held = lb.pick()  # the one request the breaker lets through
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            pytest.raises(clientlb.CircuitOpen) as info:
+        client.get("http://users/")
+    err = info.value
+    assert isinstance(err, httpx.TransportError)
+    assert (err.scope, err.limit, err.service) == ("balancer", 1, "users")
+    assert "max_requests=1" in str(err) and err.request.url.host == "users"
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=clientlb.AsyncHTTPTransport(lb)) as client:
+            with pytest.raises(clientlb.CircuitOpen) as ainfo:
+                await client.get("http://users/")
+        assert isinstance(ainfo.value, httpx.TransportError)
+        assert (ainfo.value.scope, ainfo.value.limit) == ("balancer", 1)
+
+    asyncio.run(main())
+    held.done()
+    lb.close()
+
+
 # -- affinity -----------------------------------------------------------------------------------
 
 

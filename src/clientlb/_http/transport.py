@@ -75,12 +75,12 @@ import httpx
 
 from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import CircuitOpen, ConfigError, NoEndpointAvailable
 from .._core.outcome import Outcome
 from .._engine.call import LIVE_POLICY, Completion, LogicalCall
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 
-__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
+__all__ = ["AsyncHTTPTransport", "HTTPCircuitOpen", "HTTPNoEndpointAvailable", "HTTPTransport"]
 
 _SUCCESS = Outcome.SUCCESS
 
@@ -97,6 +97,22 @@ class HTTPNoEndpointAvailable(httpx.TransportError, NoEndpointAvailable):
         self.args = (str(error),)
         if request is not None:
             self.request = request
+
+
+class HTTPCircuitOpen(HTTPNoEndpointAvailable, CircuitOpen):
+    """``CircuitOpen`` raised through httpx: catch either name; ``scope`` and ``limit`` kept."""
+
+    def __init__(self, error: CircuitOpen, request: httpx.Request | None = None) -> None:
+        super().__init__(error, request)
+        self.scope = error.scope
+        self.limit = error.limit
+
+
+def _no_endpoint(error: NoEndpointAvailable, request: httpx.Request) -> HTTPNoEndpointAvailable:
+    """The httpx-side twin of a pick error, keeping its class (``CircuitOpen``) and fields."""
+    if isinstance(error, CircuitOpen):
+        return HTTPCircuitOpen(error, request)
+    return HTTPNoEndpointAvailable(error, request)
 
 
 # httpcore exception → (httpx exception, outcome, may the request have reached the backend?)
@@ -460,7 +476,7 @@ class _Router(Generic[P]):
         try:
             pick = call.pick()
         except NoEndpointAvailable as exc:
-            raise HTTPNoEndpointAvailable(exc, call.request) from exc
+            raise _no_endpoint(exc, call.request) from exc
         request = call.request
         url = request.url
         scheme = url.raw_scheme
