@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import random
 import socket
@@ -123,6 +124,21 @@ def test_transport_options_are_checked_and_passed_through(backends: list[Backend
         assert client.get("http://users/").status_code == 200
         pool = transport._router.routes()[0].pool
         assert pool._max_connections == 1
+
+
+@pytest.mark.parametrize("cls", [clientlb.HTTPTransport, clientlb.AsyncHTTPTransport])
+def test_httpx_options_are_spelled_out_with_httpx_defaults(cls: type) -> None:
+    """Type checkers and IDEs see httpx's keyword parameters (not **options: Any), with
+    the defaults of httpx.HTTPTransport; anything else is typed so that no value fits."""
+    ours = inspect.signature(cls).parameters
+    theirs = inspect.signature(httpx.HTTPTransport).parameters
+    for name in ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
+                 "retries", "socket_options"):
+        assert ours[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert ours[name].annotation is not inspect.Parameter.empty, name
+        assert ours[name].default == theirs[name].default, name
+    rest = [p for p in ours.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    assert [p.annotation for p in rest] == ["NoReturn"]
 
 
 def test_pool_of_a_removed_endpoint_is_closed_once_its_last_response_closes(

@@ -63,6 +63,7 @@ import asyncio
 import contextlib
 import email.utils
 import functools
+import ssl
 import threading
 import time
 import weakref
@@ -177,37 +178,44 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 # -- transport options --------------------------------------------------------------------------
 
-_OPTIONS = frozenset({"verify", "cert", "trust_env", "http1", "http2", "limits",
-                      "local_address", "retries", "socket_options"})
+#: httpx's types for two of its options (``httpx._types.CertTypes``, ``SOCKET_OPTION``).
+CertTypes = str | tuple[str, str] | tuple[str, str, str]
+SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
+                | tuple[int, int, None, int])
+#: httpx's default (``httpx.HTTPTransport``'s ``limits``).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                              keepalive_expiry=5.0)
+_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
+            "retries", "socket_options")
 
 
-def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+def _check_unsupported(options: dict[str, Any]) -> None:
     for name in options:
         if name in ("proxy", "uds", "mounts", "transport"):
             raise ConfigError(f"{name!r} is not supported: the transport connects to the "
                               "balanced endpoints itself (route through a proxy with a "
                               "separate httpx mount)", field=name)
-        if name not in _OPTIONS:
-            raise ConfigError(f"unknown httpx transport option {name!r}; expected one of "
-                              f"{', '.join(sorted(_OPTIONS))}", field=name)
-    limits = options.get("limits", httpx.Limits(max_connections=100,
-                                                max_keepalive_connections=20,
-                                                keepalive_expiry=5.0))
+        raise ConfigError(f"unknown httpx transport option {name!r}; expected one of "
+                          f"{', '.join(sorted(_OPTIONS))}", field=name)
+
+
+def _pool_kwargs(*, verify: ssl.SSLContext | str | bool, cert: CertTypes | None,
+                 trust_env: bool, http1: bool, http2: bool, limits: httpx.Limits,
+                 local_address: str | None, retries: int,
+                 socket_options: Iterable[SocketOption] | None) -> dict[str, Any]:
     if not isinstance(limits, httpx.Limits):
         raise ConfigError(f"limits must be an httpx.Limits, got {limits!r}", field="limits")
-    ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
-                                           cert=options.get("cert"),
-                                           trust_env=options.get("trust_env", True))
+    ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
     return {
         "ssl_context": ssl_context,
         "max_connections": limits.max_connections,
         "max_keepalive_connections": limits.max_keepalive_connections,
         "keepalive_expiry": limits.keepalive_expiry,
-        "http1": options.get("http1", True),
-        "http2": options.get("http2", False),
-        "local_address": options.get("local_address"),
-        "retries": options.get("retries", 0),
-        "socket_options": options.get("socket_options"),
+        "http1": http1,
+        "http2": http2,
+        "local_address": local_address,
+        "retries": retries,
+        "socket_options": socket_options,
     }
 
 
@@ -643,8 +651,19 @@ class _Transport:
     def __init__(self, lb: LoadBalancer | str | Iterable[str | Endpoint], *,
                  server_name: str | None = None, hash_key: HashKey | None = None,
                  affinity: Affinity | None = None, pool_shards: int = 4,
-                 deadline: float | None = None, **options: Any) -> None:
-        kwargs = _pool_kwargs(options)
+                 deadline: float | None = None,
+                 # httpx.HTTPTransport's options, with its defaults (proxy and uds refused)
+                 verify: ssl.SSLContext | str | bool = True, cert: CertTypes | None = None,
+                 trust_env: bool = True, http1: bool = True, http2: bool = False,
+                 limits: httpx.Limits = DEFAULT_LIMITS, local_address: str | None = None,
+                 retries: int = 0, socket_options: Iterable[SocketOption] | None = None,
+                 **unsupported: NoReturn) -> None:
+        # **unsupported: a type checker flags any other keyword (nothing fits NoReturn);
+        # at run time proxy=, uds= or a typo get a ConfigError that says why.
+        _check_unsupported(unsupported)
+        kwargs = _pool_kwargs(verify=verify, cert=cert, trust_env=trust_env, http1=http1,
+                              http2=http2, limits=limits, local_address=local_address,
+                              retries=retries, socket_options=socket_options)
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[Any] = _Router(
             self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
@@ -723,9 +742,10 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             ``deadline=0.5`` gives one attempt at most 0.3 s and all of them
             0.5 s. A request may set its own with
             ``extensions={"clientlb.deadline": seconds}``.
-        **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
-            ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
-            ``local_address``, ``retries``, ``socket_options``).
+        verify, cert, trust_env, http1, http2, limits, local_address, retries,
+            socket_options: ``httpx.HTTPTransport``'s options, with its
+            defaults (``limits`` per endpoint). ``proxy`` and ``uds`` are
+            refused: they would bypass the endpoints.
 
     Raises:
         ConfigError: an unknown or unsupported option, a bad argument.
