@@ -870,6 +870,42 @@ def test_a_busy_endpoint_spreads_its_requests_over_pool_shards(
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(("max_connections", "pools"), [(5, 1), (8, 2), (100, 3)])
+def test_limits_cap_the_connections_of_an_endpoint_whatever_its_pool_shards(
+        backends: list[Backend], max_connections: int, pools: int) -> None:
+    """12 requests held in flight on one endpoint with limits=Limits(max_connections=N):
+    the backend never sees more than N connections at once, however many pools the
+    endpoint gets (at most one per 4 connections allowed; the caps sum to N)."""
+    backend = backends[0]
+    backend.hang = threading.Event()
+
+    async def main() -> None:
+        lb = make_lb([backend.address])
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=3)
+        transport = clientlb.AsyncHTTPTransport(lb, limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            calls = [asyncio.create_task(client.get("http://users/")) for _ in range(12)]
+            try:
+                expected = min(12, max_connections)
+                for _ in range(500):
+                    if backend.served() >= expected:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # time for any connection over the cap to show up
+                assert backend.served() == expected
+                routes = transport._router.routes()
+                assert len(routes) == pools
+                assert sum(r.pool._max_connections for r in routes) <= max_connections
+                assert sum(r.pool._max_keepalive_connections for r in routes) <= 3
+            finally:
+                assert backend.hang is not None
+                backend.hang.set()
+                results = await asyncio.gather(*calls, return_exceptions=True)
+            assert {getattr(r, "status_code", r) for r in results} == {200}
+
+    asyncio.run(main())
+
+
 def test_pool_shards_is_checked() -> None:
     with pytest.raises(clientlb.ConfigError, match=r"pool_shards must be an integer 1\.\.64"):
         clientlb.HTTPTransport(make_lb(["127.0.0.1:9"]), pool_shards=0)

@@ -14,7 +14,9 @@ TLS SNI and the name the certificate is verified against — httpcore's
 connection pool, and a busy one up to ``pool_shards`` (default 4) pools: one
 more each time all of them hold 4 requests, because httpcore rescans every
 request and connection of a pool at each event, so a crowded pool costs far
-more CPU than several small ones (``limits`` apply per pool). The pools of an
+more CPU than several small ones. ``limits`` apply per endpoint: they are
+split across its pools (``_shard_limits``), which are fewer when the cap is
+small (one per 4 connections allowed). The pools of an
 endpoint that leaves the target are closed once their last response is closed
 (a diff listener). The options of ``httpx.HTTPTransport`` (``verify``, ``cert``,
 ``trust_env``, ``http1``, ``http2``, ``limits``, ``local_address``,
@@ -185,6 +187,8 @@ SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
 #: httpx's default (``httpx.HTTPTransport``'s ``limits``).
 DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
                               keepalive_expiry=5.0)
+#: An endpoint gets another pool when each of its pools has this many requests in flight.
+_SHARD_AT = 4
 _OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
             "retries", "socket_options")
 
@@ -208,8 +212,6 @@ def _pool_kwargs(*, verify: ssl.SSLContext | str | bool, cert: CertTypes | None,
     ssl_context = httpx.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
     return {
         "ssl_context": ssl_context,
-        "max_connections": limits.max_connections,
-        "max_keepalive_connections": limits.max_keepalive_connections,
         "keepalive_expiry": limits.keepalive_expiry,
         "http1": http1,
         "http2": http2,
@@ -219,12 +221,33 @@ def _pool_kwargs(*, verify: ssl.SSLContext | str | bool, cert: CertTypes | None,
     }
 
 
+def _shard_limits(limits: httpx.Limits, pool_shards: int) -> list[tuple[int | None, int | None]]:
+    """``(max_connections, max_keepalive_connections)`` of each pool of one endpoint.
+
+    ``limits`` hold per endpoint: they are split across its pools, so their sum is
+    the cap the user set. An endpoint gets no more pools than ``max_connections //
+    _SHARD_AT`` (a new pool opens when each holds ``_SHARD_AT`` requests, so each
+    must allow that many connections): ``max_connections=5`` keeps one pool of 5.
+    """
+    if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
+            or not 1 <= pool_shards <= 64:
+        raise ConfigError(f"pool_shards must be an integer 1..64, got {pool_shards!r}",
+                          field="pool_shards")
+    cap = limits.max_connections
+    shards = pool_shards if cap is None else max(1, min(pool_shards, cap // _SHARD_AT))
+
+    def split(total: int | None) -> list[int | None]:
+        if total is None:
+            return [None] * shards
+        each, extra = divmod(total, shards)
+        return [each + (i < extra) for i in range(shards)]
+
+    return list(zip(split(cap), split(limits.max_keepalive_connections), strict=True))
+
+
 # -- the shared core ----------------------------------------------------------------------------
 
 P = TypeVar("P")  # httpcore.ConnectionPool or httpcore.AsyncConnectionPool
-
-#: An endpoint gets another pool when each of its pools has this many requests in flight.
-_SHARD_AT = 4
 
 
 class _Route(Generic[P]):
@@ -312,16 +335,12 @@ class _AsyncBody(_BodyTracker, httpx.AsyncByteStream):
 class _Router(Generic[P]):
     """Everything the sync and async transports share: no I/O here."""
 
-    def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
+    def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[int], P],
                  server_name: str | None, hash_key: HashKey | None,
                  affinity: Affinity | None, pool_shards: int, is_async: bool,
                  deadline: float | None = None) -> None:
         if not isinstance(lb, LoadBalancer):
             raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
-        if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
-                or not 1 <= pool_shards <= 64:
-            raise ConfigError(f"pool_shards must be an integer 1..64, got {pool_shards!r}",
-                              field="pool_shards")
         if server_name is not None and (not isinstance(server_name, str) or not server_name):
             raise ConfigError(f"server_name must be a non-empty string, got {server_name!r}",
                               field="server_name")
@@ -345,7 +364,7 @@ class _Router(Generic[P]):
         if affinity is not None:
             self.tokens = TokenMap(affinity.secret or balancer_secret(lb),
                                    (ep.address for ep in lb.endpoints()))
-        self._pool_factory = pool_factory
+        self._pool_factory = pool_factory  # shard index → a pool with that shard's limits
         self._is_async = is_async
         # (address, TLS name) → that endpoint's pools: one, or up to pool_shards under load.
         self._routes: dict[tuple[str, str | None], list[_Route[P]]] = {}
@@ -403,7 +422,7 @@ class _Router(Generic[P]):
             if shards is None:
                 if self.closed:
                     raise RuntimeError("the transport is closed")
-                route = _Route(key, pick.endpoint, self._pool_factory())
+                route = _Route(key, pick.endpoint, self._pool_factory(0))
                 if pick.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
                 else:
@@ -428,7 +447,7 @@ class _Router(Generic[P]):
             if route.in_flight < best.in_flight:
                 best = route
         if best.in_flight >= _SHARD_AT and len(shards) < self.pool_shards:
-            best = _Route(best.key, pick.endpoint, self._pool_factory())
+            best = _Route(best.key, pick.endpoint, self._pool_factory(len(shards)))
             shards.append(best)
         return best
 
@@ -664,11 +683,19 @@ class _Transport:
         kwargs = _pool_kwargs(verify=verify, cert=cert, trust_env=trust_env, http1=http1,
                               http2=http2, limits=limits, local_address=local_address,
                               retries=retries, socket_options=socket_options)
+        shard_limits = _shard_limits(limits, pool_shards)
+        pool_class = self._pool_class
+
+        def new_pool(shard: int) -> Any:
+            connections, keepalive = shard_limits[shard]
+            return pool_class(max_connections=connections,
+                              max_keepalive_connections=keepalive, **kwargs)
+
         self._lb, self._owns_lb = _resolve_lb(lb)
         self._router: _Router[Any] = _Router(
-            self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+            self._lb, pool_factory=new_pool,
             server_name=server_name, hash_key=hash_key, affinity=affinity,
-            pool_shards=pool_shards, deadline=deadline,
+            pool_shards=len(shard_limits), deadline=deadline,
             is_async=self._pool_class is httpcore.AsyncConnectionPool)
 
     @property
@@ -733,8 +760,8 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             sticky sessions.
         pool_shards: how many connection pools a busy endpoint may get (default
             4): another one opens when each has 4 requests in flight, as
-            httpcore's pool cost grows with the requests it holds. ``limits``
-            apply per pool; ``pool_shards=1`` keeps one pool per endpoint.
+            httpcore's pool cost grows with the requests it holds.
+            ``pool_shards=1`` keeps one pool per endpoint.
         deadline: the total time of one request in seconds, every attempt and
             backoff included (default None: the balancer's
             ``RetryPolicy.deadline``). Each attempt's httpx timeouts (connect,
@@ -744,8 +771,10 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             ``extensions={"clientlb.deadline": seconds}``.
         verify, cert, trust_env, http1, http2, limits, local_address, retries,
             socket_options: ``httpx.HTTPTransport``'s options, with its
-            defaults (``limits`` per endpoint). ``proxy`` and ``uds`` are
-            refused: they would bypass the endpoints.
+            defaults. ``limits`` cap each endpoint: they are split across its
+            pools, and an endpoint gets at most one pool per 4 connections
+            allowed (``max_connections=5``: one pool). ``proxy`` and ``uds``
+            are refused: they would bypass the endpoints.
 
     Raises:
         ConfigError: an unknown or unsupported option, a bad argument.
