@@ -61,7 +61,8 @@ def _classify_exception(exc: BaseException) -> Outcome:
         return Outcome.CANCELLED
     if isinstance(exc, ConnectionRefusedError):
         return Outcome.CONNECT_FAILURE
-    if isinstance(exc, TimeoutError):
+    # asyncio.TimeoutError is TimeoutError from 3.11 on, a class of its own on 3.10
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return Outcome.TIMEOUT
     return Outcome.FAILURE
 
@@ -71,8 +72,8 @@ class Pick:
 
     ``with lb.pick() as p: call(p.endpoint)`` reports success, or a failure
     if the block raises (``ConnectionRefusedError`` → connect failure,
-    ``TimeoutError`` → timeout, cancellation → cancelled, anything else →
-    failure). Integrations that know better call ``p.done(outcome)``
+    ``TimeoutError`` or ``asyncio.TimeoutError`` → timeout, cancellation →
+    cancelled, anything else → failure). Integrations that know better call ``p.done(outcome)``
     explicitly inside the block; the first report wins and later ones are
     ignored, so ``done`` is safe to call from several cleanup paths.
     """
