@@ -581,18 +581,23 @@ class LoadBalancer:
         return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
 
     async def wait_ready_async(self, timeout: float | None = None) -> bool:
-        """Await the first resolution without blocking the event loop."""
+        """Await the first resolution without blocking the event loop (asyncio or trio)."""
         if self._ready.is_set():
             return True
-        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self._first_resolution_timeout
+        loop = _asyncio_loop()
+        if loop is None:  # trio (through anyio): wait for the event in a worker thread
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self._ready.wait, timeout)
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._ready.is_set():
                 return True
             self._ready_waiters.append((loop, fut))
         try:
-            await asyncio.wait_for(
-                fut, self._first_resolution_timeout if timeout is None else timeout)
+            await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -870,6 +875,14 @@ class LoadBalancer:
         self._set_ready()
 
     async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (asyncio or trio)."""
+        if _asyncio_loop() is None:
+            # trio (through anyio): created outside asyncio, discovery and health run on
+            # their own threads; close() waits for them, so it runs in a worker thread.
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self.close)
+            return
         with self._lock:
             if self._closed:
                 return
@@ -894,6 +907,14 @@ class LoadBalancer:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (no loop, or another library such as trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:
