@@ -769,12 +769,24 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             ``deadline=0.5`` gives one attempt at most 0.3 s and all of them
             0.5 s. A request may set its own with
             ``extensions={"clientlb.deadline": seconds}``.
-        verify, cert, trust_env, http1, http2, limits, local_address, retries,
-            socket_options: ``httpx.HTTPTransport``'s options, with its
-            defaults. ``limits`` cap each endpoint: they are split across its
-            pools, and an endpoint gets at most one pool per 4 connections
-            allowed (``max_connections=5``: one pool). ``proxy`` and ``uds``
-            are refused: they would bypass the endpoints.
+        verify: as in httpx: ``True`` (default), ``False``, or an
+            ``ssl.SSLContext``; certificates are checked against the logical
+            name (or ``server_name``).
+        cert: as in httpx: a client certificate file, or ``(cert, key)`` /
+            ``(cert, key, password)``.
+        trust_env: as in httpx (default True): ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
+        http1: as in httpx (default True).
+        http2: as in httpx (default False; needs ``h2``).
+        limits: an ``httpx.Limits`` (httpx's default), which caps **each
+            endpoint**: ``max_connections`` and ``max_keepalive_connections``
+            are split across its pools, and an endpoint gets at most one pool
+            per 4 connections allowed (``max_connections=5``: one pool).
+        local_address: as in httpx: the local address to connect from.
+        retries: as in httpx: httpcore's connect retries on the same endpoint
+            (default 0; the balancer's retries go to another endpoint).
+        socket_options: as in httpx: ``(level, option, value)`` tuples.
+        **unsupported: none: ``proxy`` and ``uds`` are refused, as they would
+            bypass the endpoints; any other name is a typo.
 
     Raises:
         ConfigError: an unknown or unsupported option, a bad argument.
