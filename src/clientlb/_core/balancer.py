@@ -26,12 +26,11 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
-from .._resolvers.base import Resolver, create_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
@@ -39,6 +38,9 @@ from .errors import ClientLBError, ConfigError, NoEndpointAvailable
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
+
+if TYPE_CHECKING:
+    from .._resolvers.base import Resolver
 
 __all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
 
@@ -315,6 +317,10 @@ class LoadBalancer:
             max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
         self._circuit = self._health.circuit
         self._connectivity = ConnectivityTracker(self)
+        # Discovery (dnspython, httpx for consul/etcd) loads with the first balancer, not
+        # with ``import clientlb``.
+        from .._resolvers.base import create_resolver
+
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
         self._start_resolver()
         self._health.start()
