@@ -242,6 +242,10 @@ class LoadBalancer:
         retry: the :class:`RetryPolicy` of the HTTP and gRPC integrations
             (default ``RetryPolicy()``); ``None`` turns retries off. The
             balancer keeps its own retry budget, ``lb.retry_budget``.
+        telemetry: report through OpenTelemetry's global providers (default
+            True; a no-op without an SDK, see docs/telemetry.md); ``False``
+            turns it off. ``clientlb.instrument(lb, meter_provider=...)``
+            moves a balancer to a provider of its own.
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
@@ -266,8 +270,12 @@ class LoadBalancer:
         max_requests: int | None = None,
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        telemetry: bool = True,
     ) -> None:
         self._target = parse_target(target)
+        if not isinstance(telemetry, bool):
+            raise ConfigError(f"telemetry must be True or False, got {telemetry!r}",
+                              field="telemetry")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
@@ -322,6 +330,11 @@ class LoadBalancer:
         from .._resolvers.base import create_resolver
 
         self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
+        if telemetry:
+            # OpenTelemetry loads with the first balancer that reports, not with clientlb.
+            from .._ops.telemetry import default_telemetry
+
+            default_telemetry().instrument(self)
         self._start_resolver()
         self._health.start()
 
