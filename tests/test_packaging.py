@@ -46,3 +46,97 @@ def test_dir_and_all_list_every_public_name_lazy_ones_included() -> None:
     assert set(clientlb.__all__) <= names
     for name in clientlb.__all__:
         assert getattr(clientlb, name) is not None, name
+
+
+# -- what the package declares ------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src" / "clientlb"
+#: Imported only inside a function that says how to install it when missing.
+OPTIONAL = {"matplotlib"}  # clientlb demo --plot
+#: Which extra a package of clientlb needs, besides the core dependencies.
+EXTRA_OF = {"admin": "admin", "grpc": "grpc", "_cli": "cli"}
+
+
+def _pyproject() -> dict:  # type: ignore[type-arg]
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _name(requirement: str) -> str:
+    import re
+
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _imports() -> dict[str, set[tuple[str, bool]]]:
+    """Third-party module → ``(clientlb package, imported inside a function)`` pairs."""
+    import ast
+
+    found: dict[str, set[tuple[str, bool]]] = {}
+    for path in SRC.rglob("*.py"):
+        package = path.relative_to(SRC).parts[0]
+        tree = ast.parse(path.read_text())
+        lazy = {id(n) for f in ast.walk(tree)
+                if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+                for n in ast.walk(f)}
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top != "clientlb":
+                    found.setdefault(top, set()).add((package, id(node) in lazy))
+    return found
+
+
+def test_every_package_imported_directly_is_declared() -> None:
+    """A module-level import of the core needs a core dependency (httpcore and anyio
+    included, not only through httpx), one of admin/, grpc/ or _cli/ a dependency of its
+    extra; an import inside a function (an optional feature: gRPC health checks) at
+    least an extra."""
+    from importlib.metadata import packages_distributions
+
+    project = _pyproject()["project"]
+    core = {_name(r) for r in project["dependencies"]}
+    extras = {k: {_name(r) for r in v} for k, v in project["optional-dependencies"].items()}
+    every_extra = set().union(*extras.values())
+    dists = packages_distributions()
+    missing = []
+    for module, uses in sorted(_imports().items()):
+        if module in OPTIONAL:
+            continue
+        candidates = {_name(d) for d in dists.get(module, [module])}
+        for package, in_function in sorted(uses):
+            declared = core | extras.get(EXTRA_OF.get(package, ""), set())
+            if in_function:
+                declared |= every_extra
+            if not candidates & declared:
+                missing.append(f"{module} (imported by {package}/)")
+    assert missing == []
+
+
+def test_the_version_has_one_source() -> None:
+    """pyproject reads it from clientlb.__version__; the installed metadata agrees."""
+    from importlib.metadata import version
+
+    project = _pyproject()
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["hatch"]["version"]["path"] == "src/clientlb/__init__.py"
+    assert version("clientlb") == clientlb.__version__
+
+
+def test_classifiers_name_each_supported_python() -> None:
+    project = _pyproject()["project"]
+    assert project["requires-python"] == ">=3.10"
+    versions = sorted(c.rsplit(" :: ", 1)[1] for c in project["classifiers"]
+                      if c.startswith("Programming Language :: Python :: 3.1"))
+    assert versions == ["3.10", "3.11", "3.12", "3.13"]
