@@ -54,6 +54,8 @@ from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src" / "clientlb"
+#: The standard library of every supported Python (tomllib from 3.11: tomli before).
+STDLIB = sys.stdlib_module_names | {"tomllib"}
 #: Imported only inside a function that says how to install it when missing.
 OPTIONAL = {"matplotlib"}  # clientlb demo --plot
 #: Which extra a package of clientlb needs, besides the core dependencies.
@@ -93,8 +95,22 @@ def _imports() -> dict[str, set[tuple[str, bool]]]:
                 names = [node.module]
             for name in names:
                 top = name.split(".")[0]
-                if top not in sys.stdlib_module_names and top != "clientlb":
+                if top not in STDLIB and top != "clientlb":
                     found.setdefault(top, set()).add((package, id(node) in lazy))
+    return found
+
+
+def _distributions_of_modules() -> dict[str, set[str]]:
+    """Top-level module → installed distributions providing it, from their file lists
+    (``packages_distributions()`` misses those without ``top_level.txt`` on 3.10)."""
+    from importlib.metadata import distributions
+
+    found: dict[str, set[str]] = {}
+    for dist in distributions():
+        for file in dist.files or ():
+            top = file.parts[0].removesuffix(".py")
+            if "." not in top and top != "__pycache__":
+                found.setdefault(top, set()).add(dist.metadata["Name"])
     return found
 
 
@@ -103,13 +119,11 @@ def test_every_package_imported_directly_is_declared() -> None:
     included, not only through httpx), one of admin/, grpc/ or _cli/ a dependency of its
     extra; an import inside a function (an optional feature: gRPC health checks) at
     least an extra."""
-    from importlib.metadata import packages_distributions
-
     project = _pyproject()["project"]
     core = {_name(r) for r in project["dependencies"]}
     extras = {k: {_name(r) for r in v} for k, v in project["optional-dependencies"].items()}
     every_extra = set().union(*extras.values())
-    dists = packages_distributions()
+    dists = _distributions_of_modules()
     missing = []
     for module, uses in sorted(_imports().items()):
         if module in OPTIONAL:
