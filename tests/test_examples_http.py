@@ -55,6 +55,21 @@ def test_options_example_retries_hide_a_503_and_keys_stick() -> None:
     assert out.rstrip().endswith("ok")
 
 
+def test_deadline_example_cuts_each_attempts_timeouts_to_the_time_left() -> None:
+    """Backends that hang: timeout=0.3 alone takes three attempts (>= 0.9 s); with
+    deadline=0.5 the second attempt gets only the time left and the request ends at about
+    0.5 s; a per-request deadline of 0.25 s ends it sooner still."""
+    import re
+
+    out = run_example("http_deadline.py")
+    seconds = {m.group(1): float(m.group(2))
+               for m in re.finditer(r"^(.+): \w+ after ([\d.]+)s$", out, flags=re.M)}
+    assert seconds["timeout only"] >= 0.85
+    assert 0.45 <= seconds["timeout + deadline"] < 0.85
+    assert seconds["per-request deadline"] < 0.85
+    assert "2 attempts failed" in out and "deadline exceeded)" in out
+
+
 @pytest.mark.servers
 def test_http_overhead_benchmark_runs_in_smoke_mode() -> None:
     """The benchmark keeps working (nginx and HAProxy started by it); no timing asserted."""

@@ -77,7 +77,7 @@ def test_telemetry_example_records_metrics_and_span_events() -> None:
     assert "span event clientlb.attempt: attempt 1" in out
     assert "span event clientlb.attempt: attempt 2" in out
     assert "span event clientlb.retry: http_503 on 127.0.0.1:" in out
-    assert re.search(r"clientlb\.endpoints\s+1\s+.*'ejected'", out)
+    assert re.search(r"clientlb\.endpoint\.count\s+1\s+.*'ejected'", out)
 
 
 def test_prometheus_example_exposes_the_metrics_for_scraping() -> None:
@@ -85,9 +85,10 @@ def test_prometheus_example_exposes_the_metrics_for_scraping() -> None:
     assert re.search(r'^clientlb_requests_total\{clientlb_outcome="gateway_failure",'
                      r'clientlb_service="web",error_type="gateway_failure",.*\} 5\.0$', out,
                      flags=re.M)
-    assert 'clientlb_endpoints{clientlb_endpoint_state="ejected",clientlb_service="web"} 1.0' \
-        in out
-    assert re.search(r'^clientlb_retries_total\{clientlb_service="web"\} [1-9]', out, flags=re.M)
+    assert ('clientlb_endpoint_count{clientlb_endpoint_state="ejected",clientlb_service="web",'
+            'server_address="web"} 1.0') in out
+    assert re.search(r'^clientlb_retries_total\{clientlb_service="web",server_address="web"\} '
+                     r'[1-9]', out, flags=re.M)
 
 
 #: Every page of docs/, whoever wrote it: no page may hold Python that no test runs.

@@ -28,12 +28,11 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
-from .._resolvers.base import Resolver, create_resolver, start_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
 from .._subset.config import SubsetConfig, check_subset
@@ -46,6 +45,9 @@ from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
 from .text import plural
+
+if TYPE_CHECKING:
+    from .._resolvers.base import Resolver
 
 __all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick", "check_options"]
 
@@ -81,7 +83,8 @@ def _classify_exception(exc: BaseException) -> Outcome:
         return Outcome.CANCELLED
     if isinstance(exc, ConnectionRefusedError):
         return Outcome.CONNECT_FAILURE
-    if isinstance(exc, TimeoutError):
+    # asyncio.TimeoutError is TimeoutError from 3.11 on, a class of its own on 3.10
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return Outcome.TIMEOUT
     return Outcome.FAILURE
 
@@ -91,8 +94,8 @@ class Pick:
 
     ``with lb.pick() as p: call(p.endpoint)`` reports success, or a failure
     if the block raises (``ConnectionRefusedError`` → connect failure,
-    ``TimeoutError`` → timeout, cancellation → cancelled, anything else →
-    failure). Integrations that know better call ``p.done(outcome)``
+    ``TimeoutError`` or ``asyncio.TimeoutError`` → timeout, cancellation →
+    cancelled, anything else → failure). Integrations that know better call ``p.done(outcome)``
     explicitly inside the block; the first report wins and later ones are
     ignored, so ``done`` is safe to call from several cleanup paths.
     """
@@ -283,6 +286,10 @@ class LoadBalancer(Closing):
         subset: :class:`Aperture` or :class:`RandomSubset` to use only a
             subset of the endpoints (large fleets); None (default) uses all.
             See docs/architecture.md, "Subsetting".
+        telemetry: report through OpenTelemetry's global providers (default
+            True; a no-op without an SDK, see docs/telemetry.md); ``False``
+            turns it off. ``clientlb.instrument(lb, meter_provider=...)``
+            moves a balancer to a provider of its own.
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
@@ -311,9 +318,13 @@ class LoadBalancer(Closing):
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
         subset: SubsetConfig | None = None,
+        telemetry: bool = True,
     ) -> None:
         self._closed = True  # until construction succeeds: __del__ has nothing to stop
         self._target = parse_target(target)
+        if not isinstance(telemetry, bool):
+            raise ConfigError(f"telemetry must be True or False, got {telemetry!r}",
+                              field="telemetry")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         self._strategy = resolve_strategy(strategy)
@@ -369,9 +380,18 @@ class LoadBalancer(Closing):
         self._connectivity = ConnectivityTracker(self)
         # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
         self._subsetter = self._new_subsetter(check_subset(subset))
+        # Discovery (dnspython, httpx for consul/etcd) loads with the first balancer, not
+        # with ``import clientlb``.
+        from .._resolvers.base import create_resolver
+
         self._resolver: Resolver = create_resolver(self._target, **options)
         if not self._starts:  # check_options(): every check made, nothing started
             return
+        if telemetry:
+            # OpenTelemetry loads with the first balancer that reports, not with clientlb.
+            from .._ops.telemetry import default_telemetry
+
+            default_telemetry().instrument(self)
         self._closed = False
         try:
             self._start_resolver()
@@ -387,6 +407,8 @@ class LoadBalancer(Closing):
     def _start_resolver(self) -> None:
         # The resolver talks to a weak proxy: its thread or task must not keep a
         # balancer dropped without close() alive (then __del__ stops it).
+        from .._resolvers.base import start_resolver
+
         self._resolver_task = start_resolver(self._resolver, _WeakSink(self))
 
     def publish(self, endpoints: EndpointSet) -> None:
@@ -416,8 +438,8 @@ class LoadBalancer(Closing):
             self._discovery_error = None
             self._rebuild_locked(now)
             self._visible_endpoints = endpoints.endpoints
-            if diff:
-                logger.info("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
+            if diff:  # routine: DEBUG (ejections and panic are the health layer's INFO)
+                logger.debug("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
                             len(diff.added), len(diff.removed), len(diff.changed),
                             len(endpoints))
             listeners = self._diff_listeners
@@ -667,22 +689,27 @@ class LoadBalancer(Closing):
 
     async def await_ready(self, timeout: float | None = None) -> bool:
         """The async twin of :meth:`wait_ready`: await the first resolution without
-        blocking the event loop; True when it finished in time.
+        blocking the event loop (asyncio or trio); True when it finished in time.
 
         Named as httpx names async twins (``close``/``aclose``): ``a`` + the sync
         name, here ``a`` + ``wait_ready``.
         """
         if self._ready.is_set():
             return True
-        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self._first_resolution_timeout
+        loop = _asyncio_loop()
+        if loop is None:  # trio (through anyio): wait for the event in a worker thread
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self._ready.wait, timeout)
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._ready.is_set():
                 return True
             self._ready_waiters.append((loop, fut))
         try:
-            await asyncio.wait_for(
-                fut, self._first_resolution_timeout if timeout is None else timeout)
+            await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -997,6 +1024,14 @@ class LoadBalancer(Closing):
         self._set_ready()
 
     async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (asyncio or trio)."""
+        if _asyncio_loop() is None:
+            # trio (through anyio): created outside asyncio, discovery and health run on
+            # their own threads; close() waits for them, so it runs in a worker thread.
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self.close)
+            return
         with self._lock:
             if self._closed:
                 return
@@ -1062,6 +1097,14 @@ def check_options(target: object, **options: Any) -> None:
     ``max_requests = -5`` is refused there as it is here.
     """
     _Unstarted(target, **options)  # type: ignore[arg-type]
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (no loop, or another library such as trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

@@ -76,7 +76,8 @@ class CircuitOpen(NoEndpointAvailable):
     ``scope`` is ``"balancer"`` (``max_requests``: too many requests in flight
     through the balancer) or ``"endpoint"`` (``max_requests_per_endpoint``:
     every eligible endpoint is full); ``limit`` is the cap. Nothing was sent,
-    so the request may be retried later; HTTP layers map it to a local 503.
+    so the request may be retried later. Through httpx it is an
+    ``httpx.TransportError`` that is still a ``CircuitOpen``, with both fields.
     """
 
     def __init__(self, reason: str, *, service: str | None = None, scope: str = "balancer",

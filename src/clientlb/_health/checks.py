@@ -41,14 +41,14 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import httpx
-
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError
 from .._core.state import EndpointState
 from .config import HealthCheck
 
 if TYPE_CHECKING:
+    import httpx
+
     from .manager import HealthManager
 
 __all__ = ["HealthChecker", "ProbeState"]
@@ -235,6 +235,8 @@ class HealthChecker:
     async def _run(self) -> None:
         cfg = self.config
         verify: ssl.SSLContext | bool = self._ssl if self._ssl is not None else True
+        import httpx  # HTTP probes only: not loaded with clientlb
+
         client = httpx.AsyncClient(verify=verify, timeout=cfg.timeout, follow_redirects=False,
                                    trust_env=False) if cfg.kind == "http" else None
         sem = asyncio.Semaphore(cfg.max_concurrency)

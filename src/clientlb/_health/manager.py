@@ -259,7 +259,7 @@ class HealthManager:
             s.reported = h
             if previous is None:
                 if h is not _HEALTHY:
-                    logger.info("%s: %s starts %s (%s)", self._lb.name, s.address, h.value,
+                    logger.debug("%s: %s starts %s (%s)", self._lb.name, s.address, h.value,
                                 "waiting for its first health check")
                 continue
             self._transition(s, previous, h, now)

@@ -132,8 +132,14 @@ class Registry(Closing):
             if name in self._balancers:
                 raise ConfigError(f"a balancer named {name!r} already exists; update() or "
                                   "delete() it", field=path or "name")
+            # The registry instruments its balancers itself (its own Telemetry or none);
+            # telemetry=False in a service's options keeps one out.
+            reports = kwargs.pop("telemetry", True)
+            if not isinstance(reports, bool):
+                raise ConfigError(f"telemetry must be True or False, got {reports!r}",
+                                  field=f"{path}.telemetry" if path else "telemetry")
             try:
-                lb = LoadBalancer(target, name=name, **kwargs)
+                lb = LoadBalancer(target, name=name, telemetry=False, **kwargs)
             except ConfigError as exc:
                 raise (repath(exc, path) if path else exc) from None
             except TypeError as exc:  # an unknown keyword
@@ -141,7 +147,7 @@ class Registry(Closing):
                                   field=path or name) from None
             self._balancers[name] = lb
             self._specs[name] = (target, dict(options))
-        if self._telemetry is not None:
+        if self._telemetry is not None and reports:
             self._telemetry.instrument(lb)
         logger.info("%s: created (%s, %s)", name, lb.target, lb.strategy.name)
         return lb

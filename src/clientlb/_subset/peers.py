@@ -38,14 +38,17 @@ import socket
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import xxhash
 
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError
 from .._core.target import parse_target
-from .._resolvers.base import Resolver, create_resolver, start_resolver
 from .config import Aperture
+
+if TYPE_CHECKING:
+    from .._resolvers.base import Resolver
 
 __all__ = [
     "ENV_CLIENT_COUNT",
@@ -205,6 +208,9 @@ class PeerTracker:
         self.client_id = client_id
         self.name = name
         self._on_change = on_change
+        # discovery loads with the first peers resolver, not with ``import clientlb``
+        from .._resolvers.base import create_resolver
+
         self._resolver: Resolver = create_resolver(self.target)
         self._lock = threading.Lock()
         self._place = provisional_place(client_id)
@@ -218,6 +224,8 @@ class PeerTracker:
 
     def start(self) -> None:
         """Resolve from the running event loop if there is one, else from a thread."""
+        from .._resolvers.base import start_resolver
+
         self._task = start_resolver(self._resolver, self)
 
     def close(self) -> None:
