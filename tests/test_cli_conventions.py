@@ -182,7 +182,10 @@ def _valid(schema: dict[str, Any], value: Any) -> bool:
 
 def test_config_schema_describes_the_file_format_for_editors(
         capsys: pytest.CaptureFixture[str]) -> None:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # tomllib arrived in 3.11; tomli is its backport (a core dependency on 3.10)
+        import tomli as tomllib
 
     assert main(["config", "--schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
@@ -206,7 +209,10 @@ def test_config_schema_describes_the_file_format_for_editors(
 
 
 def test_plot_needs_matplotlib_from_the_cli_extra() -> None:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # tomllib arrived in 3.11; tomli is its backport (a core dependency on 3.10)
+        import tomli as tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert any(d.startswith("matplotlib") for d in project["optional-dependencies"]["cli"])

@@ -59,7 +59,7 @@ STDLIB = sys.stdlib_module_names | {"tomllib"}
 #: Imported only inside a function that says how to install it when missing.
 OPTIONAL = {"matplotlib"}  # clientlb demo --plot
 #: Which extra a package of clientlb needs, besides the core dependencies.
-EXTRA_OF = {"admin": "admin", "grpc": "grpc", "_cli": "cli"}
+EXTRA_OF = {"admin": "admin", "grpc": "grpc", "orca": "grpc", "_cli": "cli"}
 
 
 def _pyproject() -> dict:  # type: ignore[type-arg]

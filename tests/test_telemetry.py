@@ -477,6 +477,9 @@ def test_the_docs_table_names_every_instrument_and_its_attributes(
         previous = documented[row.group(1)] = previous if text.startswith("the same") else set(
             re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", text))
     recorded = _recorded_attributes(reader, telemetry)
+    # observed only with weighted_round_robin and load reports: tests/test_orca.py records them
+    for name in ("clientlb.endpoint.weight", "clientlb.load_reports"):
+        assert documented.pop(name), name
     assert sorted(documented) == sorted(recorded)
     assert {n: sorted(a) for n, a in documented.items()} == {
         n: sorted(a) for n, a in recorded.items()}
