@@ -86,6 +86,34 @@ def _attach(context: Any, metrics: ServerMetrics, fmt: str | None, call: CallMet
         logger.warning("load report not attached", exc_info=True)
 
 
+class _Report:
+    """One call's report, for the sync and aio interceptors alike: its
+    :class:`CallMetrics` are current while the handler runs, and the report is
+    attached to the trailers when it ends — as an error unless :meth:`answered`."""
+
+    __slots__ = ("call", "context", "error", "fmt", "metrics", "token")
+
+    def __init__(self, context: Any, metrics: ServerMetrics, fmt: str | None) -> None:
+        self.context = context
+        self.metrics = metrics
+        self.fmt = fmt
+        self.error = True
+
+    def __enter__(self) -> _Report:
+        self.call = CallMetrics()
+        self.token = _current.set(self.call)
+        return self
+
+    def answered(self) -> None:
+        """The handler returned: an error only if it set a failing status."""
+        self.error = _failed(self.context)
+
+    def __exit__(self, *exc_info: object) -> None:
+        with contextlib.suppress(ValueError):  # a stream closed from another context
+            _current.reset(self.token)
+        _attach(self.context, self.metrics, self.fmt, self.call, self.error)
+
+
 def _rebuild(handler: Any, wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]]) -> Any:
     for kind, factory in _KINDS:
         behavior = getattr(handler, kind, None)
@@ -129,29 +157,16 @@ class OrcaServerInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         metrics, fmt = self.metrics, self.format
         if kind.endswith("_stream"):
             def streaming(request: Any, context: Any) -> Iterator[Any]:
-                call = CallMetrics()
-                token = _current.set(call)
-                error = True
-                try:
+                with _Report(context, metrics, fmt) as report:
                     yield from behavior(request, context)
-                    error = _failed(context)
-                finally:
-                    with contextlib.suppress(ValueError):  # closed from another context
-                        _current.reset(token)
-                    _attach(context, metrics, fmt, call, error)
+                    report.answered()
             return streaming
 
         def unary(request: Any, context: Any) -> Any:
-            call = CallMetrics()
-            token = _current.set(call)
-            error = True
-            try:
+            with _Report(context, metrics, fmt) as report:
                 response = behavior(request, context)
-                error = _failed(context)
+                report.answered()
                 return response
-            finally:
-                _current.reset(token)
-                _attach(context, metrics, fmt, call, error)
         return unary
 
     def __repr__(self) -> str:
@@ -181,32 +196,19 @@ class AioOrcaServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         metrics, fmt = self.metrics, self.format
         if inspect.isasyncgenfunction(behavior):
             async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
-                call = CallMetrics()
-                token = _current.set(call)
-                error = True
-                try:
+                with _Report(context, metrics, fmt) as report:
                     async for response in behavior(request, context):
                         yield response
-                    error = _failed(context)
-                finally:
-                    with contextlib.suppress(ValueError):
-                        _current.reset(token)
-                    _attach(context, metrics, fmt, call, error)
+                    report.answered()
             return streaming
 
         async def coroutine(request: Any, context: Any) -> Any:
-            call = CallMetrics()
-            token = _current.set(call)
-            error = True
-            try:
+            with _Report(context, metrics, fmt) as report:
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
-                error = _failed(context)
+                report.answered()
                 return result
-            finally:
-                _current.reset(token)
-                _attach(context, metrics, fmt, call, error)
         return coroutine
 
     def __repr__(self) -> str:
