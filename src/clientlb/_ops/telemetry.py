@@ -244,44 +244,46 @@ class Telemetry:
         self._lock = threading.Lock()
         # span -> attempts seen in that span (weak: spans end and go away)
         self._attempts: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        meter.create_observable_counter(
+            "clientlb.requests", callbacks=[self._observe_requests], unit="{request}",
+            description="Calls through a balancer, by service, endpoint and outcome.")
         self._duration = meter.create_histogram(
             "clientlb.request.duration", unit="s",
             description="Duration of calls through a balancer, from pick to outcome.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS)
+        meter.create_observable_counter(
+            "clientlb.retries", callbacks=[self._observe_retries], unit="{retry}",
+            description="Retries allowed by each balancer's retry budget.")
+        meter.create_observable_counter(
+            "clientlb.retry.budget_exhausted", callbacks=[self._observe_refused],
+            unit="{retry}", description="Retries refused because the retry budget was spent.")
         self._discovery_updates = meter.create_counter(
             "clientlb.discovery.updates", unit="{update}",
             description="Endpoint-set changes published by discovery.")
         self._discovery_errors = meter.create_counter(
             "clientlb.discovery.errors", unit="{error}",
             description="Discovery failures (the last good endpoint set was kept).")
-        # The instruments read from the balancers at each collection: (kind, name,
-        # callback, unit, description). One table, so that docs/telemetry.md's is its copy.
-        observed = (
-            ("counter", "clientlb.requests", self._observe_requests, "{request}",
-             "Calls through a balancer, by service, endpoint and outcome."),
-            ("counter", "clientlb.retries", self._observe_retries, "{retry}",
-             "Retries allowed by each balancer's retry budget."),
-            ("counter", "clientlb.retry.budget_exhausted", self._observe_refused, "{retry}",
-             "Retries refused because the retry budget was spent."),
-            ("gauge", "clientlb.endpoint.count", self._observe_endpoints, "{endpoint}",
-             "Endpoints of each balancer, by state."),
-            ("gauge", "clientlb.panic", self._observe_panic, "1",
-             "1 while a balancer spreads traffic over every endpoint (panic mode)."),
-            ("counter", "clientlb.ejections", self._observe_ejections, "{ejection}",
-             "Outlier ejections per endpoint since it was discovered."),
-            ("counter", "clientlb.discovery.malformed", self._observe_malformed, "{record}",
-             "Discovery records skipped because malformed."),
-            ("counter", "clientlb.health.events", self._observe_health, "{event}",
-             "Health events of each balancer (lb.health_statistics())."),
-            ("gauge", "clientlb.endpoint.weight", self._observe_weights, "1",
-             "Endpoint weights computed from load reports (weighted_round_robin)."),
-            ("counter", "clientlb.load_reports", self._observe_load_reports, "{report}",
-             "ORCA load reports received, by result (read, malformed, unsupported)."),
-        )
-        for kind, name, callback, unit, description in observed:
-            create = (meter.create_observable_counter if kind == "counter"
-                      else meter.create_observable_gauge)
-            create(name, callbacks=[callback], unit=unit, description=description)
+        meter.create_observable_gauge(
+            "clientlb.endpoint.count", callbacks=[self._observe_endpoints], unit="{endpoint}",
+            description="Endpoints of each balancer, by state.")
+        meter.create_observable_gauge(
+            "clientlb.panic", callbacks=[self._observe_panic], unit="1",
+            description="1 while a balancer spreads traffic over every endpoint (panic mode).")
+        meter.create_observable_counter(
+            "clientlb.ejections", callbacks=[self._observe_ejections], unit="{ejection}",
+            description="Outlier ejections per endpoint since it was discovered.")
+        meter.create_observable_counter(
+            "clientlb.discovery.malformed", callbacks=[self._observe_malformed],
+            unit="{record}", description="Discovery records skipped because malformed.")
+        meter.create_observable_counter(
+            "clientlb.health.events", callbacks=[self._observe_health], unit="{event}",
+            description="Health events of each balancer (lb.health_statistics()).")
+        meter.create_observable_gauge(
+            "clientlb.endpoint.weight", callbacks=[self._observe_weights], unit="1",
+            description="Endpoint weights computed from load reports (weighted_round_robin).")
+        meter.create_observable_counter(
+            "clientlb.load_reports", callbacks=[self._observe_load_reports], unit="{report}",
+            description="ORCA load reports received, by result (read, malformed, unsupported).")
 
     # -- instrumenting --------------------------------------------------------------------
 
