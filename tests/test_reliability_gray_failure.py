@@ -21,6 +21,7 @@ import itertools
 import math
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -34,6 +35,7 @@ from ._helpers import FakeClock
 
 BAD = "10.0.0.1:80"
 ONSET = 30.0  # the gray failure starts after 30 s of healthy traffic
+SERVICE_TIME = 0.02  # each real backend works 20 ms per request
 
 
 def simulate(error_rates: dict[str, float], *, rate: float, duration: float, seed: int,
@@ -176,7 +178,13 @@ def test_error_rate_is_shrunk_for_few_calls_and_decays_with_time() -> None:
 
 class _GrayBackend:
     """An HTTP/1.1 server on loopback; with ``gray``, 3 requests in 10 get a 503
-    (never two in a row, as a backend with a bad shard or a flaky dependency)."""
+    (never two in a row, as a backend with a bad shard or a flaky dependency).
+
+    Every answer, 200 or 503, takes ``SERVICE_TIME`` of server work: without it a loopback
+    answer takes well under a millisecond and the latency peak-EWMA sees is the GIL
+    scheduling of this one process (client and servers share it), a noise of 10–50× that
+    drowns the error penalty on a loaded 2-core machine. With it, latencies differ by a
+    few tens of percent, as between real backends, and the test measures the penalty."""
 
     def __init__(self, gray: bool) -> None:
         self.count = 0
@@ -195,6 +203,7 @@ class _GrayBackend:
                     n = backend.count
                     backend.count += 1
                 status = 503 if gray and n % 10 in (0, 3, 6) else 200
+                time.sleep(SERVICE_TIME)  # the server's work (see the class docstring)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
                 self.end_headers()
