@@ -150,7 +150,7 @@ def own_cost(strategy: str, n: int) -> tuple[float, float]:
 
     async def run() -> float:
         aio_channel = clientlb.grpc.aio.insecure_channel(addresses, strategy=strategy)
-        await aio_channel.lb.wait_ready_async()
+        await aio_channel.lb.await_ready()
         aio_channel._factory = lambda endpoint: _FakeAioChannel()
         aio_call = aio_channel.unary_unary(METHOD)
         for _ in range(1000):

@@ -247,7 +247,7 @@ def micro(n: int = 50000) -> None:
     lb = clientlb.LoadBalancer([f"127.0.0.1:{8000 + i}" for i in range(4)], name="svc",
                                strategy="round_robin")
     balanced = clientlb.HTTPTransport(lb)
-    balanced._router._pool_factory = MemoryPool  # type: ignore[assignment]
+    balanced._router._pool_factory = lambda shard: MemoryPool()  # type: ignore[assignment]
     plain = httpx.HTTPTransport()
     plain._pool = MemoryPool()  # type: ignore[assignment]
     cases = [("httpx.HTTPTransport", plain, httpx.Request("GET", "http://127.0.0.1:8000/")),

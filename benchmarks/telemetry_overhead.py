@@ -6,8 +6,9 @@ Run by hand (needs the dev extra for the OpenTelemetry SDK)::
 
 Cases, on a 10-endpoint static target with the default strategy:
 
-* ``bare`` — not instrumented;
-* ``api (no SDK)`` — instrumented, no SDK installed: the API's no-op instruments;
+* ``bare`` — not instrumented (``telemetry=False``);
+* ``api (no SDK)`` — the default (every balancer reports through the global providers),
+  no SDK installed: the API's no-op instruments;
 * ``sdk metrics`` — an SDK ``MeterProvider`` with a (never collected) reader: every
   outcome is aggregated for real;
 * ``sdk, durations=False`` — the same without the duration histogram;
@@ -77,11 +78,10 @@ def main() -> None:
 
     cases: list[tuple[str, clientlb.LoadBalancer, Callable[[], contextlib.AbstractContextManager[
         object]]]] = []
-    bare = clientlb.LoadBalancer(TARGET, outlier_detection=None)
+    bare = clientlb.LoadBalancer(TARGET, outlier_detection=None, telemetry=False)
     cases.append(("bare", bare, nothing))
-    api = clientlb.LoadBalancer(TARGET, outlier_detection=None)
-    clientlb.Telemetry().instrument(api)  # the global provider: the API's no-op
-    cases.append(("api (no SDK)", api, nothing))
+    api = clientlb.LoadBalancer(TARGET, outlier_detection=None)  # on by default: global
+    cases.append(("api (no SDK)", api, nothing))                 # providers, the API no-op
     sdk = clientlb.LoadBalancer(TARGET, outlier_detection=None)
     provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
     clientlb.Telemetry(meter_provider=provider).instrument(sdk)

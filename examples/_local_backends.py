@@ -1,6 +1,7 @@
 """Tiny HTTP backends on 127.0.0.1 for the guide's examples (not part of clientlb).
 
-``start(names)`` starts one threaded HTTP/1.1 server per name; each answers
+``start(names)`` starts one threaded HTTP/1.1 server per name (``Backend(name, port)``
+for a given port); each answers
 every request with its own name in the body and an ``X-Backend`` header, so an
 example can show where a request went. ``Backend.status`` and ``.delay`` change
 what it answers.
@@ -16,7 +17,7 @@ from typing import Any
 
 
 class Backend:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, port: int = 0) -> None:
         self.name = name
         self.status = 200
         self.delay = 0.0
@@ -46,7 +47,7 @@ class Backend:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.address = f"127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()

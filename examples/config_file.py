@@ -5,11 +5,15 @@ Run: python examples/config_file.py
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-import tomllib
-
 import clientlb
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI (a dependency of clientlb there)
+    import tomli as tomllib
 
 here = Path(__file__).parent
 

@@ -34,6 +34,7 @@ print("round robin:", spread(client))  # {'app-1': 10, 'app-2': 10, 'app-3': 10}
 # --8<-- [end:round_robin]
 assert spread(client) == {"app-1": 10, "app-2": 10, "app-3": 10}
 client.close()
+lb.close()
 
 # --8<-- [start:weights]
 weighted = [clientlb.Endpoint.parse(addresses[0], weight=3),  # a bigger machine
@@ -45,6 +46,7 @@ lb.set_weight(addresses[1], 3)             # change a weight at runtime
 print("weights 3:3:", spread(client, 40))  # {'app-1': 20, 'app-2': 20}
 # --8<-- [end:weights]
 client.close()
+lb.close()
 
 # --8<-- [start:least_request]
 lb = clientlb.LoadBalancer(addresses, strategy="least_request", name="app",
@@ -58,6 +60,7 @@ print("calls sent to the busy backend:", sent[addresses[0]])  # 0
 for call in busy:
     call.done()
 # --8<-- [end:least_request]
+lb.close()
 
 # --8<-- [start:ip_hash]
 lb = clientlb.LoadBalancer(addresses, strategy="ring_hash", name="app")
@@ -69,6 +72,7 @@ for ip in ("203.0.113.7", "198.51.100.23"):
     assert len(seen) == 1
 # --8<-- [end:ip_hash]
 client.close()
+lb.close()
 
 # --8<-- [start:sticky]
 lb = clientlb.LoadBalancer(addresses, strategy="round_robin", name="app")
@@ -79,6 +83,7 @@ print("sticky session stays on", first, spread(client, 10))  # {first: 10}
 # --8<-- [end:sticky]
 assert spread(client, 10) == {first: 10}
 client.close()
+lb.close()
 
 
 # --8<-- [start:custom]
@@ -106,6 +111,7 @@ print("custom strategy:", spread(client, 5))  # {'app-1': 5}
 # --8<-- [end:custom]
 assert spread(client, 5) == {"app-1": 5}
 client.close()
+lb.close()
 
 for backend in backends:
     backend.close()

@@ -52,11 +52,27 @@ def run(backends: list[str], hedging: clientlb.Hedging | None) -> None:
     lb.close()
 
 
+def policies(addresses: list[str]) -> None:
+    """Where a policy applies: every transport on a balancer, one transport, or none."""
+    # --8<-- [start:policies]
+    lb = clientlb.LoadBalancer(addresses, name="users",
+                               hedging=clientlb.Hedging())          # every transport on lb
+    transport = clientlb.HTTPTransport(lb)
+    fixed = clientlb.HTTPTransport(lb, hedging=clientlb.Hedging(delay=0.05))  # this one
+    none = clientlb.HTTPTransport(lb, hedging=False)
+    # --8<-- [end:policies]
+    print("policies:", *(repr(t).split(" ", 1)[1] for t in (transport, fixed, none)), sep="\n  ")
+    for t in (transport, fixed, none):
+        t.close()
+    lb.close()
+
+
 def main() -> None:
     servers = start("alpha", "beta", "gamma")
     servers[2].delay = 0.3
     addresses = [s.address for s in servers]
     try:
+        policies(addresses)
         run(addresses, None)
         run(addresses, clientlb.Hedging(delay=0.05, max_extra_load=1.0))
     finally:

@@ -64,6 +64,7 @@ def main() -> None:
     endpoints = [start_backend("alpha"), start_backend("beta"), dead_port()]
 
     # --- the part you would write -----------------------------------------------------------
+    # --8<-- [start:client]
     lb = clientlb.LoadBalancer(endpoints, name="users", strategy="round_robin")
     with httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://users") as client:
         answers = collections.Counter()
@@ -74,6 +75,7 @@ def main() -> None:
                 answers[client.request(method, "/hello", content=b"hi").text.strip()] += 1
             except httpx.HTTPError:
                 failed += 1
+    # --8<-- [end:client]
     # -----------------------------------------------------------------------------------------
 
     for text, count in sorted(answers.items()):

@@ -54,6 +54,7 @@ def main() -> None:
     elsewhere = start_backend("not-balanced")
 
     # --- the part you would write -----------------------------------------------------------
+    # --8<-- [start:mounts]
     users = clientlb.LoadBalancer(users_backends, name="users", strategy="round_robin")
     orders = clientlb.LoadBalancer(orders_backends, name="orders", strategy="maglev")
     mounts = {
@@ -62,12 +63,15 @@ def main() -> None:
             orders, hash_key=clientlb.hash_by_header("X-Customer")),
     }
     with httpx.Client(mounts=mounts) as client:
+        # --8<-- [end:mounts]
+        # --8<-- [start:sticky]
         first = client.get("http://users/profile")
         print(f"users: first answer from {first.text.strip()}, "
               f"cookie {first.cookies['clientlb-affinity']!r}")
         sticky = collections.Counter(client.get("http://users/profile").text.strip()
                                      for _ in range(10))
         print(f"users: next 10 requests served by {dict(sticky)}")
+        # --8<-- [end:sticky]
 
         homes = {}
         for customer in ("ann", "bob", "cyd", "dan"):

@@ -179,12 +179,14 @@ def balanced_read(lb: clientlb.LoadBalancer, sql: str
     off by a replica going away mid-way is run once more.
     """
     for attempt in range(2):
+        # --8<-- [start:connect_with]
         conn, pick = clientlb.connect_with(
             lb,
             lambda ep: psycopg.connect(host=ep.host, port=ep.port, user="postgres",
                                        dbname="postgres", autocommit=True,
                                        connect_timeout=2),
             connect_errors=psycopg.OperationalError)
+        # --8<-- [end:connect_with]
         try:
             with pick, conn:
                 row = conn.execute(sql).fetchone()

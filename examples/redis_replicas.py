@@ -126,6 +126,7 @@ def wait_synced(replica: RedisServer, timeout: float = 20.0) -> None:
 def balanced_get(lb: clientlb.LoadBalancer, clients: dict[str, redis.Redis],
                  key: str, attempts: int = 3) -> tuple[clientlb.Endpoint, bytes | None]:
     """GET ``key`` from a replica picked by ``lb``, failing over on connect errors."""
+    # --8<-- [start:failover]
     tried: set[str] = set()
     last: Exception | None = None
     for _ in range(attempts):
@@ -144,6 +145,7 @@ def balanced_get(lb: clientlb.LoadBalancer, clients: dict[str, redis.Redis],
                 last = exc
                 continue
             return p.endpoint, value if isinstance(value, bytes) or value is None else None
+    # --8<-- [end:failover]
     raise ConnectionError(f"GET {key} failed on {sorted(tried)}: {last}")
 
 
@@ -166,12 +168,14 @@ def main() -> int:
 
         # One client (one pool) per replica; redis-py's own retries are off so
         # that the balancer, which knows the other replica, does the retrying.
+        # --8<-- [start:clients]
         clients = {r.address: redis.Redis(host="127.0.0.1", port=r.port, socket_timeout=2,
                                           socket_connect_timeout=2,
                                           retry=Retry(NoBackoff(), 0))
                    for r in replicas}
         lb = clientlb.LoadBalancer(list(clients), name="redis-replicas",
                                    strategy="least_request")
+        # --8<-- [end:clients]
         served: collections.Counter[str] = collections.Counter()
         after_kill: collections.Counter[str] = collections.Counter()
         failures: list[str] = []

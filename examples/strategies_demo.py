@@ -54,6 +54,7 @@ def simulate(strategy: str, seed: int = 1) -> tuple[dict[str, float], list[float
         latencies.append(clock.now - p.started_at)
         p.done()
         start()
+    lb.close()
     total = sum(counts.values())
     return {a: c / total for a, c in counts.items()}, latencies
 

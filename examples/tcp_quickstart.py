@@ -80,14 +80,16 @@ def main() -> None:
     dead = dead_port()
 
     # 1. Spread, and a dead port that never surfaces as an error.
+    # --8<-- [start:connect]
     lb = clientlb.LoadBalancer([s.address for s in servers] + [dead],
                                strategy="round_robin")
     seen = collections.Counter()
     for _ in range(6):
-        with clientlb.connect(lb, timeout=2.0) as sock:
-            seen[readline(sock)] += 1
+        with clientlb.connect(lb, timeout=2.0) as sock:   # a socket.socket subclass
+            seen[readline(sock)] += 1                       # "hello from echo1"
             sock.sendall(b"ping\n")
             assert readline(sock) == "ping"
+    # --8<-- [end:connect]
     failures = lb.snapshot().by_address()[dead].failures
     print(f"1. six connections: {dict(sorted(seen.items()))}; "
           f"dead port tried {failures}x, no error surfaced")
@@ -111,10 +113,13 @@ def main() -> None:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("echo.internal").configure_cert(server_ctx)
     tls_servers = [EchoServer(f"tls{i}", tls=server_ctx) for i in range(2)]
+    # --8<-- [start:tls]
     client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    ca.configure_trust(client_ctx)      # or ssl.create_default_context(cafile="ca.pem")
     tls_lb = clientlb.LoadBalancer([s.address for s in tls_servers], name="echo.internal")
     with clientlb.connect(tls_lb, timeout=2.0, ssl_context=client_ctx) as tls_sock:
+        # connected to 127.0.0.1, the certificate verified as echo.internal
+        # --8<-- [end:tls]
         print(f"3. TLS to {tls_sock.getpeername()[0]} verified as "
               f"{tls_sock.server_hostname!r}: {readline(tls_sock)!r}")
     try:
@@ -125,15 +130,34 @@ def main() -> None:
 
     # 4. asyncio.
     async def use_asyncio() -> None:
+        # --8<-- [start:asyncio]
         reader, writer = await clientlb.open_connection(lb, timeout=2.0)
         greeting = (await reader.readline()).decode().strip()
         writer.write(b"async ping\n")
         echoed = (await reader.readline()).decode().strip()
         writer.close()
-        await writer.wait_closed()
+        await writer.wait_closed()        # the pick completes here
+        # --8<-- [end:asyncio]
         print(f"4. asyncio: {greeting!r}, echoed {echoed!r} from {writer.endpoint.address}")
 
     asyncio.run(use_asyncio())
+
+    # 5. Any driver that opens its own connection: the generic pattern.
+    # --8<-- [start:generic]
+    with lb.pick() as p:
+        conn = socket.create_connection((p.endpoint.host, p.endpoint.port), timeout=2.0)
+        with conn:
+            greeting = readline(conn)     # use it
+    # leaving the block reports success — or a failure if it raised
+    # --8<-- [end:generic]
+    print(f"5. generic pattern: {greeting!r} from {p.endpoint.address}")
+
+    # 6. A target instead of a balancer: the balancer built for it closes with the socket.
+    # --8<-- [start:target]
+    with clientlb.connect(f"static://{servers[0].address},{dead}", timeout=2.0) as sock:
+        greeting = readline(sock)
+    # --8<-- [end:target]
+    print(f"6. connect(target): {greeting!r}")
 
     for server in servers + tls_servers:
         server.shutdown()

@@ -55,7 +55,7 @@ for event in traced.events:
     a = event.attributes or {}
     if event.name == "clientlb.attempt":
         print(f"span event clientlb.attempt: attempt {a['clientlb.attempt']} -> "
-              f"{a['server.address']}:{a['server.port']} {a['clientlb.outcome']}")
+              f"{a['network.peer.address']}:{a['network.peer.port']} {a['clientlb.outcome']}")
     else:
         print(f"span event {event.name}: {a.get('clientlb.retry.reason')} on "
               f"{a.get('clientlb.endpoint')}")

@@ -35,7 +35,7 @@ with httpx.Client(transport=clientlb.HTTPTransport(lb), base_url="http://web") a
 # --8<-- [start:scrape]
 port = server.server_address[1]
 text = httpx.get(f"http://127.0.0.1:{port}/metrics").text   # what Prometheus scrapes
-shown = ("clientlb_requests_total", "clientlb_endpoints", "clientlb_retries_total",
+shown = ("clientlb_requests_total", "clientlb_endpoint_count", "clientlb_retries_total",
          "clientlb_request_duration_seconds_count")
 for line in text.splitlines():
     if line.startswith(shown):

@@ -102,3 +102,18 @@ class HTTPBackend:
             self.hang.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+_open_balancers: list[Any] = []
+
+
+def closing(lb: Any) -> Any:
+    """Register a balancer a test helper built, for ``conftest``'s autouse fixture to
+    close after the test (an unclosed balancer is a ResourceWarning: pytest errors)."""
+    _open_balancers.append(lb)
+    return lb
+
+
+def close_registered() -> None:
+    while _open_balancers:
+        _open_balancers.pop().close()

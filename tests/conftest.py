@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ._helpers import FakeClock
+from ._helpers import FakeClock, close_registered
 
 REQUIRE_SERVERS = os.environ.get("CLIENTLB_REQUIRE_SERVERS") == "1"
 
@@ -26,6 +26,13 @@ def require_binary(name: str, *candidates: str) -> str:
     if REQUIRE_SERVERS:
         pytest.fail(message + " and CLIENTLB_REQUIRE_SERVERS=1", pytrace=False)
     pytest.skip(message)
+
+
+@pytest.fixture(autouse=True)
+def _close_helper_balancers() -> Iterator[None]:
+    """Close the balancers test helpers built (``_helpers.closing``) after each test."""
+    yield
+    close_registered()
 
 
 @pytest.fixture

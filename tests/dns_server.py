@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import dns.exception
+import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
@@ -123,3 +124,69 @@ class KnotServer:
 
     def close(self) -> None:
         self.stop()
+
+
+class ScriptedDNSServer:
+    """A tiny UDP DNS server on 127.0.0.1 whose answer a test sets: for the response codes
+    Knot will not give on demand (SERVFAIL), and for answers that change mid-test.
+
+    ``mode`` is ``"answer"`` (``addresses`` as A/AAAA records, TTL 1), ``"nxdomain"``,
+    ``"nodata"`` (NOERROR, empty answer), ``"servfail"``, ``"refused"`` or ``"drop"``
+    (no reply: a timeout). ``queries`` counts the questions received.
+    """
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.mode = "answer"
+        self.addresses: list[str] = ["127.0.0.1"]
+        self.queries = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self.server = f"127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import ipaddress
+
+        import dns.rdatatype
+        import dns.rrset
+
+        while True:
+            try:
+                data, peer = self._sock.recvfrom(4096)
+            except OSError:
+                return
+            self.queries += 1
+            try:
+                query = dns.message.from_wire(data)
+            except Exception:
+                continue
+            mode = self.mode
+            if mode == "drop":
+                continue
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA
+            if mode == "servfail":
+                response.set_rcode(dns.rcode.SERVFAIL)
+            elif mode == "refused":
+                response.set_rcode(dns.rcode.REFUSED)
+            elif mode == "nxdomain":
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            elif mode == "answer":
+                question = query.question[0]
+                version = 4 if question.rdtype == dns.rdatatype.A else 6
+                found = [a for a in self.addresses if ipaddress.ip_address(a).version == version]
+                if found:
+                    response.answer.append(dns.rrset.from_text_list(
+                        question.name, 1, "IN", dns.rdatatype.to_text(question.rdtype), found))
+            try:
+                self._sock.sendto(response.to_wire(), peer)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._sock.close()

@@ -134,7 +134,7 @@ def test_metrics_are_the_opentelemetry_instruments_in_prometheus_text(
     lines = [line for line in text.splitlines()
              if line.startswith("clientlb_requests_total{") and 'clientlb_service="web"' in line]
     assert len(lines) == 3 and sum(float(line.rsplit(" ", 1)[1]) for line in lines) == 6
-    assert "clientlb_endpoints{" in text
+    assert "clientlb_endpoint_count{" in text
 
 
 # -- changing -----------------------------------------------------------------------------

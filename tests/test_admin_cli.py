@@ -86,16 +86,24 @@ def test_the_demo_serves_its_balancers_on_the_dashboard_while_it_runs() -> None:
 
         def demo_service() -> dict[str, object] | None:
             services = httpx.get(url + "api/services").json()["services"]
-            return next((s for s in services if str(s["name"]).startswith("demo-")), None)
+            # a balancer made on the demo's event loop publishes its endpoints from a
+            # task: it may be listed an instant before they are
+            return next((s for s in services if str(s["name"]).startswith("demo-")
+                         and s["endpoints"]), None)
 
         service = wait_until(demo_service, timeout=20, message="a demo balancer")
         assert len(service["endpoints"]) == 4  # type: ignore[arg-type]
         assert "read-only" in line
     finally:
-        _, err = proc.communicate(timeout=60)
+        # only the reader thread reads stdout (communicate() would race it for lines)
+        proc.wait(timeout=60)
         reader.join(5)
+        assert proc.stderr is not None and proc.stdout is not None
+        err = proc.stderr.read()
+        proc.stderr.close()
+        proc.stdout.close()
     assert proc.returncode == 0, err
-    assert any("comparison" in x for x in lines)
+    assert any("comparison" in x for x in lines), "".join(lines)
 
 
 def test_the_dashboard_of_the_demo_can_be_turned_off() -> None:

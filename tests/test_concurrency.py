@@ -9,12 +9,15 @@ import pytest
 
 from clientlb import STRATEGIES, Endpoint, EndpointSet, LoadBalancer, Maglev, Outcome
 
+from ._helpers import closing
+
 
 @pytest.mark.parametrize("strategy", list(STRATEGIES))
 def test_eight_threads_pick_while_endpoints_change(strategy: str) -> None:
     base = [Endpoint(f"10.0.0.{i}", 80, weight=1 + i % 3) for i in range(1, 21)]
     # a small Maglev table keeps the 40 rebuilds cheap; the algorithm is the same
-    lb = LoadBalancer(base, strategy=Maglev(table_size=4099) if strategy == "maglev" else strategy)
+    lb = closing(LoadBalancer(base, strategy=Maglev(table_size=4099) if strategy == "maglev"
+                              else strategy))
     errors: list[BaseException] = []
     stop = threading.Event()
     picks = [0] * 8
@@ -49,7 +52,7 @@ def test_eight_threads_pick_while_endpoints_change(strategy: str) -> None:
 
 
 def test_in_flight_counts_are_exact_under_contention() -> None:
-    lb = LoadBalancer(["a:1", "b:1"], strategy="least_request")
+    lb = closing(LoadBalancer(["a:1", "b:1"], strategy="least_request"))
     barrier = threading.Barrier(8)
 
     def worker() -> None:

@@ -75,7 +75,8 @@ def test_a_json_file_and_a_dict_give_the_same_registry(tmp_path: Path) -> None:
                                                                    "table_size": 10}}}},
      "services.users.strategy.table_size: table_size must be a prime <= 5000011, got 10"),
     ({"services": {"users": {"target": "127.0.0.1:1", "first_resolution_timeout": -1}}},
-     "services.users.first_resolution_timeout: first_resolution_timeout must be >= 0 seconds"),
+     "services.users.first_resolution_timeout: first_resolution_timeout must be a finite "
+     "number >= 0 seconds"),
     ({"telemetry": "yes", "services": {}}, "telemetry: must be true or false, got 'yes'"),
 ])
 def test_every_error_names_the_dotted_path(config: dict[str, object], message: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import clientlb
 from clientlb import ConfigError, Endpoint, LoadBalancer
 
-from ._helpers import FakeClock
+from ._helpers import FakeClock, closing
 
 
 def _share(lb: LoadBalancer, n: int = 400) -> Counter[str]:
@@ -22,7 +22,8 @@ def _share(lb: LoadBalancer, n: int = 400) -> Counter[str]:
 
 
 def _lb(clock: FakeClock, *addresses: str, strategy: str = "round_robin") -> LoadBalancer:
-    return LoadBalancer(list(addresses), strategy=strategy, clock=clock, rng=random.Random(7))
+    return closing(LoadBalancer(list(addresses), strategy=strategy, clock=clock,
+                                rng=random.Random(7)))
 
 
 def test_set_strategy_keeps_in_flight_calls_and_their_load(clock: FakeClock) -> None:
@@ -110,9 +111,9 @@ def test_add_inside_an_event_loop_waits_for_the_first_set() -> None:
 
     async def scenario() -> list[str]:
         lb = LoadBalancer(["127.0.0.1:1"])
-        with pytest.raises(clientlb.ClientLBError, match=r"await lb\.wait_ready_async\(\)"):
+        with pytest.raises(clientlb.ClientLBError, match=r"await lb\.await_ready\(\)"):
             lb.add("127.0.0.1:2")
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         lb.add("127.0.0.1:2")
         addresses = [e.address for e in lb.endpoints()]
         await lb.aclose()

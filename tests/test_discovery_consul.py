@@ -323,7 +323,7 @@ def test_consul_under_asyncio_runs_on_the_applications_event_loop(
 
     async def scenario() -> set[str]:
         async with consul_lb(consul) as lb:
-            assert await lb.wait_ready_async()
+            assert await lb.await_ready()
             resolver = lb.resolver
             assert isinstance(resolver, ConsulResolver) and resolver._thread is None
             consul.register("web", "web-2", address="10.0.0.2")
@@ -357,7 +357,7 @@ def test_a_sync_close_inside_the_event_loop_stops_the_resolver_task_cleanly(
 
     async def scenario() -> bool:
         with consul_lb(consul) as lb:
-            assert await lb.wait_ready_async()
+            assert await lb.await_ready()
             resolver = lb.resolver
             assert isinstance(resolver, ConsulResolver)
         task = resolver._task

@@ -205,7 +205,7 @@ def test_refresh_re_resolves_long_before_the_ttl(knot: KnotServer) -> None:
 def test_dns_under_asyncio_runs_on_the_applications_event_loop(knot: KnotServer) -> None:
     async def scenario() -> set[str]:
         async with clientlb.LoadBalancer(f"dns://{knot.server}/web.test:80") as lb:
-            assert await lb.wait_ready_async()
+            assert await lb.await_ready()
             resolver = lb.resolver
             assert isinstance(resolver, DNSResolver)
             assert resolver._thread is None

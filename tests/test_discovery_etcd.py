@@ -223,7 +223,7 @@ def test_etcd_under_asyncio_runs_on_the_applications_event_loop(etcd: EtcdServer
 
     async def scenario() -> set[str]:
         async with clientlb.LoadBalancer(f"etcd://{etcd.server}/aio") as lb:
-            assert await lb.wait_ready_async()
+            assert await lb.await_ready()
             resolver = lb.resolver
             assert isinstance(resolver, EtcdResolver) and resolver._thread is None
             await asyncio.to_thread(etcd.put, "aio/b", json.dumps({"Addr": "127.0.0.1:8002"}))

@@ -50,6 +50,9 @@ def test_mounts_example_balances_two_services_from_one_client() -> None:
 
 def test_hedging_example_takes_the_slow_backend_off_the_callers_tail() -> None:
     out = run_example("hedging.py")
+    assert "retry=3 attempts hedging=adaptive>\n" in out  # the balancer's policy, live
+    assert "retry=3 attempts hedging=50ms>\n" in out  # the transport's own
+    assert "retry=3 attempts>\n" in out  # hedging=False
     assert "without hedging: 10 of 30 requests took 300 ms or more" in out
     assert "with hedging: 0 of 30 requests took 300 ms or more" in out
     numbers = re.search(r"hedges sent (\d+), won (\d+), probes (\d+); gamma's latency "
@@ -59,6 +62,29 @@ def test_hedging_example_takes_the_slow_backend_off_the_callers_tail() -> None:
     assert sent >= won >= served >= 5 and probes >= 1  # each request sent to gamma hedged
     assert estimate >= 0.25  # and the balancer still knows how slow gamma is
     assert out.rstrip().endswith("ok")
+
+
+def test_options_example_retries_hide_a_503_and_keys_stick() -> None:
+    """The retry policy and pick keys of docs/http.md, on three local backends."""
+    out = run_example("http_options.py")
+    assert "retry: statuses seen by the caller {200: 20}" in out
+    assert "hash_key: backends per user {'ann': 1, 'bob': 1, 'cyd': 1}" in out
+    assert out.rstrip().endswith("ok")
+
+
+def test_deadline_example_cuts_each_attempts_timeouts_to_the_time_left() -> None:
+    """Backends that hang: timeout=0.3 alone takes three attempts (>= 0.9 s); with
+    deadline=0.5 the second attempt gets only the time left and the request ends at about
+    0.5 s; a per-request deadline of 0.25 s ends it sooner still."""
+    import re
+
+    out = run_example("http_deadline.py")
+    seconds = {m.group(1): float(m.group(2))
+               for m in re.finditer(r"^(.+): \w+ after ([\d.]+)s$", out, flags=re.M)}
+    assert seconds["timeout only"] >= 0.85
+    assert 0.45 <= seconds["timeout + deadline"] < 0.85
+    assert seconds["per-request deadline"] < 0.85
+    assert "2 attempts failed" in out and "deadline exceeded)" in out
 
 
 @pytest.mark.servers

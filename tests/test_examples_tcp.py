@@ -80,3 +80,5 @@ def test_tcp_quickstart_runs() -> None:
     assert "verified as 'echo.internal'" in out
     assert "wrong name refused: SSLCertVerificationError" in out
     assert "echoed 'async ping'" in out
+    assert re.search(r"5\. generic pattern: 'hello from echo\d'", out)
+    assert "6. connect(target): 'hello from echo0'" in out

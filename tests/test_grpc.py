@@ -23,11 +23,15 @@ from ._helpers import free_port, wait_until
 @pytest.mark.parametrize("strategy", ["round_robin", "random", "least_request", "peak_ewma"])
 def test_calls_spread_over_every_endpoint_per_strategy(backends: list[GrpcBackend],
                                                        strategy: str) -> None:
-    """Each call picks an endpoint: every backend serves calls, exactly evenly for round_robin."""
-    with clientlb.grpc.insecure_channel([b.address for b in backends],
-                                        strategy=strategy) as channel:
+    """Each call picks an endpoint: every backend serves calls, exactly evenly for round_robin
+    once every sub-channel is connected (before that, a pick may skip one still connecting
+    on a loaded machine, which restarts the cycle)."""
+    with clientlb.LoadBalancer([b.address for b in backends], strategy=strategy) as lb, \
+            clientlb.grpc.insecure_channel(lb) as channel:
         assert isinstance(channel, grpc.Channel)
         call = channel.unary_unary(UNARY)
+        wait_until(lambda: call(b"x", timeout=5) is not None and all(
+            e.connectivity == "ready" for e in lb.snapshot().endpoints))
         answers = Counter(call(b"x", timeout=5) for _ in range(60))
     assert set(answers) == {b"b0", b"b1", b"b2"}
     if strategy == "round_robin":

@@ -356,7 +356,7 @@ def test_channel_ready_waits_for_endpoints_that_arrive_later(
     """With no endpoint yet, channel_ready() waits (without spinning the loop) for one."""
     async def main() -> None:
         lb = clientlb.LoadBalancer([backends[0].address])
-        await lb.wait_ready_async()
+        await lb.await_ready()
         lb.remove(backends[0].address)
         channel = clientlb.grpc.aio.insecure_channel(lb)
         ready = asyncio.ensure_future(channel.channel_ready())

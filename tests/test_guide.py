@@ -77,7 +77,7 @@ def test_telemetry_example_records_metrics_and_span_events() -> None:
     assert "span event clientlb.attempt: attempt 1" in out
     assert "span event clientlb.attempt: attempt 2" in out
     assert "span event clientlb.retry: http_503 on 127.0.0.1:" in out
-    assert re.search(r"clientlb\.endpoints\s+1\s+.*'ejected'", out)
+    assert re.search(r"clientlb\.endpoint\.count\s+1\s+.*'ejected'", out)
 
 
 def test_prometheus_example_exposes_the_metrics_for_scraping() -> None:
@@ -85,15 +85,26 @@ def test_prometheus_example_exposes_the_metrics_for_scraping() -> None:
     assert re.search(r'^clientlb_requests_total\{clientlb_outcome="gateway_failure",'
                      r'clientlb_service="web",error_type="gateway_failure",.*\} 5\.0$', out,
                      flags=re.M)
-    assert 'clientlb_endpoints{clientlb_endpoint_state="ejected",clientlb_service="web"} 1.0' \
-        in out
-    assert re.search(r'^clientlb_retries_total\{clientlb_service="web"\} [1-9]', out, flags=re.M)
+    assert ('clientlb_endpoint_count{clientlb_endpoint_state="ejected",clientlb_service="web",'
+            'server_address="web"} 1.0') in out
+    assert re.search(r'^clientlb_retries_total\{clientlb_service="web",server_address="web"\} '
+                     r'[1-9]', out, flags=re.M)
 
 
-@pytest.mark.parametrize("page", PAGES)
+#: Every page of docs/, whoever wrote it: no page may hold Python that no test runs.
+ALL_PAGES = sorted(str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md"))
+_TESTS_TEXT = "".join(p.read_text() for p in sorted((ROOT / "tests").glob("*.py")))
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
 def test_every_python_block_is_a_snippet_of_a_tested_example(page: str) -> None:
-    """No hand-written Python in the guide: each block includes a file under examples/."""
+    """No hand-written Python in docs/: each Python block includes a section of a file
+    under examples/ that a test runs (its name is quoted in tests/), so every line of
+    Python a reader sees has been executed."""
     text = (DOCS / page).read_text()
+    fences = re.findall(r"^```(\w+)", text, flags=re.M)
+    assert not set(fences) & {"py", "py3", "python3", "pycon", "ipython"}, \
+        (page, "write Python blocks as ```python so that this test sees them")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     for block in blocks:
         for line in block.strip().splitlines():
@@ -102,6 +113,9 @@ def test_every_python_block_is_a_snippet_of_a_tested_example(page: str) -> None:
             source = (ROOT / path).read_text()
             if section:
                 assert f"# --8<-- [start:{section}]" in source, (page, line)
+                assert f"# --8<-- [end:{section}]" in source, (page, line)
+            name = path.removeprefix("examples/")
+            assert f'"{name}"' in _TESTS_TEXT, (page, f"no test runs {path}")
 
 
 def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_probes_run_as_asyncio_tasks_inside_a_running_loop(
     async def main() -> None:
         async with LoadBalancer([b.address for b in http_backends],
                                 health_check=HealthCheck(**FAST)) as lb:  # type: ignore[arg-type]
-            assert await lb.wait_ready_async()
+            assert await lb.await_ready()
             checker = lb._health.checker
             assert checker is not None and checker._thread is None
             assert checker._task is not None

@@ -32,7 +32,7 @@ from clientlb._engine.call import LogicalCall
 from clientlb._http.workers import WorkerPool
 
 from ._grpc_servers import UNARY, GrpcBackend, outcomes_of
-from ._helpers import FakeClock, wait_until
+from ._helpers import FakeClock, closing, wait_until
 from ._http_backend import Backend
 
 FAST = RetryPolicy(backoff=tenacity.wait_none())
@@ -52,7 +52,8 @@ def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
     options.setdefault("strategy", "round_robin")
     options.setdefault("retry", FAST)
     options.setdefault("outlier_detection", None)
-    return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
+                                         **options))
 
 
 def outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome, float]]:
@@ -199,8 +200,8 @@ def test_the_probe_rule_hedges_at_once_a_pick_of_an_endpoint_estimated_slow(
     """An endpoint whose estimate is ≥ 2 × the typical endpoint's (and above the delay) is
     a probe: hedged at once. When a race is lost, the strategy's pick runs on; a hedge is
     cancelled and its endpoint's estimate rises to what it waited (never falls)."""
-    lb = clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002"], clock=clock,
-                               rng=random.Random(1), outlier_detection=None)
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002"], clock=clock,
+                                       rng=random.Random(1), outlier_detection=None))
     make_slow(lb, "127.0.0.1:8001", "127.0.0.1:8002", 0.2)
     slow = LogicalCall(lb, prefer="127.0.0.1:8001", hedging=HEDGE)
     pick = slow.pick()
@@ -229,7 +230,7 @@ def test_after_a_pause_of_the_whole_client_no_endpoint_is_a_probe(clock: FakeClo
     """Every estimate high at once (a client pause, a GC) says nothing about one endpoint:
     only one slower than its peers is a probe, however the estimates compare to the delay."""
     addresses = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"]
-    lb = clientlb.LoadBalancer(addresses, clock=clock, outlier_detection=None)
+    lb = closing(clientlb.LoadBalancer(addresses, clock=clock, outlier_detection=None))
     lb.hedge_state()
     for address in addresses:
         seed_latency(lb, address, 0.2)  # 4 × the delay, everywhere
@@ -247,8 +248,8 @@ def test_after_a_pause_of_the_whole_client_no_endpoint_is_a_probe(clock: FakeClo
 
 def test_no_more_hedges_than_max_attempts_and_none_past_the_deadline(clock: FakeClock) -> None:
     """max_attempts=3 allows two hedges; a deadline shorter than the delay allows none."""
-    lb = clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],
-                               clock=clock, outlier_detection=None)
+    lb = closing(clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],
+                                       clock=clock, outlier_detection=None))
     call = LogicalCall(lb, hedging=Hedging(delay=0.01, max_attempts=3))
     assert call.hedge_delay() == 0.01 and call.take_hedge(2)
     assert call.hedge_delay() == 0.01 and call.take_hedge(3)
@@ -628,8 +629,8 @@ def test_grpc_channels_hedge_with_the_same_class_and_the_balancers_named_methods
                    message="b0's first attempts ending, not cancelled")
     assert answers == {b"b1"} and stats["sent"] >= stats["won"] >= 1  # b1 may lose a hedge
     for methods, hedged in ((None, False), ({UNARY}, True)):
-        lb = clientlb.LoadBalancer(addresses, strategy="round_robin",
-                                   hedging=clientlb.Hedging(delay=0.05, methods=methods))
+        lb = closing(clientlb.LoadBalancer(addresses, strategy="round_robin",
+                                           hedging=clientlb.Hedging(delay=0.05, methods=methods)))
         with clientlb.grpc.insecure_channel(lb) as channel:
             started = time.monotonic()
             for _ in range(2):
@@ -646,9 +647,9 @@ def test_grpc_aio_probe_of_a_slow_endpoint_is_hedged_at_once(
     backends[0].delay = 0.3
 
     async def main() -> tuple[bytes, float, dict[str, Any], list[Any]]:
-        lb = clientlb.LoadBalancer([backends[0].address, backends[1].address],
-                                   strategy="round_robin", outlier_detection=None)
-        await lb.wait_ready_async()
+        lb = closing(clientlb.LoadBalancer([backends[0].address, backends[1].address],
+                                           strategy="round_robin", outlier_detection=None))
+        await lb.await_ready()
         make_slow(lb, backends[0].address, backends[1].address, 0.3)
         seen = outcomes_of(lb)
         with _first_on(lb, backends[0].address):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+import logging
 import random
 import socket
 import ssl
@@ -21,7 +23,7 @@ import trustme
 import clientlb
 from clientlb import Outcome, RetryBudget, RetryPolicy
 
-from ._helpers import FakeClock, wait_until
+from ._helpers import FakeClock, closing, wait_until
 from ._http_backend import Backend, HangUpBackend, dead_address
 
 FAST = RetryPolicy(backoff=tenacity.wait_none())  # no back-off sleeps in tests
@@ -39,7 +41,8 @@ def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
     options.setdefault("strategy", "round_robin")
     options.setdefault("retry", FAST)
     options.setdefault("outlier_detection", None)  # these tests watch retries, not ejection
-    return clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7), **options)
+    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
+                                         **options))
 
 
 @contextlib.contextmanager
@@ -122,6 +125,21 @@ def test_transport_options_are_checked_and_passed_through(backends: list[Backend
         assert client.get("http://users/").status_code == 200
         pool = transport._router.routes()[0].pool
         assert pool._max_connections == 1
+
+
+@pytest.mark.parametrize("cls", [clientlb.HTTPTransport, clientlb.AsyncHTTPTransport])
+def test_httpx_options_are_spelled_out_with_httpx_defaults(cls: type) -> None:
+    """Type checkers and IDEs see httpx's keyword parameters (not **options: Any), with
+    the defaults of httpx.HTTPTransport; anything else is typed so that no value fits."""
+    ours = inspect.signature(cls).parameters
+    theirs = inspect.signature(httpx.HTTPTransport).parameters
+    for name in ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
+                 "retries", "socket_options"):
+        assert ours[name].kind is inspect.Parameter.KEYWORD_ONLY, name
+        assert ours[name].annotation is not inspect.Parameter.empty, name
+        assert ours[name].default == theirs[name].default, name
+    rest = [p for p in ours.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+    assert [p.annotation for p in rest] == ["NoReturn"]
 
 
 def test_pool_of_a_removed_endpoint_is_closed_once_its_last_response_closes(
@@ -483,6 +501,48 @@ def test_no_endpoint_available_is_an_httpx_transport_error() -> None:
     assert info.value.request.url.host == "users"
 
 
+def test_a_transport_and_its_requests_log_nothing_at_info(
+        backends: list[Backend], caplog: pytest.LogCaptureFixture) -> None:
+    """Routine work (the first endpoint set, a request, an update) is DEBUG, so tests
+    that assert on log records (httpx's own) see nothing of clientlb's."""
+    caplog.set_level(logging.DEBUG, logger="clientlb")
+    lb = clientlb.LoadBalancer([b.address for b in backends[:2]], name="users")
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client:
+        lb.add(backends[2].address)
+        client.get("http://users/")
+    lb.close()
+    assert any("endpoints updated" in r.getMessage() for r in caplog.records)  # at DEBUG
+    loud = [r.getMessage() for r in caplog.records
+            if r.name.startswith("clientlb") and r.levelno >= logging.INFO]
+    assert loud == []
+
+
+def test_circuit_open_through_httpx_is_catchable_as_circuit_open_with_scope_and_limit(
+        backends: list[Backend]) -> None:
+    """Over max_requests the transport raises an httpx.TransportError that is also a
+    clientlb.CircuitOpen, keeping .scope and .limit (sync and async)."""
+    lb = make_lb([backends[0].address], max_requests=1)
+    held = lb.pick()  # the one request the breaker lets through
+    with httpx.Client(transport=clientlb.HTTPTransport(lb)) as client, \
+            pytest.raises(clientlb.CircuitOpen) as info:
+        client.get("http://users/")
+    err = info.value
+    assert isinstance(err, httpx.TransportError)
+    assert (err.scope, err.limit, err.service) == ("balancer", 1, "users")
+    assert "max_requests=1" in str(err) and err.request.url.host == "users"
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=clientlb.AsyncHTTPTransport(lb)) as client:
+            with pytest.raises(clientlb.CircuitOpen) as ainfo:
+                await client.get("http://users/")
+        assert isinstance(ainfo.value, httpx.TransportError)
+        assert (ainfo.value.scope, ainfo.value.limit) == ("balancer", 1)
+
+    asyncio.run(main())
+    held.done()
+    lb.close()
+
+
 # -- affinity -----------------------------------------------------------------------------------
 
 
@@ -807,6 +867,42 @@ def test_a_busy_endpoint_spreads_its_requests_over_pool_shards(
             backend.hang.set()
             assert {r.status_code for r in await asyncio.gather(*calls)} == {200}
             assert sum(r.in_flight for r in transport._router.routes()) == 0
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize(("max_connections", "pools"), [(5, 1), (8, 2), (100, 3)])
+def test_limits_cap_the_connections_of_an_endpoint_whatever_its_pool_shards(
+        backends: list[Backend], max_connections: int, pools: int) -> None:
+    """12 requests held in flight on one endpoint with limits=Limits(max_connections=N):
+    the backend never sees more than N connections at once, however many pools the
+    endpoint gets (at most one per 4 connections allowed; the caps sum to N)."""
+    backend = backends[0]
+    backend.hang = threading.Event()
+
+    async def main() -> None:
+        lb = make_lb([backend.address])
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=3)
+        transport = clientlb.AsyncHTTPTransport(lb, limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=10) as client:
+            calls = [asyncio.create_task(client.get("http://users/")) for _ in range(12)]
+            try:
+                expected = min(12, max_connections)
+                for _ in range(500):
+                    if backend.served() >= expected:
+                        break
+                    await asyncio.sleep(0.01)
+                await asyncio.sleep(0.1)  # time for any connection over the cap to show up
+                assert backend.served() == expected
+                routes = transport._router.routes()
+                assert len(routes) == pools
+                assert sum(r.pool._max_connections for r in routes) <= max_connections
+                assert sum(r.pool._max_keepalive_connections for r in routes) <= 3
+            finally:
+                assert backend.hang is not None
+                backend.hang.set()
+                results = await asyncio.gather(*calls, return_exceptions=True)
+            assert {getattr(r, "status_code", r) for r in results} == {200}
 
     asyncio.run(main())
 

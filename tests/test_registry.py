@@ -50,7 +50,7 @@ def test_create_refuses_a_name_in_use(registry: Registry) -> None:
 
 
 def test_create_reports_an_unknown_option_as_a_config_error(registry: Registry) -> None:
-    with pytest.raises(ConfigError, match="unexpected keyword argument 'stratgy'"):
+    with pytest.raises(ConfigError, match="unknown argument 'stratgy'"):
         registry.create("users", ["127.0.0.1:1"], stratgy="random")
     assert "users" not in registry
 
@@ -144,7 +144,7 @@ def test_adelete_drains_without_blocking_the_loop() -> None:
     async def scenario() -> bool:
         reg = Registry(telemetry=False)
         lb = reg.create("users", ["127.0.0.1:1"])
-        assert await lb.wait_ready_async()
+        assert await lb.await_ready()
         call = lb.pick()
         task = asyncio.create_task(reg.adelete("users"))
         await asyncio.sleep(0.05)

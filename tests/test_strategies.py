@@ -10,7 +10,7 @@ import pytest
 
 from clientlb import STRATEGIES, Endpoint, LoadBalancer, Maglev, Outcome, RingHash
 
-from ._helpers import FakeClock
+from ._helpers import FakeClock, closing
 
 
 def eps(*weights: float) -> list[Endpoint]:
@@ -19,8 +19,8 @@ def eps(*weights: float) -> list[Endpoint]:
 
 def lb_for(strategy: object, endpoints: list[Endpoint], seed: int = 7,
            clock: FakeClock | None = None) -> LoadBalancer:
-    return LoadBalancer(endpoints, strategy=strategy,  # type: ignore[arg-type]
-                        rng=random.Random(seed), clock=clock or FakeClock())
+    return closing(LoadBalancer(endpoints, strategy=strategy,  # type: ignore[arg-type]
+                                rng=random.Random(seed), clock=clock or FakeClock()))
 
 
 def shares(lb: LoadBalancer, n: int, key_fn=None) -> Counter[str]:  # type: ignore[no-untyped-def]
@@ -287,7 +287,7 @@ def test_strategy_options_are_validated() -> None:
         Maglev(table_size=65536)
     with pytest.raises(ConfigError, match="max_ring_size must be an integer >= 1"):
         RingHash(max_ring_size=0)
-    with pytest.raises(ConfigError, match="decay must be > 0"):
+    with pytest.raises(ConfigError, match="decay must be a finite number > 0"):
         PeakEwma(decay=0)
 
 

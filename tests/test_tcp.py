@@ -20,7 +20,7 @@ import trustme
 import clientlb
 from clientlb import Outcome
 
-from ._helpers import FakeClock, free_port
+from ._helpers import FakeClock, closing, free_port
 
 TLS_NAME = "db.example"
 
@@ -172,7 +172,7 @@ class Recorder:
 
 def test_connections_spread_over_every_endpoint(servers: list[EchoServer]) -> None:
     """round_robin over three echo servers: six connections, two per server."""
-    lb = clientlb.LoadBalancer([s.address for s in servers], strategy="round_robin")
+    lb = closing(clientlb.LoadBalancer([s.address for s in servers], strategy="round_robin"))
     names = []
     for _ in range(6):
         with clientlb.connect(lb, timeout=2) as sock:
@@ -186,7 +186,7 @@ def test_connections_spread_over_every_endpoint(servers: list[EchoServer]) -> No
 def test_dead_port_never_surfaces_as_an_error(servers: list[EchoServer]) -> None:
     """A refused endpoint is reported as a connect failure and the connect goes elsewhere."""
     dead = dead_address()
-    lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="random")
+    lb = closing(clientlb.LoadBalancer([dead, servers[0].address], strategy="random"))
     rec = Recorder(lb)
     for _ in range(30):
         with clientlb.connect(lb, timeout=2) as sock:
@@ -201,7 +201,7 @@ def test_dead_port_never_surfaces_as_an_error(servers: list[EchoServer]) -> None
 def test_every_endpoint_dead_raises_connect_error_naming_each_once() -> None:
     """The final error is a ConnectionError and a ClientLBError listing each endpoint tried."""
     dead = [dead_address(), dead_address()]
-    lb = clientlb.LoadBalancer(dead, name="cache", strategy="round_robin")
+    lb = closing(clientlb.LoadBalancer(dead, name="cache", strategy="round_robin"))
     with pytest.raises(clientlb.ConnectError) as info:
         clientlb.connect(lb, timeout=1, attempts=5)
     err = info.value
@@ -218,7 +218,7 @@ def test_every_endpoint_dead_raises_connect_error_naming_each_once() -> None:
 
 def test_attempts_bound_the_endpoints_tried() -> None:
     """attempts=2 over four dead endpoints tries exactly two of them."""
-    lb = clientlb.LoadBalancer([dead_address() for _ in range(4)])
+    lb = closing(clientlb.LoadBalancer([dead_address() for _ in range(4)]))
     with pytest.raises(ConnectionError) as info:
         clientlb.connect(lb, timeout=1, attempts=2)
     assert isinstance(info.value, clientlb.ConnectError)
@@ -228,11 +228,11 @@ def test_attempts_bound_the_endpoints_tried() -> None:
 
 def test_retry_none_means_a_single_attempt(servers: list[EchoServer]) -> None:
     """A balancer built with retry=None does not fail over (explicit attempts= still can)."""
-    lb = clientlb.LoadBalancer([dead_address(), dead_address()], retry=None)
+    lb = closing(clientlb.LoadBalancer([dead_address(), dead_address()], retry=None))
     with pytest.raises(clientlb.ConnectError, match="after 1 attempt:") as info:
         clientlb.connect(lb, timeout=1)
     assert len(info.value.tried) == 1
-    lb = clientlb.LoadBalancer([dead_address(), servers[0].address], retry=None)
+    lb = closing(clientlb.LoadBalancer([dead_address(), servers[0].address], retry=None))
     for _ in range(10):
         with clientlb.connect(lb, timeout=1, attempts=2) as sock:
             assert greeting(sock) == "s0"
@@ -243,8 +243,8 @@ def test_failovers_never_spend_the_retry_budget(servers: list[EchoServer]) -> No
     spent, and withdraws nothing (the budget guards backends' load; issue 13)."""
     spent = clientlb.RetryBudget(ratio=0, min_retries_per_second=0)
     dead = dead_address()
-    lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="round_robin",
-                               retry=clientlb.RetryPolicy(attempts=3, budget=spent))
+    lb = closing(clientlb.LoadBalancer([dead, servers[0].address], strategy="round_robin",
+                                       retry=clientlb.RetryPolicy(attempts=3, budget=spent)))
     rec = Recorder(lb)
     for _ in range(10):
         with clientlb.connect(lb, timeout=1) as sock:
@@ -258,8 +258,8 @@ def test_handshake_timeout_is_a_connect_failure_and_fails_over(
     """A server that accepts but never completes TLS times out and the next endpoint serves."""
     silent = EchoServer("mute", silent=True)
     try:
-        lb = clientlb.LoadBalancer([silent.address, tls_servers[0].address], name=TLS_NAME,
-                                   strategy="round_robin")
+        lb = closing(clientlb.LoadBalancer([silent.address, tls_servers[0].address], name=TLS_NAME,
+                                   strategy="round_robin"))
         rec = Recorder(lb)
         for _ in range(2):  # round robin: each starts on the silent server
             with clientlb.connect(lb, timeout=0.3, ssl_context=client_ctx) as sock:
@@ -275,7 +275,7 @@ def test_deadline_bounds_all_attempts_together(client_ctx: ssl.SSLContext) -> No
     """Three silent servers, 1 s per attempt, 0.4 s deadline: fails in about 0.4 s."""
     silent = [EchoServer(f"m{i}", silent=True) for i in range(3)]
     try:
-        lb = clientlb.LoadBalancer([s.address for s in silent], name=TLS_NAME)
+        lb = closing(clientlb.LoadBalancer([s.address for s in silent], name=TLS_NAME))
         start = time.monotonic()
         with pytest.raises(clientlb.ConnectError) as info:
             clientlb.connect(lb, timeout=1.0, deadline=0.4, ssl_context=client_ctx)
@@ -291,8 +291,8 @@ def test_deadline_bounds_all_attempts_together(client_ctx: ssl.SSLContext) -> No
 def test_tls_certificate_verified_against_the_logical_name(
         tls_servers: list[EchoServer], client_ctx: ssl.SSLContext) -> None:
     """The balancer's name is the TLS name while the connection goes to 127.0.0.1."""
-    lb = clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME,
-                               strategy="round_robin")
+    lb = closing(clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME,
+                               strategy="round_robin"))
     seen = set()
     for _ in range(2):
         with clientlb.connect(lb, timeout=2, ssl_context=client_ctx) as sock:
@@ -311,7 +311,7 @@ def test_tls_certificate_verified_against_the_logical_name(
 def test_tls_wrong_name_is_refused(tls_servers: list[EchoServer],
                                    client_ctx: ssl.SSLContext) -> None:
     """A certificate that does not match server_hostname fails every attempt."""
-    lb = clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME)
+    lb = closing(clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME))
     rec = Recorder(lb)
     with pytest.raises(clientlb.ConnectError) as info:
         clientlb.connect(lb, timeout=2, ssl_context=client_ctx,
@@ -328,7 +328,7 @@ def test_tls_server_hostname_may_depend_on_the_endpoint(
     ca.issue_cert("127.0.0.1").configure_cert(ctx)
     server = EchoServer("ip", tls=ctx)
     try:
-        lb = clientlb.LoadBalancer([server.address])
+        lb = closing(clientlb.LoadBalancer([server.address]))
         with clientlb.connect(lb, timeout=2, ssl_context=client_ctx,
                               server_hostname=lambda ep: ep.host) as sock:
             assert greeting(sock) == "ip"
@@ -339,7 +339,7 @@ def test_tls_server_hostname_may_depend_on_the_endpoint(
 def test_tls_over_a_static_target_without_a_name_is_a_config_error(
         client_ctx: ssl.SSLContext) -> None:
     """A static target has no logical name: say so instead of verifying against "static"."""
-    lb = clientlb.LoadBalancer([dead_address()])
+    lb = closing(clientlb.LoadBalancer([dead_address()]))
     with pytest.raises(clientlb.ConfigError, match="server_hostname: a static target"):
         clientlb.connect(lb, ssl_context=client_ctx)
 
@@ -350,7 +350,7 @@ def test_tls_over_a_static_target_without_a_name_is_a_config_error(
     ("deadline", -1, "deadline must be a number of seconds > 0 or None, got -1"),
 ])
 def test_invalid_options_are_config_errors(option: str, value: float, rule: str) -> None:
-    lb = clientlb.LoadBalancer([dead_address()])
+    lb = closing(clientlb.LoadBalancer([dead_address()]))
     with pytest.raises(clientlb.ConfigError, match=rule) as info:
         clientlb.connect(lb, **{option: value})
     assert info.value.field == option
@@ -358,7 +358,7 @@ def test_invalid_options_are_config_errors(option: str, value: float, rule: str)
 
 def test_no_endpoint_is_also_a_connection_error() -> None:
     """Socket code that catches ConnectionError also catches NoEndpointAvailable."""
-    lb = clientlb.LoadBalancer([dead_address()])
+    lb = closing(clientlb.LoadBalancer([dead_address()]))
     lb.close()
     with pytest.raises(ConnectionError) as info:
         clientlb.connect(lb)
@@ -367,7 +367,7 @@ def test_no_endpoint_is_also_a_connection_error() -> None:
 
 def test_connection_is_in_flight_until_closed(servers: list[EchoServer]) -> None:
     """The pick stays in flight while the socket is open; close() completes it."""
-    lb = clientlb.LoadBalancer([servers[0].address])
+    lb = closing(clientlb.LoadBalancer([servers[0].address]))
     rec = Recorder(lb)
     sock = clientlb.connect(lb, timeout=2)
     assert isinstance(sock, clientlb.BalancedSocket)
@@ -381,7 +381,7 @@ def test_connection_is_in_flight_until_closed(servers: list[EchoServer]) -> None
 
 def test_garbage_collected_socket_completes_its_pick(servers: list[EchoServer]) -> None:
     """A socket dropped without close() frees its in-flight slot when collected."""
-    lb = clientlb.LoadBalancer([servers[0].address])
+    lb = closing(clientlb.LoadBalancer([servers[0].address]))
     rec = Recorder(lb)
     sock = clientlb.connect(lb, timeout=2)
     assert in_flight(lb) == {servers[0].address: 1}
@@ -395,7 +395,7 @@ def test_garbage_collected_socket_completes_its_pick(servers: list[EchoServer]) 
 def test_latency_recorded_is_the_connect_time_not_the_lifetime(
         servers: list[EchoServer], clock: FakeClock) -> None:
     """A connection held for 100 s (fake clock) reports its connect time, not 100 s."""
-    lb = clientlb.LoadBalancer([servers[0].address], clock=clock)
+    lb = closing(clientlb.LoadBalancer([servers[0].address], clock=clock))
     rec = Recorder(lb)
     with clientlb.connect(lb, timeout=2) as sock:
         clock.advance(100)
@@ -406,7 +406,7 @@ def test_latency_recorded_is_the_connect_time_not_the_lifetime(
 def test_set_outcome_is_reported_when_the_connection_closes(
         servers: list[EchoServer]) -> None:
     """An application that saw a protocol error marks the connection; close reports it."""
-    lb = clientlb.LoadBalancer([servers[0].address])
+    lb = closing(clientlb.LoadBalancer([servers[0].address]))
     rec = Recorder(lb)
     with clientlb.connect(lb, timeout=2) as sock:
         sock.set_outcome(Outcome.FAILURE)
@@ -417,7 +417,7 @@ def test_set_outcome_is_reported_when_the_connection_closes(
 def test_connections_held_open_steer_least_request(servers: list[EchoServer]) -> None:
     """least_request counts open connections: held ones push new ones elsewhere."""
     a, b = servers[0], servers[1]
-    lb = clientlb.LoadBalancer([a.address, b.address], strategy="least_request")
+    lb = closing(clientlb.LoadBalancer([a.address, b.address], strategy="least_request"))
     held = [clientlb.connect(lb, timeout=2) for _ in range(10)]
     assert in_flight(lb) == {a.address: 5, b.address: 5}
     for sock in held:
@@ -457,8 +457,8 @@ def test_async_connections_spread_and_skip_a_dead_port(servers: list[EchoServer]
     dead = dead_address()
 
     async def main() -> list[str]:
-        lb = clientlb.LoadBalancer([servers[0].address, dead, servers[1].address],
-                                   strategy="round_robin")
+        lb = closing(clientlb.LoadBalancer([servers[0].address, dead, servers[1].address],
+                                   strategy="round_robin"))
         rec = Recorder(lb)
         names = []
         for _ in range(6):
@@ -482,7 +482,7 @@ def test_async_every_endpoint_dead_raises_connect_error() -> None:
     dead = [dead_address(), dead_address()]
 
     async def main() -> None:
-        lb = clientlb.LoadBalancer(dead, name="queue")
+        lb = closing(clientlb.LoadBalancer(dead, name="queue"))
         with pytest.raises(clientlb.ConnectError) as info:
             await clientlb.open_connection(lb, timeout=1)
         assert sorted(info.value.tried) == sorted(dead)
@@ -496,7 +496,7 @@ def test_async_connection_in_flight_until_writer_closed(servers: list[EchoServer
 
     async def main() -> None:
         clock = FakeClock()
-        lb = clientlb.LoadBalancer([servers[0].address], clock=clock)
+        lb = closing(clientlb.LoadBalancer([servers[0].address], clock=clock))
         rec = Recorder(lb)
         reader, writer = await clientlb.open_connection(lb, timeout=2)
         assert await read_greeting(reader) == "s0"
@@ -514,7 +514,7 @@ def test_async_connection_reset_by_the_peer_completes_the_pick_as_failure(
     """A connection the server resets frees its slot, as a failure, before any close()."""
 
     async def main() -> None:
-        lb = clientlb.LoadBalancer([servers[0].address])
+        lb = closing(clientlb.LoadBalancer([servers[0].address]))
         rec = Recorder(lb)
         reader, writer = await clientlb.open_connection(lb, timeout=2)
         assert await read_greeting(reader) == "s0"
@@ -535,7 +535,7 @@ def test_async_tls_right_name_accepted_wrong_name_refused(
         tls_servers: list[EchoServer], client_ctx: ssl.SSLContext) -> None:
 
     async def main() -> None:
-        lb = clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME)
+        lb = closing(clientlb.LoadBalancer([s.address for s in tls_servers], name=TLS_NAME))
         reader, writer = await clientlb.open_connection(lb, ssl=client_ctx, timeout=2)
         assert (await read_greeting(reader)) in {"t0", "t1"}
         assert writer.get_extra_info("ssl_object").server_hostname == TLS_NAME
@@ -555,7 +555,7 @@ def test_async_held_connections_steer_least_request(servers: list[EchoServer]) -
 
     async def main() -> None:
         a, b = servers[0], servers[1]
-        lb = clientlb.LoadBalancer([a.address, b.address], strategy="least_request")
+        lb = closing(clientlb.LoadBalancer([a.address, b.address], strategy="least_request"))
         held = [await clientlb.open_connection(lb, timeout=2) for _ in range(6)]
         assert in_flight(lb) == {a.address: 3, b.address: 3}
         for _, writer in held:
@@ -576,7 +576,7 @@ def test_async_cancelled_connect_is_reported_as_cancelled() -> None:
     silent = EchoServer("mute", silent=True)
 
     async def main() -> None:
-        lb = clientlb.LoadBalancer([silent.address], name=TLS_NAME)
+        lb = closing(clientlb.LoadBalancer([silent.address], name=TLS_NAME))
         rec = Recorder(lb)
         ctx = ssl.create_default_context()
         task = asyncio.ensure_future(clientlb.open_connection(lb, ssl=ctx, timeout=5))
@@ -612,7 +612,7 @@ def test_connect_with_fails_over_on_the_driver_connect_error(
         servers: list[EchoServer]) -> None:
     """connect_with: the driver's connect error is a connect failure and is failed over."""
     dead = dead_address()
-    lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="random")
+    lb = closing(clientlb.LoadBalancer([dead, servers[0].address], strategy="random"))
     rec = Recorder(lb)
     for _ in range(20):
         conn, pick = clientlb.connect_with(lb, fake_driver_connect,
@@ -626,7 +626,7 @@ def test_connect_with_fails_over_on_the_driver_connect_error(
 
 def test_connect_with_other_errors_propagate_as_failures(servers: list[EchoServer]) -> None:
     """An error that is not a connect error is not failed over: reported and raised."""
-    lb = clientlb.LoadBalancer([servers[0].address, servers[1].address])
+    lb = closing(clientlb.LoadBalancer([servers[0].address, servers[1].address]))
     rec = Recorder(lb)
 
     def broken(endpoint: clientlb.Endpoint) -> None:
@@ -639,7 +639,7 @@ def test_connect_with_other_errors_propagate_as_failures(servers: list[EchoServe
 
 def test_connect_with_every_endpoint_down_raises_connect_error() -> None:
     dead = [dead_address(), dead_address()]
-    lb = clientlb.LoadBalancer(dead, name="db")
+    lb = closing(clientlb.LoadBalancer(dead, name="db"))
     with pytest.raises(clientlb.ConnectError) as info:
         clientlb.connect_with(lb, fake_driver_connect, connect_errors=DriverError)
     assert sorted(info.value.tried) == sorted(dead)
@@ -648,7 +648,7 @@ def test_connect_with_every_endpoint_down_raises_connect_error() -> None:
 
 
 def test_connect_with_rejects_a_non_exception_class() -> None:
-    lb = clientlb.LoadBalancer([dead_address()])
+    lb = closing(clientlb.LoadBalancer([dead_address()]))
     with pytest.raises(clientlb.ConfigError, match="connect_errors must be an exception class"):
         clientlb.connect_with(lb, fake_driver_connect, connect_errors="OSError")  # type: ignore[arg-type]
 
@@ -661,7 +661,7 @@ def test_aconnect_with_fails_over(servers: list[EchoServer]) -> None:
         return await asyncio.open_connection(endpoint.host, endpoint.port)
 
     async def main() -> None:
-        lb = clientlb.LoadBalancer([dead, servers[0].address], strategy="round_robin")
+        lb = closing(clientlb.LoadBalancer([dead, servers[0].address], strategy="round_robin"))
         rec = Recorder(lb)
         for _ in range(4):
             (reader, writer), pick = await clientlb.aconnect_with(lb, driver)
@@ -677,7 +677,7 @@ def test_aconnect_with_fails_over(servers: list[EchoServer]) -> None:
 def test_dup_of_a_balanced_socket_is_independent_and_untracked(
         servers: list[EchoServer]) -> None:
     """dup() gives a plain duplicate: closing it neither fails nor completes the pick."""
-    lb = clientlb.LoadBalancer([servers[0].address])
+    lb = closing(clientlb.LoadBalancer([servers[0].address]))
     with clientlb.connect(lb, timeout=2) as sock:
         twin = sock.dup()
         twin.close()
@@ -707,7 +707,7 @@ def test_tls_without_hostname_check_needs_no_name(tls_servers: list[EchoServer])
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    lb = clientlb.LoadBalancer([tls_servers[0].address])
+    lb = closing(clientlb.LoadBalancer([tls_servers[0].address]))
     with clientlb.connect(lb, timeout=2, ssl_context=ctx) as sock:
         assert sock.server_hostname is None
         assert greeting(sock) == "t0"
@@ -728,7 +728,7 @@ def test_failover_is_visible_on_the_callers_span() -> None:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    lb = clientlb.LoadBalancer([dead_address(), dead_address()], name="cache")
+    lb = closing(clientlb.LoadBalancer([dead_address(), dead_address()], name="cache"))
     telemetry = clientlb.Telemetry(
         meter_provider=MeterProvider(metric_readers=[InMemoryMetricReader()]))
     telemetry.instrument(lb)
@@ -747,3 +747,80 @@ def test_failover_is_visible_on_the_callers_span() -> None:
     assert first["clientlb.outcome"] == second["clientlb.outcome"] == "connect_failure"
     assert retry["clientlb.retry.reason"] == "connect_failure"
     assert retry["clientlb.endpoint"] == info.value.tried[0]
+
+
+# -- a target instead of a balancer (issue 14) -------------------------------------------
+
+
+@pytest.fixture
+def built(monkeypatch: pytest.MonkeyPatch) -> list[clientlb.LoadBalancer]:
+    """The balancers clientlb builds from a target string, to see when they close."""
+    made: list[clientlb.LoadBalancer] = []
+
+    class Recording(clientlb.LoadBalancer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(clientlb._tcp, "LoadBalancer", Recording)
+    return made
+
+
+def test_connect_takes_a_target_and_closes_its_balancer_with_the_connection(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    """``connect("static://...")`` as the HTTP and gRPC integrations take a target: the
+    balancer it builds belongs to the connection and is closed when the socket is."""
+    target = "static://" + ",".join(s.address for s in servers)
+    with clientlb.connect(target, timeout=2) as sock:
+        assert greeting(sock) in {"s0", "s1", "s2"}
+        (lb,) = built
+        assert not lb.closed
+    assert lb.closed
+    with clientlb.connect([dead_address(), servers[0].address], timeout=2) as sock:
+        assert greeting(sock) == "s0"
+    assert built[1].closed
+
+
+def test_connect_to_a_target_that_fails_closes_its_balancer(
+        built: list[clientlb.LoadBalancer]) -> None:
+    with pytest.raises(clientlb.ConnectError):
+        clientlb.connect(f"static://{dead_address()}", timeout=2)
+    with pytest.raises(clientlb.ConfigError, match="server_hostname"):
+        clientlb.connect(f"static://{dead_address()}", ssl_context=ssl.create_default_context())
+    assert len(built) == 2 and all(lb.closed for lb in built)
+
+
+def test_connect_with_a_target_closes_its_balancer_when_the_pick_is_done(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    conn, pick = clientlb.connect_with(f"static://{servers[0].address}", fake_driver_connect,
+                                       connect_errors=DriverError)
+    with pick, conn:
+        assert greeting(conn) == "s0"
+        assert not built[0].closed
+    assert built[0].closed
+
+
+def test_async_twins_take_a_target_and_close_its_balancer_with_the_connection(
+        servers: list[EchoServer], built: list[clientlb.LoadBalancer]) -> None:
+    target = f"static://{dead_address()},{servers[1].address}"
+
+    async def driver(endpoint: clientlb.Endpoint) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+        return await asyncio.open_connection(endpoint.host, endpoint.port)
+
+    async def main() -> None:
+        reader, writer = await clientlb.open_connection(target)
+        assert await read_greeting(reader) == "s1"
+        assert not built[0].closed
+        await close(writer)
+        await async_wait_until(lambda: built[0].closed, "the balancer closed")
+        (reader, writer), pick = await clientlb.aconnect_with(target, driver)
+        with pick:
+            assert await read_greeting(reader) == "s1"
+            await close(writer)
+        assert built[1].closed
+        with pytest.raises(clientlb.ConnectError):
+            await clientlb.open_connection(f"static://{dead_address()}")
+        assert built[2].closed
+
+    asyncio.run(main())

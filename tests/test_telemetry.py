@@ -63,11 +63,13 @@ def test_outcomes_are_counted_by_service_endpoint_and_outcome(
         clock.advance(0.02)
         p.done(outcome)
     requests = by_attrs(reader, "clientlb.requests")
+    # the service (its logical name "users", no port) and the endpoint (network.peer.*)
     ok_1 = (("clientlb.outcome", "success"), ("clientlb.service", "users"),
-            ("server.address", "127.0.0.1"), ("server.port", 8001))
+            ("network.peer.address", "127.0.0.1"), ("network.peer.port", 8001),
+            ("server.address", "users"))
     bad_1 = (("clientlb.outcome", "gateway_failure"), ("clientlb.service", "users"),
-             ("error.type", "gateway_failure"), ("server.address", "127.0.0.1"),
-             ("server.port", 8001))
+             ("error.type", "gateway_failure"), ("network.peer.address", "127.0.0.1"),
+             ("network.peer.port", 8001), ("server.address", "users"))
     assert requests[ok_1].value == 1
     assert requests[bad_1].value == 1
     assert sum(p.value for p in requests.values()) == 4
@@ -81,7 +83,7 @@ def test_endpoints_are_reported_by_state(lb: LoadBalancer,
                                          reader: InMemoryMetricReader) -> None:
     lb.drain("127.0.0.1:8002")
     states = {p.attributes["clientlb.endpoint.state"]: p.value
-              for p in points(reader, "clientlb.endpoints")}
+              for p in points(reader, "clientlb.endpoint.count")}
     assert states == {"healthy": 1, "draining": 1, "ejected": 0, "unhealthy": 0}
     assert [p.value for p in points(reader, "clientlb.panic")] == [0]
 
@@ -91,7 +93,8 @@ def test_ejections_are_observed_per_endpoint(lb: LoadBalancer, reader: InMemoryM
     state = lb.state_of("127.0.0.1:8001")
     assert state is not None
     state.ejection_count = 2
-    ejections = {p.attributes["server.port"]: p.value for p in points(reader, "clientlb.ejections")}
+    ejections = {p.attributes["network.peer.port"]: p.value
+                 for p in points(reader, "clientlb.ejections")}
     assert ejections == {8001: 2, 8002: 0}
 
 
@@ -168,10 +171,12 @@ def test_each_attempt_adds_an_event_to_the_callers_span(lb: LoadBalancer) -> Non
     assert [name for name, _ in events] == ["clientlb.attempt", "clientlb.retry",
                                             "clientlb.attempt"]
     first, retry, second = (attrs for _, attrs in events)
-    assert (first["clientlb.attempt"], first["server.port"], first["clientlb.outcome"]) == (
+    assert (first["clientlb.attempt"], first["network.peer.port"],
+            first["clientlb.outcome"]) == (
         1, 8001, "connect_failure")
     assert retry["clientlb.retry.reason"] == "connect_failure"
-    assert (second["clientlb.attempt"], second["server.port"], second["clientlb.outcome"]) == (
+    assert (second["clientlb.attempt"], second["network.peer.port"],
+            second["clientlb.outcome"]) == (
         2, 8002, "success")
 
 
@@ -249,9 +254,11 @@ def test_an_http_retry_shows_on_the_callers_span_as_attempts_and_a_retry() -> No
     retry, failed, succeeded = (attrs for _, attrs in tail)
     assert (retry["clientlb.retry.reason"], retry["clientlb.endpoint"]) == (
         "http_503", failing.address)
-    assert (failed["server.port"], failed["clientlb.outcome"]) == (failing.port,
-                                                                   "gateway_failure")
-    assert (succeeded["server.port"], succeeded["clientlb.outcome"]) == (ok.port, "success")
+    assert (failed["network.peer.port"], failed["clientlb.outcome"]) == (failing.port,
+                                                                         "gateway_failure")
+    assert (succeeded["network.peer.port"], succeeded["clientlb.outcome"]) == (ok.port,
+                                                                               "success")
+    assert succeeded["server.address"] == "users"
 
 
 def test_a_grpc_retry_shows_on_the_callers_span() -> None:
@@ -342,3 +349,166 @@ def test_durations_can_be_turned_off_and_requests_are_still_counted(
     assert points(reader, "clientlb.request.duration") == []
     assert [p.value for p in points(reader, "clientlb.requests")] == [1]
     lb.close()
+
+
+# -- on by default, semantic conventions, and the docs (issue 14) ---------------------------
+
+
+def test_every_balancer_reports_through_the_global_providers_unless_telemetry_false() -> None:
+    """A fresh interpreter with an SDK set as the global meter provider: a balancer made
+    with no telemetry argument is counted; one made with telemetry=False is not."""
+    import subprocess
+    import sys
+
+    code = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+import clientlb
+
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+on = clientlb.LoadBalancer(["127.0.0.1:8001"], name="on")
+off = clientlb.LoadBalancer(["127.0.0.1:8002"], name="off", telemetry=False)
+for lb in (on, on, off):
+    lb.pick().done()
+seen = {}
+for rm in reader.get_metrics_data().resource_metrics:
+    for sm in rm.scope_metrics:
+        for m in sm.metrics:
+            if m.name == "clientlb.requests":
+                for p in m.data.data_points:
+                    seen[p.attributes["clientlb.service"]] = p.value
+print(seen)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "{'on': 2}"
+
+
+def test_telemetry_must_be_a_bool() -> None:
+    with pytest.raises(clientlb.ConfigError, match="telemetry must be True or False"):
+        LoadBalancer(["127.0.0.1:8001"], telemetry="yes")  # type: ignore[arg-type]
+
+
+def test_a_specific_provider_replaces_the_global_one_and_registry_false_opts_out() -> None:
+    """instrument(lb, meter_provider=...) moves a balancer off the process-wide
+    instruments (nothing counted twice); Registry(telemetry=False) reports nothing."""
+    from clientlb._ops.telemetry import default_telemetry
+
+    lb = LoadBalancer(["127.0.0.1:8001"])
+    assert lb in default_telemetry()._bound
+    own = clientlb.instrument(lb, meter_provider=MeterProvider())
+    assert lb not in default_telemetry()._bound and lb in own._bound
+    lb.close()
+    registry = clientlb.Registry(telemetry=False)
+    quiet = registry.create("quiet", ["127.0.0.1:8001"])
+    assert quiet not in default_telemetry()._bound
+    registry.close()
+
+
+@pytest.mark.parametrize(("target", "name", "server"), [
+    (["127.0.0.1:8001"], "users", {"server.address": "users"}),
+    ("dns://127.0.0.1:1/users.test:8080", None,
+     {"server.address": "users.test", "server.port": 8080}),
+    (["127.0.0.1:8001"], None, {"server.address": "127.0.0.1", "server.port": 8001}),
+])
+def test_server_is_the_logical_service_and_network_peer_the_endpoint(
+        target: Any, name: str | None, server: dict[str, Any],
+        reader: InMemoryMetricReader, telemetry: clientlb.Telemetry) -> None:
+    """OpenTelemetry's HTTP client conventions: server.address/port is what the client
+    asked for (the logical name; a bare static list names none, so the endpoint), and
+    network.peer.address/port the endpoint the connection went to."""
+    lb = LoadBalancer(target, name=name, first_resolution_timeout=0)
+    telemetry.instrument(lb)
+    state = lb.state_of("127.0.0.1:8001")
+    if state is None:  # the dns:// target: one endpoint, as if resolved
+        lb.publish(EndpointSet([clientlb.Endpoint("127.0.0.1", 8001)], version=1))
+    lb.pick().done()
+    (point,) = points(reader, "clientlb.requests")
+    lb.close()
+    attrs = dict(point.attributes)
+    assert {k: v for k, v in attrs.items() if k.startswith("server.")} == server
+    assert (attrs["network.peer.address"], attrs["network.peer.port"]) == ("127.0.0.1", 8001)
+
+
+def _recorded_attributes(reader: InMemoryMetricReader, telemetry: clientlb.Telemetry
+                         ) -> dict[str, set[str]]:
+    """Every instrument, and the attribute names of its points, after a run that makes
+    each one report (a named service with a port, failures, an ejection, discovery)."""
+    lb = LoadBalancer("dns://127.0.0.1:1/users.test:8080", first_resolution_timeout=0,
+                      outlier_detection=clientlb.OutlierDetection(consecutive_failures=1))
+    telemetry.instrument(lb)
+    lb.publish(EndpointSet([clientlb.Endpoint("127.0.0.1", 8001),
+                            clientlb.Endpoint("127.0.0.1", 8002)], version=1))
+    lb.pick().done()
+    lb.pick(prefer="127.0.0.1:8001").done(Outcome.FAILURE)
+    lb.error(clientlb.DiscoveryError("registry down"))
+
+    class Stats:
+        malformed = 1
+
+    lb.resolver.statistics = lambda: Stats()  # type: ignore[attr-defined]
+    # a call that may be hedged: the balancer counts hedges from then on (clientlb.hedges)
+    from clientlb._engine.call import LogicalCall
+
+    LogicalCall(lb, hedging=clientlb.Hedging())
+    # weighted_round_robin reports its weights and the load reports it read
+    from clientlb._engine.call import Completion
+    from clientlb._engine.orca import record_headers
+
+    wrr = LoadBalancer("dns://127.0.0.1:1/users.test:8080", first_resolution_timeout=0,
+                       strategy=clientlb.WeightedRoundRobin(blackout_period=0.0))
+    telemetry.instrument(wrr)
+    wrr.publish(EndpointSet([clientlb.Endpoint("127.0.0.1", 8001)], version=1))
+    record_headers(Completion(wrr.pick()),
+                   [(b"endpoint-load-metrics", b"TEXT cpu_utilization=0.5,rps_fractional=10")])
+    data = reader.get_metrics_data()
+    lb.close()
+    wrr.close()
+    assert data is not None
+    found: dict[str, set[str]] = {}
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                keys = found.setdefault(metric.name, set())
+                for p in metric.data.data_points:
+                    keys.update(p.attributes)
+    return found
+
+
+def test_the_docs_table_names_every_instrument_and_its_attributes(
+        reader: InMemoryMetricReader, telemetry: clientlb.Telemetry) -> None:
+    """docs/telemetry.md's table of metrics is what the code records: the same
+    instruments, and for each the same attribute names."""
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "telemetry.md").read_text()
+    documented: dict[str, set[str]] = {}
+    previous: set[str] = set()
+    for row in re.finditer(r"^\| `(clientlb\.[a-z_.]+)` \|[^|]*\|[^|]*\|(.*)\|$", page, re.M):
+        text = row.group(2).strip()
+        previous = documented[row.group(1)] = previous if text.startswith("the same") else set(
+            re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)`", text))
+    recorded = _recorded_attributes(reader, telemetry)
+    assert sorted(documented) == sorted(recorded)
+    assert {n: sorted(a) for n, a in documented.items()} == {
+        n: sorted(a) for n, a in recorded.items()}
+
+
+def test_queries_in_the_docs_use_recorded_instruments_and_attributes(
+        reader: InMemoryMetricReader, telemetry: clientlb.Telemetry) -> None:
+    """Every ``clientlb.<instrument>{<attribute>=...}`` written in the docs (guide
+    included, both editions) names an instrument and attributes that the code records."""
+    import re
+    from pathlib import Path
+
+    recorded = _recorded_attributes(reader, telemetry)
+    wrong = []
+    for page in sorted((Path(__file__).resolve().parents[1] / "docs").rglob("*.md")):
+        for m in re.finditer(r"`(clientlb\.[a-z_.]+)\{([^}`]*)\}", page.read_text()):
+            name, keys = m.group(1), re.findall(r"([\w.]+)\s*=", m.group(2))
+            if name not in recorded or not set(keys) <= recorded[name]:
+                wrong.append(f"{page.name}: {m.group(0)}")
+    assert wrong == []

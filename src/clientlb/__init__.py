@@ -8,6 +8,8 @@ extra hop.
 
 from __future__ import annotations
 
+import typing as _typing
+
 from ._core.balancer import BalancerSnapshot, EndpointSnapshot, LoadBalancer, Pick
 from ._core.endpoint import Endpoint, EndpointSet, EndpointSetDiff
 from ._core.errors import (
@@ -30,18 +32,6 @@ from ._health import (
     SlowStart,
     SuccessRate,
 )
-from ._http.affinity import (
-    CookieAffinity,
-    HeaderAffinity,
-    hash_by_client_ip,
-    hash_by_cookie,
-    hash_by_header,
-)
-from ._http.transport import AsyncHTTPTransport, HTTPTransport
-from ._ops.registry import Registry
-from ._ops.telemetry import Telemetry, instrument
-from ._resolvers import ResolverStats  # importing registers dns/srv/consul/etcd
-from ._resolvers.base import Resolver
 from ._strategies import (
     STRATEGIES,
     LeastRequest,
@@ -52,21 +42,82 @@ from ._strategies import (
     RingHash,
     RoundRobin,
     Strategy,
+    WeightedRoundRobin,
 )
-from ._tcp import (
-    BalancedSocket,
-    BalancedSSLSocket,
-    BalancedStreamWriter,
-    aconnect_with,
-    connect,
-    connect_with,
-    open_connection,
-)
+from ._subset import Aperture, RandomSubset, SubsetSnapshot
+
+# The integrations (httpx, TCP), discovery (dnspython) and operations (OpenTelemetry,
+# configuration files) are imported on first use: ``import clientlb`` stays cheap
+# for a program that only picks (tests/test_packaging.py pins what it may import).
+_LAZY: dict[str, str] = {
+    "AsyncHTTPTransport": "._http.transport",
+    "HTTPTransport": "._http.transport",
+    "CookieAffinity": "._http.affinity",
+    "HeaderAffinity": "._http.affinity",
+    "hash_by_client_ip": "._http.affinity",
+    "hash_by_cookie": "._http.affinity",
+    "hash_by_header": "._http.affinity",
+    "Registry": "._ops.registry",
+    "Telemetry": "._ops.telemetry",
+    "instrument": "._ops.telemetry",
+    "ResolverStats": "._resolvers",  # importing it registers dns/srv/consul/etcd
+    "Resolver": "._resolvers.base",
+    "BalancedSocket": "._tcp",
+    "BalancedSSLSocket": "._tcp",
+    "BalancedStreamWriter": "._tcp",
+    "aconnect_with": "._tcp",
+    "connect": "._tcp",
+    "connect_with": "._tcp",
+    "open_connection": "._tcp",
+}
+
+if _typing.TYPE_CHECKING:  # what mypy and IDEs see: the same names, imported eagerly
+    from ._http.affinity import (
+        CookieAffinity,
+        HeaderAffinity,
+        hash_by_client_ip,
+        hash_by_cookie,
+        hash_by_header,
+    )
+    from ._http.transport import AsyncHTTPTransport, HTTPTransport
+    from ._ops.registry import Registry
+    from ._ops.telemetry import Telemetry, instrument
+    from ._resolvers import ResolverStats
+    from ._resolvers.base import Resolver
+    from ._tcp import (
+        BalancedSocket,
+        BalancedSSLSocket,
+        BalancedStreamWriter,
+        aconnect_with,
+        connect,
+        connect_with,
+        open_connection,
+    )
+
+
+if not _typing.TYPE_CHECKING:  # hidden from mypy, which would then accept any name
+
+    def __getattr__(name: str) -> _typing.Any:
+        """Import a lazily loaded public name on first access (PEP 562)."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'clientlb' has no attribute {name!r}")
+        from importlib import import_module
+
+        value = getattr(import_module(module, __name__), name)
+        globals()[name] = value  # later accesses are plain module attributes
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "Aperture",
     "AsyncHTTPTransport",
     "BalancedSSLSocket",
     "BalancedSocket",
@@ -99,6 +150,7 @@ __all__ = [
     "Pick",
     "Picker",
     "Random",
+    "RandomSubset",
     "Registry",
     "Resolver",
     "ResolverStats",
@@ -108,9 +160,11 @@ __all__ = [
     "RoundRobin",
     "SlowStart",
     "Strategy",
+    "SubsetSnapshot",
     "SuccessRate",
     "Target",
     "Telemetry",
+    "WeightedRoundRobin",
     "__version__",
     "aconnect_with",
     "connect",

@@ -85,17 +85,21 @@ keeps ``timeout`` as its timeout for later reads and writes; call
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import math
 import socket
 import ssl as _ssl
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, NoReturn, TypeVar
 
 from ._core.balancer import LoadBalancer, Pick
 from ._core.endpoint import Endpoint
-from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable
+from ._core.errors import ConfigError, ConnectError, NoEndpointAvailable, strict_arguments
 from ._core.outcome import Outcome
+from ._core.text import plural
 from ._engine.call import LIVE_POLICY, Completion, LogicalCall
 from ._engine.naming import logical_name
 from ._engine.retry import DEFAULT_RETRY_POLICY
@@ -390,7 +394,7 @@ class _Connect(LogicalCall):
 
     def error(self) -> ConnectError:
         n = len(self.errors)
-        tries = f"{n} attempt{'s' if n != 1 else ''}"
+        tries = plural(n, "attempt")
         if self.note == "every endpoint tried":
             why = f"on any endpoint ({tries}, every endpoint tried)"
         elif self.note == "deadline exceeded":
@@ -434,6 +438,35 @@ async def _aconnect_loop(call: _Connect, attempt: Callable[[Pick, float], Awaita
             raise
 
 
+class _Owned:
+    """The balancer of one connect: ``lb`` itself, or one built from a target.
+
+    A balancer built here belongs to the connection: closed at once when no
+    connection comes of it, else when the connection's pick is done (the socket
+    or the writer closed, the ``connect_with`` pick finished). Used as ``with
+    _Owned(lb) as balancer:`` around everything that may fail. See docs/tcp.md,
+    "A target instead of a balancer".
+    """
+
+    __slots__ = ("lb", "owned")
+
+    def __init__(self, lb: LoadBalancer | str | Sequence[str | Endpoint]) -> None:
+        self.owned = not isinstance(lb, LoadBalancer)
+        self.lb = LoadBalancer(lb) if not isinstance(lb, LoadBalancer) else lb
+
+    def __enter__(self) -> LoadBalancer:
+        return self.lb
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if not self.owned:
+            return
+        lb = self.lb
+        if exc_type is not None:
+            lb.close()
+        else:  # the connection's pick is the only one still in flight
+            lb.add_outcome_listener(lambda *_: lb.close())
+
+
 class _NoEndpointConnectError(NoEndpointAvailable, ConnectionError):
     """``NoEndpointAvailable`` that is also a ``ConnectionError`` for socket code."""
 
@@ -441,8 +474,9 @@ class _NoEndpointConnectError(NoEndpointAvailable, ConnectionError):
 # -- sync ------------------------------------------------------------------------------
 
 
+@strict_arguments
 def connect(
-    lb: LoadBalancer,
+    lb: LoadBalancer | str | Sequence[str | Endpoint],
     timeout: float = DEFAULT_TIMEOUT,
     ssl_context: _ssl.SSLContext | None = None,
     server_hostname: ServerHostname = None,
@@ -455,7 +489,10 @@ def connect(
     """Open a TCP (or TLS) connection to an endpoint picked by ``lb``.
 
     Args:
-        lb: the balancer to pick from.
+        lb: the balancer to pick from, or a target (``"static://a:5432,b:5432"``,
+            ``"dns:///db.internal:5432"``, a list of ``"host:port"``), as the HTTP
+            and gRPC integrations take: the balancer built from it belongs to the
+            connection and is closed with it.
         timeout: seconds for each attempt's TCP connect plus TLS handshake
             (default 5 s, a LAN-scale bound that still fails over in time);
             also the returned socket's timeout, as with
@@ -485,23 +522,41 @@ def connect(
         ConfigError: an invalid option, or TLS over a static target without a name.
     """
     _check_options(timeout, attempts, deadline)
-    tls_name = (_tls_name(lb, server_hostname, ssl_context)
-                if ssl_context is not None else None)
-    call = _Connect(lb, timeout, attempts, deadline, key)
+    if timeout > threading.TIMEOUT_MAX:  # what a socket timeout can hold
+        raise ConfigError(f"timeout must be <= {threading.TIMEOUT_MAX:g} seconds, got "
+                          f"{timeout!r}", field="timeout")
+    if ssl_context is not None and not isinstance(ssl_context, _ssl.SSLContext):
+        raise ConfigError(f"ssl_context must be an ssl.SSLContext or None, got "
+                          f"{ssl_context!r}", field="ssl_context")
+    if source_address is not None and not (
+            isinstance(source_address, tuple) and len(source_address) == 2
+            and isinstance(source_address[0], str) and isinstance(source_address[1], int)
+            and not isinstance(source_address[1], bool) and 0 <= source_address[1] <= 65535):
+        raise ConfigError(f"source_address must be a (host, port) tuple or None, got "
+                          f"{source_address!r}", field="source_address")
+    with _Owned(lb) as balancer:
+        tls_name = (_tls_name(balancer, server_hostname, ssl_context)
+                    if ssl_context is not None else None)
+        call = _Connect(balancer, timeout, attempts, deadline, key)
+        sock, pick = _connect_loop(call, functools.partial(
+            _socket_attempt, ssl_context, tls_name, source_address), (OSError,))
+        return _adopt(sock, _lease(pick), timeout)
 
-    def attempt(pick: Pick, seconds: float) -> socket.socket:
-        endpoint = pick.endpoint
-        raw = socket.create_connection((endpoint.host, endpoint.port), seconds, source_address)
-        if ssl_context is None or tls_name is None:
-            return raw
-        try:  # the handshake shares the attempt's time (raw's timeout)
-            return ssl_context.wrap_socket(raw, server_hostname=tls_name(endpoint))
-        except BaseException:
-            raw.close()
-            raise
 
-    sock, pick = _connect_loop(call, attempt, (OSError,))
-    return _adopt(sock, _lease(pick), timeout)
+def _socket_attempt(ssl_context: _ssl.SSLContext | None,
+                    tls_name: Callable[[Endpoint], str | None] | None,
+                    source_address: tuple[str, int] | None,
+                    pick: Pick, seconds: float) -> socket.socket:
+    """One attempt of :func:`connect`: TCP, then TLS within the same time."""
+    endpoint = pick.endpoint
+    raw = socket.create_connection((endpoint.host, endpoint.port), seconds, source_address)
+    if ssl_context is None or tls_name is None:
+        return raw
+    try:  # the handshake shares the attempt's time (raw's timeout)
+        return ssl_context.wrap_socket(raw, server_hostname=tls_name(endpoint))
+    except BaseException:
+        raw.close()
+        raise
 
 
 def _adopt(sock: socket.socket, lease: Completion,
@@ -533,6 +588,12 @@ def _factory(protocol: _BalancedProtocol) -> Callable[[], _BalancedProtocol]:
     return lambda: protocol
 
 
+#: the keywords of ``loop.create_connection`` that open_connection passes through
+_CREATE_CONNECTION_OPTIONS = frozenset(
+    inspect.signature(asyncio.AbstractEventLoop.create_connection).parameters) - {
+        "self", "protocol_factory", "host", "port", "ssl", "server_hostname"}
+
+
 async def _within(seconds: float, connecting: Coroutine[Any, Any, tuple[asyncio.Transport,
                                                                           Any]]
                   ) -> asyncio.Transport:
@@ -547,8 +608,9 @@ async def _within(seconds: float, connecting: Coroutine[Any, Any, tuple[asyncio.
     return transport
 
 
+@strict_arguments
 async def open_connection(
-    lb: LoadBalancer,
+    lb: LoadBalancer | str | Sequence[str | Endpoint],
     ssl: _ssl.SSLContext | bool | None = None,
     server_hostname: ServerHostname = None,
     *,
@@ -566,7 +628,8 @@ async def open_connection(
     ``limit`` and other keywords go to ``loop.create_connection``. The pick
     stays in flight until the connection is lost (``writer.close()``, abort,
     or the peer closing it). Waits for the balancer's first resolution
-    without blocking the loop.
+    without blocking the loop. ``lb`` may be a target, as for :func:`connect`:
+    the balancer built from it is closed with the connection.
 
     Raises:
         ConnectError: every attempt failed.
@@ -574,6 +637,17 @@ async def open_connection(
         ConfigError: an invalid option, or TLS over a static target without a name.
     """
     _check_options(timeout, attempts, deadline)
+    if ssl is not None and not isinstance(ssl, (bool, _ssl.SSLContext)):
+        raise ConfigError(f"ssl must be an ssl.SSLContext, True, False or None, got {ssl!r}",
+                          field="ssl")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigError(f"limit must be an integer >= 1 (bytes), got {limit!r}",
+                          field="limit")
+    unknown = sorted(set(kwds) - _CREATE_CONNECTION_OPTIONS)
+    if unknown:
+        raise ConfigError(f"unknown argument {unknown[0]!r}: not a loop.create_connection() "
+                          f"option (valid: {', '.join(sorted(_CREATE_CONNECTION_OPTIONS))})",
+                          field=unknown[0])
     context: _ssl.SSLContext | None
     if ssl is True:
         context = _ssl.create_default_context()
@@ -581,28 +655,35 @@ async def open_connection(
         context = None
     else:
         context = ssl
-    tls_name = _tls_name(lb, server_hostname, context) if context is not None else None
-    await lb.wait_ready_async()
-    call = _Connect(lb, timeout, attempts, deadline, key)
-    loop = asyncio.get_running_loop()
+    with _Owned(lb) as balancer:
+        tls_name = (_tls_name(balancer, server_hostname, context) if context is not None
+                    else None)
+        await balancer.await_ready()
+        call = _Connect(balancer, timeout, attempts, deadline, key)
+        attempt = functools.partial(_stream_attempt, asyncio.get_running_loop(), limit,
+                                    context, tls_name, kwds)
+        streams, _ = await _aconnect_loop(call, attempt, (OSError, asyncio.TimeoutError))
+        return streams
 
-    async def attempt(pick: Pick, seconds: float
-                      ) -> tuple[asyncio.StreamReader, BalancedStreamWriter]:
-        endpoint = pick.endpoint
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        protocol = _BalancedProtocol(reader, loop=loop)
-        tls: dict[str, Any] = {}
-        if context is not None and tls_name is not None:
-            # "" tells asyncio "no SNI, no hostname check" (None would mean the IP)
-            tls = {"ssl": context, "server_hostname": tls_name(endpoint) or ""}
-        transport = await _within(seconds, loop.create_connection(
-            _factory(protocol), endpoint.host, endpoint.port, **tls, **kwds))
-        protocol.arm(_lease(pick))
-        assert isinstance(transport, asyncio.WriteTransport)
-        return reader, BalancedStreamWriter(transport, protocol, reader, loop)
 
-    streams, _ = await _aconnect_loop(call, attempt, (OSError, asyncio.TimeoutError))
-    return streams
+async def _stream_attempt(loop: asyncio.AbstractEventLoop, limit: int,
+                          context: _ssl.SSLContext | None,
+                          tls_name: Callable[[Endpoint], str | None] | None,
+                          kwds: dict[str, Any], pick: Pick, seconds: float
+                          ) -> tuple[asyncio.StreamReader, BalancedStreamWriter]:
+    """One attempt of :func:`open_connection`, built as asyncio.open_connection does."""
+    endpoint = pick.endpoint
+    reader = asyncio.StreamReader(limit=limit, loop=loop)
+    protocol = _BalancedProtocol(reader, loop=loop)
+    tls: dict[str, Any] = {}
+    if context is not None and tls_name is not None:
+        # "" tells asyncio "no SNI, no hostname check" (None would mean the IP)
+        tls = {"ssl": context, "server_hostname": tls_name(endpoint) or ""}
+    transport = await _within(seconds, loop.create_connection(
+        _factory(protocol), endpoint.host, endpoint.port, **tls, **kwds))
+    protocol.arm(_lease(pick))
+    assert isinstance(transport, asyncio.WriteTransport)
+    return reader, BalancedStreamWriter(transport, protocol, reader, loop)
 
 
 # -- any driver ------------------------------------------------------------------------
@@ -617,8 +698,9 @@ def _check_errors(connect_errors: ErrorTypes) -> tuple[type[BaseException], ...]
     return errors
 
 
+@strict_arguments
 def connect_with(
-    lb: LoadBalancer,
+    lb: LoadBalancer | str | Sequence[str | Endpoint],
     factory: Callable[[Endpoint], T],
     *,
     connect_errors: ErrorTypes = OSError,
@@ -645,6 +727,9 @@ def connect_with(
     failure and propagates at once. The factory applies its own timeout
     (``connect_timeout=``, ``socket_connect_timeout=``...).
 
+    ``lb`` may be a target, as for :func:`connect`: the balancer built from it
+    is closed when the returned pick is done.
+
     Returns:
         The factory's result and its :class:`~clientlb.Pick`, still in
         flight: finish it with ``with pick:`` or ``pick.done(...)`` when the
@@ -656,12 +741,14 @@ def connect_with(
     """
     errors = _check_errors(connect_errors)
     _check_options(1.0, attempts, deadline)
-    call = _Connect(lb, math.inf, attempts, deadline, key)
-    return _connect_loop(call, lambda pick, _: factory(pick.endpoint), errors)
+    with _Owned(lb) as balancer:
+        call = _Connect(balancer, math.inf, attempts, deadline, key)
+        return _connect_loop(call, lambda pick, _: factory(pick.endpoint), errors)
 
 
+@strict_arguments
 async def aconnect_with(
-    lb: LoadBalancer,
+    lb: LoadBalancer | str | Sequence[str | Endpoint],
     factory: Callable[[Endpoint], Awaitable[T]],
     *,
     connect_errors: ErrorTypes = OSError,
@@ -672,6 +759,7 @@ async def aconnect_with(
     """The asyncio twin of :func:`connect_with`: ``await factory(endpoint)`` with failover."""
     errors = _check_errors(connect_errors)
     _check_options(1.0, attempts, deadline)
-    await lb.wait_ready_async()
-    call = _Connect(lb, math.inf, attempts, deadline, key)
-    return await _aconnect_loop(call, lambda pick, _: factory(pick.endpoint), errors)
+    with _Owned(lb) as balancer:
+        await balancer.await_ready()
+        call = _Connect(balancer, math.inf, attempts, deadline, key)
+        return await _aconnect_loop(call, lambda pick, _: factory(pick.endpoint), errors)

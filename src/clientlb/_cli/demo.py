@@ -215,6 +215,7 @@ async def _drive(run: Run, lb: LoadBalancer, names: dict[str, str], duration: fl
 def _table(runs: list[Run], backends: list[str], title: str) -> Table:
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
     # Fits 80 columns: no vertical rules, short headings (the title says the units).
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
@@ -229,9 +230,9 @@ def _table(runs: list[Run], backends: list[str], title: str) -> Table:
     for run in runs:
         total = sum(run.attempts.values()) or 1
         p99 = run.percentile(0.99)
-        p99_text = f"{p99 * 1000:.1f}" if run.latencies else "-"
+        p99_text = Text(f"{p99 * 1000:.1f}" if run.latencies else "-")
         if best is not None and run.latencies and p99 == best and len(runs) > 1:
-            p99_text = f"[bold green]{p99_text}[/]"
+            p99_text.stylize("bold green")
         table.add_row(
             run.strategy,
             f"{run.requests / run.elapsed:.0f}" if run.elapsed else "-",
@@ -241,27 +242,45 @@ def _table(runs: list[Run], backends: list[str], title: str) -> Table:
     return table
 
 
-def plot(runs: list[Run], path: str) -> None:
-    """A grouped bar chart of p50/p90/p99 per strategy."""
+def figure(runs: list[Run], backends: list[str]) -> Any:
+    """The demo's chart (a matplotlib ``Figure``): on the left p50/p90/p99 per strategy,
+    on the right the share of attempts each backend took under each strategy — the
+    latency a strategy buys, and how: by sending less to the slow and flaky backends."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=(11, 4.5))
+    latency, share = fig.subplots(1, 2)
+    names = [r.strategy for r in runs]
     quantiles = (0.5, 0.9, 0.99)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
     width = 0.8 / len(quantiles)
     for i, q in enumerate(quantiles):
         values = [r.percentile(q) * 1000 for r in runs]
-        xs = [j + (i - 1) * width for j in range(len(runs))]
-        ax.bar(xs, values, width, label=f"p{int(q * 100)}")
-    ax.set_xticks(range(len(runs)), [r.strategy for r in runs])
-    ax.set_ylabel("latency (ms)")
-    ax.set_title("clientlb demo: latency per strategy (2 fast, 1 slow, 1 flaky backend)")
-    ax.legend()
+        xs = [j + (i - (len(quantiles) - 1) / 2) * width for j in range(len(runs))]
+        latency.bar(xs, values, width, label=f"p{int(q * 100)}")
+    latency.set_xticks(range(len(runs)), names, rotation=15)
+    latency.set_ylabel("latency (ms)")
+    latency.set_title("client latency per strategy")
+    latency.legend()
+    width = 0.8 / max(1, len(backends))
+    for i, backend in enumerate(backends):
+        values = [100 * r.attempts[backend] / (sum(r.attempts.values()) or 1) for r in runs]
+        xs = [j + (i - (len(backends) - 1) / 2) * width for j in range(len(runs))]
+        share.bar(xs, values, width, label=backend)
+    share.set_xticks(range(len(runs)), names, rotation=15)
+    share.set_ylabel("% of attempts")
+    share.set_title("each backend's share of the attempts")
+    share.legend(fontsize="small")
+    fig.suptitle("clientlb demo (2 fast, 1 slow, 1 flaky backend)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(runs: list[Run], path: str) -> None:
+    """Write :func:`figure` to ``path`` (PNG)."""
+    figure(runs, list(BACKENDS)).savefig(path, dpi=120)
 
 
 def run_demo(args: argparse.Namespace, out: Console) -> int:
@@ -281,7 +300,7 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise CLIError("--plot needs matplotlib: pip install matplotlib") from None
+            raise CLIError("--plot needs matplotlib: pip install 'clientlb[cli]'") from None
         folder = os.path.dirname(os.path.abspath(args.plot))
         if not os.path.isdir(folder):  # say so now, not after the whole run
             raise CLIError(f"--plot: the directory {folder} does not exist")
@@ -306,7 +325,7 @@ def run_demo(args: argparse.Namespace, out: Console) -> int:
     if len(finished) > 1:
         best = min(finished, key=lambda r: r.percentile(0.99))
         worst = max(finished, key=lambda r: r.percentile(0.99))
-        out.print(f"lowest p99: [bold]{best.strategy}[/] {best.percentile(0.99) * 1000:.1f} ms "
+        out.print(f"lowest p99: {best.strategy} {best.percentile(0.99) * 1000:.1f} ms "
                   f"({worst.percentile(0.99) / best.percentile(0.99):.1f}x better than "
                   f"{worst.strategy})")
     if args.plot:
@@ -358,7 +377,7 @@ async def _race(strategies: list[str], backends: _Backends, args: argparse.Names
             run = Run(strategy)
             runs.append(run)
             lb = registry.create(f"demo-{strategy}", addresses, strategy=strategy)
-            await lb.wait_ready_async()
+            await lb.await_ready()
             task = asyncio.create_task(_drive(run, lb, backends.names, per, args.concurrency))
             started = time.perf_counter()
             while not task.done():

@@ -13,22 +13,28 @@ Exit status (as ``curl`` and ``dig`` users expect from a diagnostic tool):
 passed), 1 when the answer is "nothing there" (no endpoint, nothing healthy)
 or the system refused (a file, a port), 2 for a bad command line or target,
 130 on Ctrl-C. Errors are one line on
-stderr, never a traceback. Needs the ``cli`` extra (``rich``).
+stderr, printed as they are (never read as markup), never a traceback.
+``--help`` needs only the standard library; the tables need the ``cli`` extra
+(``rich``, and matplotlib for ``demo --plot``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
 from .._core.errors import ClientLBError, ConfigError
+from .._core.redact import redact, redact_target
+from .._core.text import plural
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -53,16 +59,52 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
+_EXIT_STATUS = """\
+exit status:
+  0    done (check: at least one endpoint passed)
+  1    nothing there: no endpoint, nothing healthy, no answer from discovery,
+       or the system refused (a file, a port)
+  2    bad command line, target or configuration
+  130  interrupted (Ctrl-C)"""
+
+
+def _epilog(*examples: str, status: str = _EXIT_STATUS) -> str:
+    lines = "\n".join(f"  {e}" for e in examples)
+    return f"examples:\n{lines}\n\n{status}"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clientlb", description="Client-side load balancing: inspect "
-                     "targets, probe endpoints, compare strategies.")
+    parser = _Parser(
+        prog="clientlb", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Client-side load balancing: inspect targets, probe endpoints, validate "
+                    "configuration files, run the control room, compare strategies.",
+        epilog=_epilog("clientlb resolve dns:///users.internal:8080",
+                       "clientlb check static://10.0.0.1:80,10.0.0.2:80 --http /healthz",
+                       "clientlb -v config clientlb.toml",
+                       "clientlb COMMAND --help     (each command's options and examples)"))
     from .. import __version__
 
-    parser.add_argument("--version", action="version", version=f"clientlb {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action="version", version=f"clientlb {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log clientlb's debug lines on stderr (discovery answers, "
+                        "picks refused, retries)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                                metavar="COMMAND", help="one of:")
 
-    p = sub.add_parser("resolve", help="list the endpoints of a target")
-    p.add_argument("target", help="static://, dns://, srv://, consul:// or etcd:// target")
+    def command(name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".",
+                              epilog=_epilog(*examples),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    target_help = ("a target: static://HOST:PORT,..., dns:///NAME:PORT, "
+                   "srv:///_SERVICE._PROTO.NAME, consul:///SERVICE, etcd:///PREFIX, or "
+                   "gRPC's dns:NAME:PORT / ipv4:ADDR:PORT")
+    p = command("resolve", "list the endpoints of a target",
+                "clientlb resolve dns:///users.internal:8080",
+                "clientlb resolve srv:///_http._tcp.users.internal --json",
+                "clientlb resolve consul:///users?dc=eu --watch --duration 60")
+    p.add_argument("target", help=target_help)
     p.add_argument("--watch", action="store_true", help="keep the table live until Ctrl-C")
     p.add_argument("--timeout", type=float, default=5.0, metavar="S",
                    help="wait this long for discovery's first answer (default 5)")
@@ -70,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --watch: stop after S seconds")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("check", help="probe every endpoint of a target once")
-    p.add_argument("target")
+    p = command("check", "probe every endpoint of a target once",
+                "clientlb check dns:///users.internal:8080 --http /healthz",
+                "clientlb check static://10.0.0.1:5432,10.0.0.2:5432 --tcp",
+                "clientlb check dns:///api.internal:443 --grpc --tls --host api.internal")
+    p.add_argument("target", help=target_help)
     kind = p.add_mutually_exclusive_group(required=True)
     kind.add_argument("--http", metavar="PATH", help="HTTP GET PATH (e.g. /healthz)")
     kind.add_argument("--tcp", action="store_true", help="TCP connect (and TLS with --tls)")
@@ -84,11 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per probe, and for discovery's first answer (default 2)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    p = sub.add_parser("config", help="validate a TOML/JSON configuration file")
-    p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
+    p = command("config", "validate a TOML/JSON configuration file, as "
+                "Registry.from_config would, starting nothing",
+                "clientlb config clientlb.toml",
+                "clientlb config --schema > clientlb.schema.json   (for your editor)")
+    p.add_argument("file", nargs="?",
+                   help="a .toml or .json file for clientlb.Registry.from_config")
+    p.add_argument("--schema", action="store_true",
+                   help="print the JSON Schema of the file format (for editors) and exit")
 
-    p = sub.add_parser("serve", help="run the balancers of a configuration file with the "
-                       "control room (dashboard and HTTP API)")
+    p = command("serve", "run the balancers of a configuration file with the control room "
+                "(dashboard and HTTP API)",
+                "clientlb serve clientlb.toml",
+                "CLIENTLB_ADMIN_TOKEN=... clientlb serve clientlb.toml --host 0.0.0.0",
+                "clientlb serve clientlb.toml --token-file /run/secrets/admin --port 9901")
     p.add_argument("file", help="a .toml or .json file for clientlb.Registry.from_config")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only)")
@@ -103,13 +157,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traffic-path", default="/", metavar="PATH",
                    help="the path of the synthetic requests (default /)")
 
-    p = sub.add_parser("demo", help="race the strategies over local slow and flaky backends")
+    p = command("demo", "race the strategies over local slow and flaky backends",
+                "clientlb demo",
+                "clientlb demo --duration 10 --strategies round_robin,peak_ewma",
+                "clientlb demo --plot strategies.png   (needs matplotlib: clientlb[cli])")
     p.add_argument("--duration", type=float, default=24.0, metavar="S",
                    help="total seconds of traffic, shared by the strategies (default 24)")
     p.add_argument("--strategies", default="round_robin,random,least_request,peak_ewma",
                    help="comma-separated strategy names")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
-    p.add_argument("--plot", metavar="FILE.png", help="write a latency chart (matplotlib)")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="write a chart: latency percentiles and each backend's share, per "
+                   "strategy (matplotlib)")
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false",
                    help="do not serve the control room while the demo runs")
     p.add_argument("--dashboard-port", type=int, default=9901, metavar="PORT",
@@ -118,43 +177,81 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``clientlb`` console script; returns the exit status."""
+def _consoles() -> tuple[Console, Console]:
+    """The rich consoles for tables, markup off: what is printed is printed as it is."""
     try:
         from rich.console import Console
     except ImportError:
-        print("clientlb: the command line needs rich: pip install 'clientlb[cli]'",
-              file=sys.stderr)
-        return EXIT_USAGE
-    out = Console(highlight=False)
+        raise CLIError("this command draws tables with rich: pip install 'clientlb[cli]' "
+                       "(or use --json)") from None
+    out = Console(highlight=False, markup=False)
     if not out.is_terminal:  # piped or captured: wide enough for the demo's table
         out.width = max(out.width, 120)
-    err = Console(stderr=True, highlight=False)
+    return out, Console(stderr=True, highlight=False, markup=False)
+
+
+@contextlib.contextmanager
+def _verbose(on: bool) -> Iterator[None]:
+    """``-v``: clientlb's DEBUG lines on stderr, for the duration of the command."""
+    if not on:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log = logging.getLogger("clientlb")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``clientlb`` console script; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        if args.command == "resolve":
-            return resolve(args, out)
-        if args.command == "check":
-            return check(args, out)
-        if args.command == "config":
-            return config(args, out)
-        if args.command == "serve":
-            return serve(args)
-        from .demo import run_demo
-
-        return run_demo(args, out)
+        with _verbose(args.verbose):
+            return _run(args)
     except CLIError as exc:
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(exc)
         return exc.status
     except ClientLBError as exc:  # ConfigError, NoEndpointAvailable, DiscoveryError
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(exc)
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_NOTHING
     except OSError as exc:  # a port, a file: the system said no
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error(exc)
         return EXIT_NOTHING
     except KeyboardInterrupt:
-        err.print("interrupted")
+        print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "config" and args.schema:
+        return config(args, None)
+    if getattr(args, "json", False):
+        return resolve(args, None) if args.command == "resolve" else check(args, None)
+    out, _ = _consoles()
+    if args.command == "resolve":
+        return resolve(args, out)
+    if args.command == "check":
+        return check(args, out)
+    if args.command == "config":
+        return config(args, out)
+    from .demo import run_demo
+
+    return run_demo(args, out)
+
+
+def _error(exc: BaseException) -> None:
+    """One line on stderr, verbatim (brackets are text, not markup), redacted (a target
+    on the command line may hold a token)."""
+    print(f"error: {redact(str(exc))}", file=sys.stderr)
 
 
 def _print_json(data: object) -> None:
@@ -181,7 +278,8 @@ def endpoints_table(lb: LoadBalancer) -> Table:
     from rich.table import Table
 
     snap = lb.snapshot().by_address()
-    table = Table(title=f"{lb.target}  ({len(lb.endpoints())} endpoints)", title_justify="left")
+    table = Table(title=f"{lb.target}  ({plural(len(lb.endpoints()), 'endpoint')})",
+                  title_justify="left")
     for column in ("address", "weight", "priority", "zone", "state", "metadata"):
         table.add_column(column, justify="right" if column in ("weight", "priority") else "left")
     for ep in lb.endpoints():
@@ -195,22 +293,33 @@ def _metadata(ep: Endpoint) -> str:
     return ", ".join(f"{k}={v}" for k, v in ep.metadata.items())
 
 
-def resolve(args: argparse.Namespace, out: Console) -> int:
+def _why_empty(lb: LoadBalancer) -> str:
+    """Why discovery gave no endpoint: NXDOMAIN, an empty answer... (the resolver says)."""
+    why = lb.resolver.empty_reason
+    return f"{lb.target} resolved to no endpoint" + (f": {why}" if why else "")
+
+
+def resolve(args: argparse.Namespace, out: Console | None) -> int:
     if args.watch and args.json:
         raise CLIError("--json and --watch cannot be combined")
     lb = _open(args.target, args.timeout)
     try:
-        if args.json:
+        if out is None:  # --json
             snap = lb.snapshot().by_address()
             rows = [{"address": ep.address, "host": ep.host, "port": ep.port,
                      "weight": ep.weight, "priority": ep.priority, "zone": ep.zone,
                      "state": snap[ep.address].state if ep.address in snap else None,
                      "metadata": dict(ep.metadata)} for ep in lb.endpoints()]
-            _print_json({"target": str(lb.target), "endpoints": rows})
+            data: dict[str, Any] = {"target": str(lb.target), "endpoints": rows}
+            if not rows:
+                data["reason"] = _why_empty(lb)
+            _print_json(data)
             return EXIT_OK if rows else EXIT_NOTHING
         if not args.watch:
+            if not lb.endpoints():
+                raise CLIError(_why_empty(lb), EXIT_NOTHING)
             out.print(endpoints_table(lb))
-            return EXIT_OK if lb.endpoints() else EXIT_NOTHING
+            return EXIT_OK
         from rich.live import Live
 
         deadline = None if args.duration is None else time.monotonic() + args.duration
@@ -229,20 +338,31 @@ def resolve(args: argparse.Namespace, out: Console) -> int:
 
 # -- config -------------------------------------------------------------------------------
 
-def config(args: argparse.Namespace, out: Console) -> int:
-    """Validate a configuration without creating anything (no discovery, no probes)."""
+def config(args: argparse.Namespace, out: Console | None) -> int:
+    """Validate a configuration as Registry.from_config does, creating nothing (no
+    discovery, no probes); or print the JSON Schema of the format (``--schema``)."""
+    if args.schema:
+        if args.file:
+            raise CLIError("--schema takes no file")
+        from .._ops.schema import config_schema
+
+        _print_json(config_schema())
+        return EXIT_OK
+    if not args.file:
+        raise CLIError("config needs a FILE (or --schema)")
+    assert out is not None
     from rich.table import Table
 
     from .._ops.config import load_config, parse_config
 
     services, telemetry = parse_config(load_config(args.file))
-    table = Table(title=f"{args.file}: {len(services)} services, telemetry "
+    table = Table(title=f"{args.file}: {plural(len(services), 'service')}, telemetry "
                   f"{'on' if telemetry else 'off'}", title_justify="left")
     for column in ("service", "target", "strategy", "options"):
         table.add_column(column)
     for svc in services:
-        target = str(svc.target) if isinstance(svc.target, str) else ", ".join(
-            e if isinstance(e, str) else e.address for e in svc.target)
+        target = redact_target(svc.target) if isinstance(svc.target, str) else ", ".join(
+            redact_target(e) if isinstance(e, str) else e.address for e in svc.target)
         strategy = svc.options.get("strategy", "peak_ewma")
         others = ", ".join(sorted(k for k in svc.options if k != "strategy"))
         table.add_row(svc.name, target, getattr(strategy, "name", str(strategy)), others)
@@ -283,7 +403,7 @@ def serve(args: argparse.Namespace) -> int:
 
 # -- check --------------------------------------------------------------------------------
 
-def check(args: argparse.Namespace, out: Console) -> int:
+def check(args: argparse.Namespace, out: Console | None) -> int:
     from rich.table import Table
 
     from .._health.checks import HealthChecker
@@ -295,7 +415,7 @@ def check(args: argparse.Namespace, out: Console) -> int:
     try:
         endpoints = lb.endpoints()
         if not endpoints:
-            raise CLIError(f"{lb.target} resolved to no endpoint", EXIT_NOTHING)
+            raise CLIError(_why_empty(lb), EXIT_NOTHING)
         if args.http is not None:
             config = HealthCheck(kind="http", path=args.http, tls=args.tls, host=args.host,
                                  timeout=args.timeout)
@@ -317,22 +437,24 @@ def check(args: argparse.Namespace, out: Console) -> int:
             checker.close()
     finally:
         lb.close()
-    if args.json:
+    if out is None:  # --json
         _print_json({"target": str(lb.target), "probe": what, "results": [
             {"address": ep.address, "passed": ok, "detail": detail,
              "seconds": round(elapsed, 6)}
             for ep, (ok, detail, elapsed) in zip(endpoints, results, strict=True)]})
         return EXIT_OK if any(ok for ok, _, _ in results) else EXIT_NOTHING
+    from rich.text import Text
+
     table = Table(title=f"{what} on {lb.target}", title_justify="left")
     for column in ("address", "result", "detail", "time"):
         table.add_column(column, justify="right" if column == "time" else "left")
     passed = 0
     for ep, (ok, detail, elapsed) in zip(endpoints, results, strict=True):
         passed += ok
-        table.add_row(ep.address, "[green]pass[/]" if ok else "[red]FAIL[/]", detail,
-                      f"{elapsed * 1000:.1f} ms")
+        table.add_row(ep.address, Text("pass", "green") if ok else Text("FAIL", "red"),
+                      detail, f"{elapsed * 1000:.1f} ms")
     out.print(table)
-    out.print(f"{passed}/{len(endpoints)} endpoints passed")
+    out.print(f"{passed}/{plural(len(endpoints), 'endpoint')} passed")
     return EXIT_OK if passed else EXIT_NOTHING
 
 

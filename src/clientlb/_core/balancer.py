@@ -23,26 +23,35 @@ import math
 import random as _random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+import warnings
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.hedging import COUNTERS as HEDGE_COUNTERS
 from .._engine.hedging import HedgeState, Hedging
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
-from .._resolvers.base import Resolver, create_resolver
 from .._strategies import Key, Picker, Strategy, resolve_strategy
 from .._strategies.base import redraw
+from .._subset.config import SubsetConfig, check_subset
+from .._subset.subsetter import SubsetSnapshot, Subsetter
+from .checks import check_clock
+from .closing import Closing
 from .endpoint import Endpoint, EndpointSet, EndpointSetDiff
-from .errors import ClientLBError, ConfigError, NoEndpointAvailable
+from .errors import ClientLBError, ConfigError, NoEndpointAvailable, strict_arguments
 from .outcome import Outcome
 from .state import EndpointState, Health
 from .target import Target, parse_target
+from .text import plural
 
-__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick"]
+if TYPE_CHECKING:
+    from .._resolvers.base import Resolver
+
+__all__ = ["BalancerSnapshot", "EndpointSnapshot", "LoadBalancer", "Pick", "check_options"]
 
 logger = logging.getLogger("clientlb.balancer")
 
@@ -58,12 +67,26 @@ _CONNECT_FAILURE = Outcome.CONNECT_FAILURE
 _READY = Connectivity.READY
 
 
+def _check_resolver_options(options: object, target: Target) -> dict[str, Any]:
+    """``resolver_options`` as keyword arguments for the target's resolver."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping) or not all(isinstance(k, str) for k in options):
+        raise ConfigError(f"resolver_options must be a mapping of option names to values, "
+                          f"got {options!r}", field="resolver_options")
+    if options and target.scheme == "static":
+        raise ConfigError(f"a static target takes no resolver options, got "
+                          f"{sorted(options)}", field="resolver_options")
+    return dict(options)
+
+
 def _classify_exception(exc: BaseException) -> Outcome:
     if not isinstance(exc, Exception) or isinstance(exc, asyncio.CancelledError):
         return Outcome.CANCELLED
     if isinstance(exc, ConnectionRefusedError):
         return Outcome.CONNECT_FAILURE
-    if isinstance(exc, TimeoutError):
+    # asyncio.TimeoutError is TimeoutError from 3.11 on, a class of its own on 3.10
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return Outcome.TIMEOUT
     return Outcome.FAILURE
 
@@ -73,8 +96,8 @@ class Pick:
 
     ``with lb.pick() as p: call(p.endpoint)`` reports success, or a failure
     if the block raises (``ConnectionRefusedError`` → connect failure,
-    ``TimeoutError`` → timeout, cancellation → cancelled, anything else →
-    failure). Integrations that know better call ``p.done(outcome)``
+    ``TimeoutError`` or ``asyncio.TimeoutError`` → timeout, cancellation →
+    cancelled, anything else → failure). Integrations that know better call ``p.done(outcome)``
     explicitly inside the block; the first report wins and later ones are
     ignored, so ``done`` is safe to call from several cleanup paths.
     """
@@ -95,6 +118,15 @@ class Pick:
     def address(self) -> str:
         """The picked endpoint's ``host:port`` (its key in the balancer)."""
         return self._state.address
+
+    @property
+    def state(self) -> EndpointState:
+        """The picked endpoint's live state (where its load reports are recorded)."""
+        return self._state
+
+    @property
+    def balancer(self) -> LoadBalancer:
+        return self._lb
 
     @property
     def started_at(self) -> float:
@@ -190,6 +222,15 @@ class EndpointSnapshot:
     requests: int
     failures: int
     connectivity: str = "idle"
+    #: False for an endpoint outside this client's subset (``subset=``): discovered,
+    #: never picked. True for every endpoint without subsetting.
+    in_subset: bool = True
+    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
+    error_rate: float = 0.0
+    #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
+    #: (the mean of the others' while it has none; picks follow it multiplied by
+    #: ``effective_weight``); None with other strategies.
+    load_weight: float | None = None
 
     @property
     def address(self) -> str:
@@ -206,12 +247,15 @@ class BalancerSnapshot:
     mode: str  # "normal", "panic", "empty", "waiting" (first resolution), "closed"
     endpoints: tuple[EndpointSnapshot, ...]
     version: int
+    #: The subset (size, aperture width, widening, place) with ``subset=``; else None.
+    subset: SubsetSnapshot | None = None
 
     def by_address(self) -> dict[str, EndpointSnapshot]:
         return {e.address: e for e in self.endpoints}
 
 
-class LoadBalancer:
+@strict_arguments
+class LoadBalancer(Closing):
     """An in-process load balancer over the endpoints of a target.
 
     ::
@@ -227,7 +271,7 @@ class LoadBalancer:
             or :class:`Endpoint` objects.
         strategy: a strategy name (``round_robin``, ``random``,
             ``least_request``, ``peak_ewma`` — the default —, ``ring_hash``,
-            ``maglev``) or a :class:`Strategy` object.
+            ``maglev``, ``weighted_round_robin``) or a :class:`Strategy` object.
         name: the logical service name used in logs, metrics and as the HTTP
             ``Host``/TLS name; defaults to the target's service name.
         first_resolution_timeout: how long the first ``pick()`` waits for a
@@ -255,10 +299,20 @@ class LoadBalancer:
         hedging: a :class:`Hedging` policy for the HTTP transports built on this
             balancer (and the gRPC methods it names) — hedged requests, see
             docs/http.md; default None: none. ``lb.hedging_statistics()`` counts them.
+        subset: :class:`Aperture` or :class:`RandomSubset` to use only a
+            subset of the endpoints (large fleets); None (default) uses all.
+            See docs/architecture.md, "Subsetting".
+        telemetry: report through OpenTelemetry's global providers (default
+            True; a no-op without an SDK, see docs/telemetry.md); ``False``
+            turns it off. ``clientlb.instrument(lb, meter_provider=...)``
+            moves a balancer to a provider of its own.
 
     Raises:
         ConfigError: for a malformed target, an unknown scheme or strategy.
     """
+
+    #: False only for :func:`check_options`: validate, start nothing.
+    _starts = True
 
     def __init__(
         self,
@@ -279,20 +333,31 @@ class LoadBalancer:
         max_requests: int | None = None,
         max_requests_per_endpoint: int | None = None,
         retry: RetryPolicy | None = DEFAULT_RETRY_POLICY,
+        subset: SubsetConfig | None = None,
+        telemetry: bool = True,
         hedging: Hedging | None = None,
     ) -> None:
+        self._closed = True  # until construction succeeds: __del__ has nothing to stop
         self._target = parse_target(target)
+        if not isinstance(telemetry, bool):
+            raise ConfigError(f"telemetry must be True or False, got {telemetry!r}",
+                              field="telemetry")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
         _check_hedging(hedging)
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
-        if not isinstance(first_resolution_timeout, (int, float)) or first_resolution_timeout < 0:
-            raise ConfigError(f"first_resolution_timeout must be >= 0 seconds, got "
-                              f"{first_resolution_timeout!r}", field="first_resolution_timeout")
+        if isinstance(first_resolution_timeout, bool) or not isinstance(
+                first_resolution_timeout, (int, float)) \
+                or not 0 <= first_resolution_timeout < math.inf:
+            raise ConfigError(f"first_resolution_timeout must be a finite number >= 0 seconds, "
+                              f"got {first_resolution_timeout!r}",
+                              field="first_resolution_timeout")
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"rng must be a random.Random, got {rng!r}", field="rng")
+        check_clock(clock)
+        options = _check_resolver_options(resolver_options, self._target)
         self.name: str = name or self._target.service
         self._first_resolution_timeout = float(first_resolution_timeout)
         self._clock: Clock = clock or time.monotonic
@@ -319,7 +384,6 @@ class LoadBalancer:
         self._ready = threading.Event()
         self._ready_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._discovery_error: BaseException | None = None
-        self._closed = False
         self._outcome_listeners: tuple[OutcomeListener, ...] = ()
         self._diff_listeners: tuple[DiffListener, ...] = ()
         self._error_listeners: tuple[Callable[[BaseException], None], ...] = ()
@@ -336,20 +400,38 @@ class LoadBalancer:
             max_requests=max_requests, max_requests_per_endpoint=max_requests_per_endpoint)
         self._circuit = self._health.circuit
         self._connectivity = ConnectivityTracker(self)
-        self._resolver: Resolver = create_resolver(self._target, **(resolver_options or {}))
-        self._start_resolver()
-        self._health.start()
+        # Subsetting (docs/architecture.md, "Subsetting"): between discovery and health.
+        self._subsetter = self._new_subsetter(check_subset(subset))
+        # Discovery (dnspython, httpx for consul/etcd) loads with the first balancer, not
+        # with ``import clientlb``.
+        from .._resolvers.base import create_resolver
+
+        self._resolver: Resolver = create_resolver(self._target, **options)
+        if not self._starts:  # check_options(): every check made, nothing started
+            return
+        if telemetry:
+            # OpenTelemetry loads with the first balancer that reports, not with clientlb.
+            from .._ops.telemetry import default_telemetry
+
+            default_telemetry().instrument(self)
+        self._closed = False
+        try:
+            self._start_resolver()
+            self._health.start()
+            if self._subsetter is not None:
+                self._subsetter.start()
+        except BaseException:  # release what was started: nothing keeps running
+            self.close()
+            raise
 
     # -- resolver side ------------------------------------------------------------------
 
     def _start_resolver(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self._resolver.start(self)
-            return
-        # Inside a running loop: resolve with asyncio tasks on that loop.
-        self._resolver_task = loop.create_task(self._resolver.astart(self))
+        # The resolver talks to a weak proxy: its thread or task must not keep a
+        # balancer dropped without close() alive (then __del__ stops it).
+        from .._resolvers.base import start_resolver
+
+        self._resolver_task = start_resolver(self._resolver, _WeakSink(self))
 
     def publish(self, endpoints: EndpointSet) -> None:
         """Apply a new endpoint set (called by resolvers; safe from any thread)."""
@@ -378,8 +460,8 @@ class LoadBalancer:
             self._discovery_error = None
             self._rebuild_locked(now)
             self._visible_endpoints = endpoints.endpoints
-            if diff:
-                logger.info("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
+            if diff:  # routine: DEBUG (ejections and panic are the health layer's INFO)
+                logger.debug("%s: endpoints updated (+%d -%d ~%d, %d total)", self.name,
                             len(diff.added), len(diff.removed), len(diff.changed),
                             len(endpoints))
             listeners = self._diff_listeners
@@ -389,13 +471,21 @@ class LoadBalancer:
                 listener(diff)
 
     def error(self, exc: BaseException) -> None:
-        """Record a discovery failure (called by resolvers); the last good set stays."""
+        """Record a discovery failure (called by resolvers); the last good set stays.
+
+        Logged at DEBUG only: the resolver logs the episode (one WARNING when its
+        source starts failing, DEBUG until it recovers, INFO when it does;
+        ``_resolvers/_loop.py``), since only it knows when an unchanged answer
+        ends the episode.
+        """
         with self._lock:
             self._discovery_error = exc
             if not self._ready.is_set():
                 self._no_pick_reason = f"discovery failed: {exc}"
+            kept = (f"keeping the last good set ({plural(len(self._endpoint_set), 'endpoint')})"
+                    if self._ready.is_set() else "no endpoint set yet")
             error_listeners = self._error_listeners
-        logger.warning("%s: discovery error, keeping the last good set: %s", self.name, exc)
+        logger.debug("%s: discovery error, %s: %s", self.name, kept, exc)
         for error_listener in error_listeners:
             error_listener(exc)
 
@@ -420,14 +510,23 @@ class LoadBalancer:
         return self._health.select(states, now)
 
     def _current_states(self) -> list[EndpointState]:
-        """The states of the current endpoint set, in its order (draining ones excluded)."""
+        """The states of the current endpoint set, in its order (draining ones excluded);
+        with ``subset=``, only those of this client's subset. Safe without the lock
+        (the health checker lists its probe targets so): a state not there yet is left out."""
         states = self._states
-        return [states[ep.address] for ep in self._endpoint_set]
+        current = [s for ep in self._endpoint_set if (s := states.get(ep.address)) is not None]
+        subsetter = self._subsetter
+        return current if subsetter is None else subsetter.members(current)
 
     def _rebuild_locked(self, now: float) -> None:
         if self._weight_overrides:
             self._apply_weight_overrides_locked()
-        states = self._current_states()
+        subsetter = self._subsetter
+        if subsetter is not None:  # the subset first: health and strategy see only it
+            states = subsetter.update([self._states[ep.address] for ep in self._endpoint_set],
+                                      now)
+        else:
+            states = self._current_states()
         # Connectivity: endpoints that cannot be connected to are left out while
         # another one may take calls (clientlb._engine.connectivity).
         usable = [s for s in states if s.connectivity not in UNUSABLE]
@@ -438,14 +537,18 @@ class LoadBalancer:
         else:
             chosen, weights, mode = self._select(states, now)
         self._mode = mode
+        if subsetter is not None:  # the aperture's overlap weights
+            weights = subsetter.scale(chosen, weights)
         self._weights = {s.address: w for s, w in zip(chosen, weights, strict=True)}
         if chosen:
             self._picker = self._strategy.build(chosen, weights, self._rng)
         else:
             self._picker = None
+            why = self._resolver.empty_reason if not states else None
             self._no_pick_reason = (
-                "the target resolved to no endpoint" if not states
-                else "no endpoint may take traffic"
+                "no endpoint may take traffic" if states
+                else f"the target resolved to no endpoint: {why}" if why
+                else "the target resolved to no endpoint"
             )
 
     def rebuild(self) -> None:
@@ -527,6 +630,11 @@ class LoadBalancer:
         """For the health layer: endpoints discovery removed, calls still in flight."""
         return list(self._draining.values())
 
+    def states_in_use(self) -> list[EndpointState]:
+        """For the health layer: :meth:`endpoint_states` narrowed to this client's subset
+        (``subset=``; docs/architecture.md, "Subsetting"); all of them without one."""
+        return self._current_states()
+
     # -- picking --------------------------------------------------------------------------
 
     def pick(self, key: Key | None = None, *, exclude: Collection[str] | None = None,
@@ -601,19 +709,29 @@ class LoadBalancer:
         """Block until the first resolution finished; True when it did in time."""
         return self._ready.wait(self._first_resolution_timeout if timeout is None else timeout)
 
-    async def wait_ready_async(self, timeout: float | None = None) -> bool:
-        """Await the first resolution without blocking the event loop."""
+    async def await_ready(self, timeout: float | None = None) -> bool:
+        """The async twin of :meth:`wait_ready`: await the first resolution without
+        blocking the event loop (asyncio or trio); True when it finished in time.
+
+        Named as httpx names async twins (``close``/``aclose``): ``a`` + the sync
+        name, here ``a`` + ``wait_ready``.
+        """
         if self._ready.is_set():
             return True
-        loop = asyncio.get_running_loop()
+        if timeout is None:
+            timeout = self._first_resolution_timeout
+        loop = _asyncio_loop()
+        if loop is None:  # trio (through anyio): wait for the event in a worker thread
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(self._ready.wait, timeout)
         fut: asyncio.Future[None] = loop.create_future()
         with self._lock:
             if self._ready.is_set():
                 return True
             self._ready_waiters.append((loop, fut))
         try:
-            await asyncio.wait_for(
-                fut, self._first_resolution_timeout if timeout is None else timeout)
+            await asyncio.wait_for(fut, timeout)
         except asyncio.TimeoutError:
             return False
         return True
@@ -718,6 +836,29 @@ class LoadBalancer:
             return {**dict.fromkeys(HEDGE_COUNTERS, 0), "adaptive_delay": None}
         return state.statistics()
 
+    def _new_subsetter(self, subset: SubsetConfig | None) -> Subsetter | None:
+        if subset is None:
+            return None
+        return Subsetter(subset, name=self.name, rng=self._rng, on_place_change=self.rebuild)
+
+    def set_subset(self, subset: SubsetConfig | None) -> None:
+        """Replace the subset live (``None``: every endpoint again); in-flight calls finish.
+
+        Raises:
+            ConfigError: not an Aperture, a RandomSubset or None; an aperture
+                whose place cannot be found.
+        """
+        new = self._new_subsetter(check_subset(subset))
+        with self._lock:
+            old, self._subsetter = self._subsetter, new
+            closed = self._closed
+            if not closed:
+                self._rebuild_locked(self._clock())
+        if old is not None:
+            old.close()
+        if new is not None and not closed:
+            new.start()
+
     def health_statistics(self) -> dict[str, int]:
         """Health counters since creation (ejections by detector, probes,
         transitions, panics, circuit-breaker rejections, re-resolution requests)
@@ -743,13 +884,16 @@ class LoadBalancer:
                 self._row(state, now)
                 for state in (*self._states.values(), *self._draining.values())
             ]
+            subsetter = self._subsetter
             return BalancerSnapshot(
                 name=self.name, target=str(self._target), strategy=self._strategy.name,
                 mode=self.mode, endpoints=tuple(rows), version=self._endpoint_set.version,
+                subset=subsetter.snapshot() if subsetter is not None else None,
             )
 
     def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:
         load = state.load
+        picker = self._picker
         return EndpointSnapshot(
             endpoint=state.endpoint,
             state=state.health(now).value,
@@ -760,6 +904,9 @@ class LoadBalancer:
             requests=load.requests,
             failures=load.failures,
             connectivity=state.connectivity.value,
+            in_subset=self._subsetter is None or self._subsetter.contains(state.address),
+            error_rate=getattr(load, "error_rate", 0.0),
+            load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
     def __repr__(self) -> str:
@@ -768,7 +915,7 @@ class LoadBalancer:
         healthy = sum(1 for s in states if s.health(now) is Health.HEALTHY)
         in_flight = sum(s.load.in_flight for s in states)
         return (f"<LoadBalancer {self.name!r} {self._target.scheme} {self._strategy.name} "
-                f"[{len(states)} endpoints: {healthy} healthy] in_flight={in_flight} "
+                f"[{plural(len(states), 'endpoint')}: {healthy} healthy] in_flight={in_flight} "
                 f"mode={self.mode}>")
 
     # -- runtime control (the control API; see clientlb.Registry) ------------------------------
@@ -888,6 +1035,12 @@ class LoadBalancer:
             self.publish(EndpointSet(rest, version=self._endpoint_set.version + 1))
             return True
 
+    async def wait_ready_async(self, timeout: float | None = None) -> bool:
+        """Deprecated: the old name of :meth:`await_ready`."""
+        warnings.warn("LoadBalancer.wait_ready_async() is deprecated; use await_ready(), the "
+                      "async twin of wait_ready()", DeprecationWarning, stacklevel=2)
+        return await self.await_ready(timeout)
+
     def _check_static(self, what: str) -> None:
         if self._target.scheme != "static":
             raise ConfigError(
@@ -897,7 +1050,7 @@ class LoadBalancer:
             # Created inside an event loop, the static list is published by a task that
             # has not run yet: an edit now would be overwritten by it.
             raise ClientLBError(f"{what}() before the balancer's first endpoint set; "
-                                "await lb.wait_ready_async() first")
+                                "await lb.await_ready() first")
 
     def in_flight(self) -> int:
         """Calls in flight on every endpoint, including draining ones."""
@@ -916,9 +1069,19 @@ class LoadBalancer:
             self._picker = None
         self._resolver.close()
         self._health.close()
+        if self._subsetter is not None:
+            self._subsetter.close()
         self._set_ready()
 
     async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (asyncio or trio)."""
+        if _asyncio_loop() is None:
+            # trio (through anyio): created outside asyncio, discovery and health run on
+            # their own threads; close() waits for them, so it runs in a worker thread.
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self.close)
+            return
         with self._lock:
             if self._closed:
                 return
@@ -926,23 +1089,72 @@ class LoadBalancer:
             self._picker = None
         await self._resolver.aclose()
         await self._health.aclose()
+        if self._subsetter is not None:
+            await self._subsetter.aclose()
         self._set_ready()
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def __enter__(self) -> LoadBalancer:
-        return self
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        # Collected without close(), as a socket or an asyncio transport can be:
+        # stop the background work (discovery, probes) without waiting for it,
+        # then say so with a ResourceWarning, as they do.
+        if getattr(self, "_closed", True):  # closed, or __init__ failed early
+            return
+        self._closed = True
+        self._picker = None
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self._resolver.stop()
+        with contextlib.suppress(Exception):
+            self._health.close(wait=False)
+        _warn(f"unclosed {self!r}; close() it or use 'with'", ResourceWarning, source=self)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
-    async def __aenter__(self) -> LoadBalancer:
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+class _WeakSink:
+    """What a balancer's resolver publishes to: the balancer, weakly referenced."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, lb: LoadBalancer) -> None:
+        self._ref = weakref.ref(lb)
+
+    def publish(self, endpoints: EndpointSet) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.publish(endpoints)
+
+    def error(self, exc: BaseException) -> None:
+        lb = self._ref()
+        if lb is not None:
+            lb.error(exc)
+
+
+class _Unstarted(LoadBalancer):
+    """A balancer that makes every check and starts nothing (no discovery, no probes)."""
+
+    _starts = False
+
+
+def check_options(target: object, **options: Any) -> None:
+    """Raise what ``LoadBalancer(target, **options)`` would raise, starting nothing.
+
+    The configuration file check (``clientlb config``, ``Registry.from_config``
+    before it creates anything) uses it, so that a file is validated by the very
+    code that builds the balancers: a misspelt ``resolver_options`` key or
+    ``max_requests = -5`` is refused there as it is here.
+    """
+    _Unstarted(target, **options)  # type: ignore[arg-type]
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None (no loop, or another library such as trio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _check_hedging(hedging: object) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, strict_arguments
 
 __all__ = ["Endpoint", "EndpointSet", "EndpointSetDiff"]
 
@@ -52,6 +52,7 @@ def _check_host(host: object) -> str:
     return host
 
 
+@strict_arguments
 @dataclass(frozen=True, eq=True, repr=False)
 class Endpoint:
     """One backend: ``Endpoint("10.0.0.7", 8080, weight=2, zone="eu-west-1a")``.

@@ -27,6 +27,19 @@ Defaults (why):
   *censored* observation: its true latency is at least the time it had been
   waiting. :meth:`EndpointLoad.outlasted` raises the estimate to that, never
   lowers it — the peak half of the rule, without guessing the rest.
+
+**Error rate** (:attr:`EndpointLoad.error_rate`): the share of failed calls
+over half the ``decay`` window (5 s by default) — outcome counts decayed by
+``exp(-elapsed / (decay / 2))``, the square of the latency's weight, so that a
+backend that starts failing is judged on the last few seconds, not on the
+healthy minutes before — shrunk towards zero by
+:data:`ERROR_PRIOR` pseudo-successes, so that one failure among the first
+few calls says little (``1 / (1 + 10)``) while 30 failures in 100 calls say
+0.27. ``peak_ewma`` multiplies its cost by ``1 + error_penalty × error_rate²``
+(see :mod:`clientlb._strategies.peak_ewma` for the shape and the default): a
+*gray* failure — a backend answering 503 to a third of its requests as fast
+as the others answer 200 — otherwise keeps its full share, since retries
+hide it from callers and no ejection threshold fires.
 """
 
 from __future__ import annotations
@@ -34,16 +47,20 @@ from __future__ import annotations
 import math
 import threading
 
-__all__ = ["DEFAULT_DECAY", "DEFAULT_RTT", "EndpointLoad"]
+__all__ = ["DEFAULT_DECAY", "DEFAULT_RTT", "ERROR_PRIOR", "EndpointLoad"]
 
 DEFAULT_DECAY = 10.0
 DEFAULT_RTT = 0.030
+#: Pseudo-successes added to the outcomes counted for the error rate: a rate over
+#: a handful of calls is noise (one failure out of one call reads as 0.09, not 1).
+ERROR_PRIOR = 10.0
 
 
 class EndpointLoad:
     """In-flight count and peak-EWMA latency of one endpoint (thread-safe)."""
 
-    __slots__ = ("_lock", "decay", "ewma", "failures", "in_flight", "requests", "stamp")
+    __slots__ = ("_failed", "_lock", "_outcomes", "decay", "error_rate", "ewma", "failures",
+                 "in_flight", "requests", "stamp")
 
     def __init__(self, now: float, *, decay: float = DEFAULT_DECAY,
                  default_rtt: float = DEFAULT_RTT) -> None:
@@ -54,9 +71,13 @@ class EndpointLoad:
         self.ewma = default_rtt
         self.stamp = now
         self.decay = decay
+        #: failed / (outcomes + ERROR_PRIOR) over the decay window (see the module doc)
+        self.error_rate = 0.0
+        self._outcomes = 0.0  # outcome and failure counts, decayed with the latency
+        self._failed = 0.0
 
     def release(self, now: float, latency: float | None, failed: bool = False) -> None:
-        """End one call; ``latency=None`` (a cancelled call) leaves the estimate alone."""
+        """End one call; ``latency=None`` (a cancelled call) leaves the estimates alone."""
         with self._lock:
             self.in_flight -= 1
             self.requests += 1
@@ -66,6 +87,12 @@ class EndpointLoad:
                 return
             elapsed = now - self.stamp
             w = math.exp(-elapsed / self.decay) if elapsed > 0 else 1.0
+            we = w * w  # = exp(-elapsed / (decay / 2)): errors are judged on a shorter window
+            outcomes = self._outcomes * we + 1.0
+            bad = self._failed * we + (1.0 if failed else 0.0)
+            self._outcomes = outcomes
+            self._failed = bad
+            self.error_rate = bad / (outcomes + ERROR_PRIOR)
             decayed = self.ewma * w
             if failed and latency < decayed:
                 latency = decayed
@@ -79,9 +106,15 @@ class EndpointLoad:
         """A call was still unanswered after ``elapsed`` seconds when it was given up:
         the estimate rises to at least ``elapsed`` (nothing else changes)."""
         with self._lock:
-            if elapsed > self.latency(now):
-                self.ewma = elapsed
+            if elapsed <= self.latency(now):
+                return
+            since = now - self.stamp
+            if since > 0:  # the error rate's counts share the stamp: decay them to now too
+                we = math.exp(-2.0 * since / self.decay)
+                self._outcomes *= we
+                self._failed *= we
                 self.stamp = now
+            self.ewma = elapsed
 
     def latency(self, now: float) -> float:
         """The peak-EWMA latency estimate, decayed to ``now``."""

@@ -41,6 +41,7 @@ class EndpointState:
         "ejection_multiplier",
         "endpoint",
         "load",
+        "load_report",
         "note",
         "outlier",
         "probe",
@@ -74,6 +75,10 @@ class EndpointState:
         self.note = ""
         self.outlier: Any = None
         self.probe: Any = None
+        # Owned by clientlb._engine.orca: the endpoint's ORCA load reports (the latest,
+        # the one its weighted_round_robin weight comes from, counters); None until
+        # its first report or its first weighted_round_robin picker.
+        self.load_report: Any = None
 
     def health(self, now: float) -> Health:
         if self.draining:

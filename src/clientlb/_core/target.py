@@ -13,6 +13,16 @@
 The bracketed server is optional; without it the system default is used. A
 string without ``://`` is read as a static list (``"a:80,b:80"``).
 
+gRPC's own target syntax (``grpc/doc/naming.md``) is understood too, so that a
+target written for ``grpc.insecure_channel`` works unchanged:
+``dns:name:port`` and ``dns://[server]/name:port`` are ``dns://`` targets,
+``ipv4:a:p,b:p`` and ``ipv6:[a]:p,[b]:p`` static lists. What clientlb cannot
+follow is refused with the clientlb form in the message: a missing port (gRPC
+assumes 443, clientlb wants it written), ``unix:`` sockets. A bare ``host:port``
+is a static target of one endpoint: clientlb does not look the name up, the
+connection does (grpcio would resolve it with DNS and balance over the
+addresses; ``dns:///host:port`` does that here).
+
 :func:`parse_target` validates the syntax of every scheme and raises
 :class:`ConfigError` naming the rule that was broken. Whether a scheme can be
 *resolved* is the resolver registry's business (``_resolvers``).
@@ -20,6 +30,7 @@ string without ``://`` is read as a static list (``"a:80,b:80"``).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,12 +39,18 @@ from urllib.parse import parse_qsl
 
 from .endpoint import Endpoint, split_host_port
 from .errors import ConfigError
+from .redact import MASK, is_secret_key, redact, redact_target
 
 __all__ = ["SCHEMES", "Target", "TargetLike", "parse_target"]
 
 SCHEMES = ("static", "dns", "srv", "consul", "etcd")
+#: gRPC's schemes that clientlb does not take (grpc/doc/naming.md).
+_GRPC_ONLY = frozenset({"unix", "unix-abstract", "vsock", "xds", "google-c2p"})
+#: ``dns:name:port``, ``ipv4:...``, ``unix:...``: gRPC's form without ``//``.
+_GRPC_SHORT = re.compile(r"^(dns|ipv4|ipv6|unix|unix-abstract|vsock):(?!\d+(?:,|$))(.*)$",
+                         re.IGNORECASE | re.DOTALL)
+_GRPC_DEFAULT_PORT = 443
 DEFAULT_PORTS = {"dns": 53, "srv": 53, "consul": 8500, "etcd": 2379}
-SECRET_PARAMS = frozenset({"token", "password"})
 _CONSUL_PARAMS = frozenset({"dc", "tag", "near", "ns", "namespace", "filter", "token", "passing",
                             "wait", "partition"})
 _DNS_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
@@ -43,7 +60,8 @@ TargetLike = "str | Iterable[str | Endpoint]"
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed target. ``str(target)`` never shows a secret (``token=`` is masked)."""
+    """A parsed target. ``str(target)`` never shows a secret: the value of ``token=``
+    (any parameter :func:`~clientlb._core.redact.is_secret_key` names) is ``***``."""
 
     scheme: str
     name: str
@@ -66,19 +84,17 @@ class Target:
             server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         name = f"{self.name}:{self.port}" if self.port is not None else self.name
         query = "&".join(
-            f"{k}={'***' if k in SECRET_PARAMS else v}" for k, v in self.params.items()
+            f"{k}={MASK if is_secret_key(k) else v}" for k, v in self.params.items()
         )
-        return f"{self.scheme}://{server}/{name}" + (f"?{query}" if query else "")
+        return redact(f"{self.scheme}://{server}/{name}" + (f"?{query}" if query else ""))
 
     def __repr__(self) -> str:
         return f"Target({str(self)!r})"
 
 
 def _fail(target: object, rule: str) -> ConfigError:
-    shown = str(target)
-    if "token=" in shown:  # never echo a secret back in an error message
-        shown = re.sub(r"(token|password)=[^&]*", r"\1=***", shown)
-    return ConfigError(f"{rule} (in {shown!r})", field="target")
+    # never echo a secret back: the target is redacted before it is quoted
+    return ConfigError(f"{rule} (in {redact_target(target)!r})", field="target")
 
 
 def _parse_static_list(items: Iterable[str | Endpoint], original: object) -> Target:
@@ -148,12 +164,17 @@ def parse_target(target: object) -> Target:
     text = target.strip()
     if not text:
         raise ConfigError("target must not be empty", field="target")
+    grpc_short = _GRPC_SHORT.match(text) if "://" not in text else None
+    if grpc_short:
+        return _parse_grpc_short(grpc_short.group(1).lower(), grpc_short.group(2), target)
     if "://" not in text:
         if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:/", text):
             raise _fail(target, "malformed target; expected 'scheme://...'")
         return _parse_static_list(text.split(","), target)
     scheme, _, rest = text.partition("://")
     scheme = scheme.lower()
+    if scheme in _GRPC_ONLY:
+        raise _grpc_only(scheme, target)
     if scheme not in SCHEMES:
         raise _fail(target, f"unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     if scheme == "static":
@@ -184,7 +205,9 @@ def parse_target(target: object) -> Target:
             raise _fail(target, "dns:// takes no query parameters")
         name, sep, port_text = path.rpartition(":")
         if not sep:
-            raise _fail(target, "dns:// needs a port: dns://[server]/NAME:PORT")
+            raise _fail(target, f"dns:// needs a port: dns://[server]/NAME:PORT (gRPC's "
+                                f"default port {_GRPC_DEFAULT_PORT} is not assumed: write "
+                                f"'dns://{authority}/{path}:{_GRPC_DEFAULT_PORT}')")
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
             raise _fail(target, f"port must be 1..65535, got {port_text!r}")
         port = int(port_text)
@@ -210,6 +233,42 @@ def parse_target(target: object) -> Target:
         if not name:
             raise _fail(target, "etcd:// needs a key prefix: etcd://[host]/PREFIX")
     return Target(scheme, name, server=server, port=port, params=MappingProxyType(params))
+
+
+def _grpc_only(scheme: str, original: str) -> ConfigError:
+    if scheme.startswith("unix") or scheme == "vsock":
+        return _fail(original, f"gRPC's {scheme}: targets are not supported: clientlb "
+                               f"balances host:port endpoints (static://HOST:PORT,... or "
+                               f"dns:///NAME:PORT)")
+    return _fail(original, f"unknown scheme {scheme!r} (a gRPC-only scheme); choose one of "
+                           f"{', '.join(SCHEMES)}")
+
+
+def _parse_grpc_short(scheme: str, rest: str, original: str) -> Target:
+    """gRPC's ``dns:name:port``, ``ipv4:a:p,b:p``, ``ipv6:[a]:p`` (grpc/doc/naming.md)."""
+    if scheme == "dns":  # dns:name:port is dns:///name:port
+        return parse_target(f"dns:///{rest}")
+    if scheme != "ipv4" and scheme != "ipv6":
+        raise _grpc_only(scheme, original)
+    version = 4 if scheme == "ipv4" else 6
+    entries = rest.split(",")
+    for entry in entries:
+        entry = entry.strip()
+        if version == 6 and not entry.startswith("["):
+            raise _fail(original, f"write IPv6 addresses in brackets with a port: "
+                                  f"'static://[{entry}]:{_GRPC_DEFAULT_PORT}'")
+        host, sep, _ = entry.rpartition(":")
+        if not sep or (version == 6 and not host.endswith("]")):
+            raise _fail(original, f"gRPC's default port {_GRPC_DEFAULT_PORT} is not assumed: "
+                                  f"write 'static://{entry}:{_GRPC_DEFAULT_PORT}'")
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            ip = None
+        if ip is None or ip.version != version:
+            raise _fail(original, f"{entry!r} is not an IPv{version} address: write "
+                                  f"'static://{entry}'")
+    return _parse_static_list(entries, original)
 
 
 def _check_dns_name(name: str, original: str) -> None:

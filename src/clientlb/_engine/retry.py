@@ -47,7 +47,8 @@ from typing import Any
 import tenacity
 from tenacity.wait import wait_base
 
-from .._core.errors import ConfigError
+from .._core.checks import check_clock
+from .._core.errors import ConfigError, strict_arguments
 
 __all__ = ["DEFAULT_RETRY_POLICY", "IDEMPOTENT_METHODS", "RetryBudget", "RetryPolicy",
            "RetryState"]
@@ -61,6 +62,7 @@ _SCALE = 1000  # token units per deposit (Finagle's ScaleFactor)
 _SLOTS = 10  # the ttl window is counted in this many slices
 
 
+@strict_arguments
 class RetryBudget:
     """Caps retries at ``ratio`` × requests + ``min_retries_per_second`` over ``ttl``.
 
@@ -95,12 +97,13 @@ class RetryBudget:
                               field="retry.budget.ratio")
         if (isinstance(min_retries_per_second, bool)
                 or not isinstance(min_retries_per_second, (int, float))
-                or not 0 <= min_retries_per_second < float("inf")):
-            raise ConfigError(f"min_retries_per_second must be a finite number >= 0, got "
+                or not 0 <= min_retries_per_second <= 1e9):
+            raise ConfigError(f"min_retries_per_second must be a number 0..1e9, got "
                               f"{min_retries_per_second!r}",
                               field="retry.budget.min_retries_per_second")
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 1 <= ttl <= 60:
             raise ConfigError(f"ttl must be 1..60 seconds, got {ttl!r}", field="retry.budget.ttl")
+        check_clock(clock, "retry.budget.clock")
         self.ratio = float(ratio)
         self.min_retries_per_second = float(min_retries_per_second)
         self.ttl = float(ttl)
@@ -205,6 +208,7 @@ def _check_seconds(name: str, value: object, *, allow_zero: bool = True) -> floa
     return float(value)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class RetryPolicy:
     """How a balanced call is retried; ``LoadBalancer(retry=None)`` turns retries off.

@@ -37,9 +37,9 @@ import logging
 import random as _random
 import ssl
 import threading
+import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import httpx
 
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError
@@ -47,6 +47,8 @@ from .._core.state import EndpointState
 from .config import HealthCheck
 
 if TYPE_CHECKING:
+    import httpx
+
     from .manager import HealthManager
 
 __all__ = ["HealthChecker", "ProbeState"]
@@ -80,7 +82,10 @@ class HealthChecker:
 
     def __init__(self, manager: HealthManager, config: HealthCheck,
                  service: str | None) -> None:
-        self.manager = manager
+        # Weak: the probe loop (a thread or a task) must not keep the balancer alive;
+        # one dropped without close() is collected and its finalizer stops this loop.
+        self._manager: Callable[[], HealthManager | None] = (
+            weakref.ref(manager) if manager is not None else lambda: None)
         self.config = config
         #: the logical name sent as Host / TLS server name; None (a static list
         #: without a ``name=``): each endpoint's own address, as curl would
@@ -196,7 +201,8 @@ class HealthChecker:
         with contextlib.suppress(RuntimeError):  # loop closing
             loop.call_soon_threadsafe(event.set)
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Stop probing; with ``wait`` (not from a finalizer) join the probe thread."""
         if self._closed:
             return
         self._closed = True
@@ -205,7 +211,8 @@ class HealthChecker:
         if task is not None and loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(task.cancel)
-        if self._thread is not None and self._thread is not threading.current_thread():
+        if wait and self._thread is not None \
+                and self._thread is not threading.current_thread():
             self._thread.join(timeout=self.config.timeout + 2.0)
         self._close_grpc()
 
@@ -228,6 +235,8 @@ class HealthChecker:
     async def _run(self) -> None:
         cfg = self.config
         verify: ssl.SSLContext | bool = self._ssl if self._ssl is not None else True
+        import httpx  # HTTP probes only: not loaded with clientlb
+
         client = httpx.AsyncClient(verify=verify, timeout=cfg.timeout, follow_redirects=False,
                                    trust_env=False) if cfg.kind == "http" else None
         sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -239,7 +248,11 @@ class HealthChecker:
             while not self._closed:
                 now = loop.time()
                 soonest = now + cfg.interval
-                targets = self.manager.probe_targets()
+                manager = self._manager()
+                if manager is None:  # the balancer was collected
+                    break
+                targets = manager.probe_targets()
+                del manager
                 if self._grpc_channels:
                     self._forget([s.endpoint for s in targets])
                 for state in targets:
@@ -278,8 +291,10 @@ class HealthChecker:
                     raise
                 except Exception as exc:  # a probe must never kill the scheduler
                     ok, detail = False, f"{type(exc).__name__}: {exc}"
-            if not self._closed and not state.draining:
-                self.manager.on_probe(state, ok, detail, self)
+            manager = self._manager()
+            if not self._closed and not state.draining and manager is not None:
+                manager.on_probe(state, ok, detail, self)
+            del manager
         finally:
             now = loop.time()
             ps.next_due = now + self._jittered(self.interval_for(state, ps, now))

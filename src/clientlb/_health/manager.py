@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import weakref
 from collections.abc import Sequence
 
 from .._core.errors import ConfigError
@@ -123,7 +124,10 @@ class HealthManager:
         self.panic_threshold = _check_fraction("panic_threshold", panic_threshold, 0, 100)
         self.overprovisioning_factor = _check_fraction(
             "overprovisioning_factor", overprovisioning_factor, 1.0, 100.0)
-        self._lb = lb
+        # Weak: the balancer owns its manager, and nothing the manager runs (the probe
+        # thread, the outcome listeners) may keep a balancer dropped without close()
+        # alive — its finalizer is what stops them.
+        self._lb_ref = weakref.ref(lb)
         self.health_check = health_check
         self.outlier_detection = outlier_detection
         self.slow_start = slow_start
@@ -153,6 +157,13 @@ class HealthManager:
         if self.circuit is not None and self.circuit.max_requests is not None:
             lb.add_outcome_listener(self.circuit.release)
 
+    @property
+    def _lb(self) -> BalancerView:
+        lb = self._lb_ref()
+        if lb is None:
+            raise ReferenceError("the balancer of this health manager was collected")
+        return lb
+
     def _logical_name(self) -> str | None:
         """The service name probes present (None: a static list without ``name=``)."""
         name = logical_name(self._lb)
@@ -164,9 +175,9 @@ class HealthManager:
         if self.checker is not None:
             self.checker.start()
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
         if self.checker is not None:
-            self.checker.close()
+            self.checker.close(wait=wait)
 
     async def aclose(self) -> None:
         if self.checker is not None:
@@ -248,7 +259,7 @@ class HealthManager:
             s.reported = h
             if previous is None:
                 if h is not _HEALTHY:
-                    logger.info("%s: %s starts %s (%s)", self._lb.name, s.address, h.value,
+                    logger.debug("%s: %s starts %s (%s)", self._lb.name, s.address, h.value,
                                 "waiting for its first health check")
                 continue
             self._transition(s, previous, h, now)
@@ -374,7 +385,7 @@ class HealthManager:
         if state.ejected_until is not None and now < state.ejected_until:
             return False
         lb = self._lb
-        live = [s for s in lb.endpoint_states() if not s.draining]
+        live = [s for s in lb.states_in_use() if not s.draining]  # the subset's, if any
         ejected = sum(1 for s in live if s.ejected_until is not None and now < s.ejected_until)
         if not outlier.may_eject(ejected, len(live)):
             self.counters["ejections_overflow"] += 1
@@ -445,13 +456,19 @@ class HealthManager:
     # -- active health checks -------------------------------------------------------------
 
     def probe_targets(self) -> list[EndpointState]:
-        """The endpoints to probe: every discovered one not draining (any thread)."""
-        return [s for s in self._lb.endpoint_states() if not s.draining]
+        """The endpoints to probe: every discovered one not draining (any thread);
+        with ``subset=``, those of the subset only (docs/architecture.md, "Subsetting")."""
+        lb = self._lb_ref()
+        if lb is None:
+            return []
+        return [s for s in lb.states_in_use() if not s.draining]
 
     def on_probe(self, state: EndpointState, ok: bool, detail: str,
                  source: HealthChecker | None = None) -> None:
         """A probe finished (from ``source``'s loop; None: the current checker)."""
-        lb = self._lb
+        lb = self._lb_ref()
+        if lb is None:  # collected: its finalizer is stopping the probes
+            return
         with lb.locked():
             checker = self.checker
             if checker is None or (source is not None and source is not checker):

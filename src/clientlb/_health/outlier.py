@@ -224,12 +224,14 @@ class OutlierDetector:
         mean = statistics.fmean(rates)
         stdev = statistics.pstdev(rates, mean)
         threshold = mean - sr.stdev_factor * stdev
+        gap = sr.minimum_gap / 100.0
         for s, rate in cands:
             if rate < threshold and not math.isclose(rate, threshold) \
-                    and self.enforced("success_rate"):
+                    and mean - rate >= gap and self.enforced("success_rate"):
                 eject(s, "success_rate",
                       f"success rate {rate:.1%} < {threshold:.1%} (mean {mean:.1%} − "
-                      f"{sr.stdev_factor:g} × stdev {stdev:.1%})"
+                      f"{sr.stdev_factor:g} × stdev {stdev:.1%}, and ≥ {sr.minimum_gap:g} "
+                      "points below the mean)"
                       + (" [local origin]" if local else ""), now)
 
     def _failure_percentage(self, states: Sequence[EndpointState], now: float,

@@ -117,6 +117,13 @@ class BalancerView(Protocol):
         """Endpoints discovery removed that still have calls in flight."""
         ...
 
+    def states_in_use(self) -> list[EndpointState]:
+        """:meth:`endpoint_states` narrowed to the balancer's subset (``subset=``), the
+        endpoints it may pick: active checks probe these, and ``max_ejection_percent``
+        counts among these. The same list without subsetting. Safe without the lock.
+        """
+        ...
+
     # -- feedback and discovery ------------------------------------------------------------
 
     def add_outcome_listener(self, listener: OutcomeListener) -> None:

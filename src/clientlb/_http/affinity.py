@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable
 import httpx
 
 from .._core.balancer import LoadBalancer
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, strict_arguments
 from .._strategies import Key
 
 __all__ = ["Affinity", "CookieAffinity", "HashKey", "HeaderAffinity", "hash_by_client_ip",
@@ -130,6 +130,7 @@ def _check_secret(secret: object) -> bytes | None:
     return secret
 
 
+@strict_arguments
 class CookieAffinity(Affinity):
     """Sticky sessions through a cookie set on the first response.
 
@@ -184,6 +185,7 @@ class CookieAffinity(Affinity):
         return f"CookieAffinity({self.name!r})"
 
 
+@strict_arguments
 class HeaderAffinity(Affinity):
     """Sticky sessions through a header: the response carries ``name: token``.
 

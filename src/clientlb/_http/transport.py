@@ -14,7 +14,9 @@ TLS SNI and the name the certificate is verified against — httpcore's
 connection pool, and a busy one up to ``pool_shards`` (default 4) pools: one
 more each time all of them hold 4 requests, because httpcore rescans every
 request and connection of a pool at each event, so a crowded pool costs far
-more CPU than several small ones (``limits`` apply per pool). The pools of an
+more CPU than several small ones. ``limits`` apply per endpoint: they are
+split across its pools (``_shard_limits``), which are fewer when the cap is
+small (one per 4 connections allowed). The pools of an
 endpoint that leaves the target are closed once their last response is closed
 (a diff listener). The options of ``httpx.HTTPTransport`` (``verify``, ``cert``,
 ``trust_env``, ``http1``, ``http2``, ``limits``, ``local_address``,
@@ -79,6 +81,8 @@ import contextvars
 import email.utils
 import functools
 import math
+import os
+import ssl
 import threading
 import time
 import weakref
@@ -91,15 +95,17 @@ import httpx
 
 from .._core.balancer import LoadBalancer, Pick
 from .._core.endpoint import Endpoint, EndpointSetDiff
-from .._core.errors import ConfigError, NoEndpointAvailable
+from .._core.errors import CircuitOpen, ConfigError, NoEndpointAvailable, strict_arguments
 from .._core.outcome import Outcome
 from .._engine.call import LIVE_POLICY, Completion, LogicalCall, describe
 from .._engine.hedging import LIVE_HEDGING, Hedging
 from .._engine.hedging import resolve as resolve_hedging
+from .._engine.orca import record_headers
 from .affinity import Affinity, HashKey, TokenMap, balancer_secret
 from .workers import HEDGE_THREADS
 
-__all__ = ["AsyncHTTPTransport", "HTTPNoEndpointAvailable", "HTTPTransport"]
+__all__ = ["AsyncHTTPTransport", "HTTPCircuitOpen", "HTTPNoEndpointAvailable", "HTTPTransport",
+           "TransportClosed"]
 
 _SUCCESS = Outcome.SUCCESS
 _CANCELLED = Outcome.CANCELLED
@@ -121,6 +127,28 @@ class HTTPNoEndpointAvailable(httpx.TransportError, NoEndpointAvailable):
         self.args = (str(error),)
         if request is not None:
             self.request = request
+
+
+class TransportClosed(httpx.TransportError):
+    """The transport was closed: a request in flight (or a retry of one) ends with
+    this httpx exception, not a bare ``RuntimeError``; nothing is retried and the
+    endpoint is not blamed (the outcome is ``CANCELLED``)."""
+
+
+class HTTPCircuitOpen(HTTPNoEndpointAvailable, CircuitOpen):
+    """``CircuitOpen`` raised through httpx: catch either name; ``scope`` and ``limit`` kept."""
+
+    def __init__(self, error: CircuitOpen, request: httpx.Request | None = None) -> None:
+        super().__init__(error, request)
+        self.scope = error.scope
+        self.limit = error.limit
+
+
+def _no_endpoint(error: NoEndpointAvailable, request: httpx.Request) -> HTTPNoEndpointAvailable:
+    """The httpx-side twin of a pick error, keeping its class (``CircuitOpen``) and fields."""
+    if isinstance(error, CircuitOpen):
+        return HTTPCircuitOpen(error, request)
+    return HTTPNoEndpointAvailable(error, request)
 
 
 # httpcore exception → (httpx exception, outcome, may the request have reached the backend?)
@@ -185,46 +213,134 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 # -- transport options --------------------------------------------------------------------------
 
-_OPTIONS = frozenset({"verify", "cert", "trust_env", "http1", "http2", "limits",
-                      "local_address", "retries", "socket_options"})
+#: httpx's types for two of its options (``httpx._types.CertTypes``, ``SOCKET_OPTION``).
+CertTypes = str | tuple[str, str] | tuple[str, str, str]
+SocketOption = (tuple[int, int, int] | tuple[int, int, bytes | bytearray]
+                | tuple[int, int, None, int])
+#: httpx's default (``httpx.HTTPTransport``'s ``limits``).
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20,
+                              keepalive_expiry=5.0)
+#: An endpoint gets another pool when each of its pools has this many requests in flight.
+_SHARD_AT = 4
+_OPTIONS = ("verify", "cert", "trust_env", "http1", "http2", "limits", "local_address",
+            "retries", "socket_options")
 
 
-def _pool_kwargs(options: dict[str, Any]) -> dict[str, Any]:
+def _check_unsupported(options: dict[str, Any]) -> None:
     for name in options:
         if name in ("proxy", "uds", "mounts", "transport"):
             raise ConfigError(f"{name!r} is not supported: the transport connects to the "
                               "balanced endpoints itself (route through a proxy with a "
                               "separate httpx mount)", field=name)
-        if name not in _OPTIONS:
-            raise ConfigError(f"unknown httpx transport option {name!r}; expected one of "
-                              f"{', '.join(sorted(_OPTIONS))}", field=name)
-    limits = options.get("limits", httpx.Limits(max_connections=100,
-                                                max_keepalive_connections=20,
-                                                keepalive_expiry=5.0))
+        raise ConfigError(f"unknown httpx transport option {name!r}; expected one of "
+                          f"{', '.join(sorted(_OPTIONS))}", field=name)
+
+
+def _pool_kwargs(*, verify: ssl.SSLContext | str | bool, cert: CertTypes | None,
+                 trust_env: bool, http1: bool, http2: bool, limits: httpx.Limits,
+                 local_address: str | None, retries: int,
+                 socket_options: Iterable[SocketOption] | None) -> dict[str, Any]:
     if not isinstance(limits, httpx.Limits):
         raise ConfigError(f"limits must be an httpx.Limits, got {limits!r}", field="limits")
-    ssl_context = httpx.create_ssl_context(verify=options.get("verify", True),
-                                           cert=options.get("cert"),
-                                           trust_env=options.get("trust_env", True))
+    options: dict[str, Any] = {
+        "verify": verify, "cert": cert, "trust_env": trust_env, "http1": http1, "http2": http2,
+        "local_address": local_address, "retries": retries, "socket_options": socket_options}
+    _check_transport_options(options, limits)
+    try:
+        ssl_context = httpx.create_ssl_context(verify=verify,
+                                               cert=cert,
+                                               trust_env=trust_env)
+    except (OSError, ssl.SSLError, TypeError, ValueError) as exc:
+        name = "cert" if options.get("cert") else "verify"
+        raise ConfigError(f"cannot build the TLS context from {name}="
+                          f"{options.get(name)!r}: {exc}", field=name) from None
     return {
         "ssl_context": ssl_context,
-        "max_connections": limits.max_connections,
-        "max_keepalive_connections": limits.max_keepalive_connections,
         "keepalive_expiry": limits.keepalive_expiry,
-        "http1": options.get("http1", True),
-        "http2": options.get("http2", False),
-        "local_address": options.get("local_address"),
-        "retries": options.get("retries", 0),
-        "socket_options": options.get("socket_options"),
+        "http1": http1,
+        "http2": http2,
+        "local_address": local_address,
+        "retries": retries,
+        "socket_options": socket_options,
     }
+
+
+def _check_transport_options(options: dict[str, Any], limits: httpx.Limits) -> None:
+    """The httpx options' types, checked here: httpcore takes anything and fails later."""
+    verify = options.get("verify", True)
+    if not isinstance(verify, (bool, str, ssl.SSLContext)):
+        raise ConfigError(f"verify must be True, False, an ssl.SSLContext or a CA path, got "
+                          f"{verify!r}", field="verify")
+    if isinstance(verify, str) and not os.path.exists(verify):
+        raise ConfigError(f"verify names no file or directory: {verify!r}", field="verify")
+    cert = options.get("cert")
+    parts = (cert,) if isinstance(cert, str) else cert
+    if cert is not None and (not isinstance(parts, tuple) or not 1 <= len(parts) <= 3
+                             or not all(p is None or isinstance(p, str) for p in parts)
+                             or not isinstance(parts[0], str)):
+        raise ConfigError(f"cert must be a path or a (certfile, keyfile[, password]) tuple, "
+                          f"got {cert!r}", field="cert")
+    for name in ("trust_env", "http1", "http2"):
+        if name in options and not isinstance(options[name], bool):
+            raise ConfigError(f"{name} must be True or False, got {options[name]!r}",
+                              field=name)
+    if options.get("http1", True) is False and options.get("http2", False) is False:
+        raise ConfigError("http1 and http2 cannot both be False", field="http1")
+    local = options.get("local_address")
+    if local is not None and (not isinstance(local, str) or not local):
+        raise ConfigError(f"local_address must be an IP address string or None, got "
+                          f"{local!r}", field="local_address")
+    retries = options.get("retries", 0)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ConfigError(f"retries must be an integer >= 0, got {retries!r}", field="retries")
+    sockopts = options.get("socket_options")
+    if sockopts is not None and (isinstance(sockopts, (str, bytes)) or not all(
+            isinstance(o, tuple) and len(o) in (3, 4) for o in _iterable(sockopts))):
+        raise ConfigError(f"socket_options must be (level, option, value) tuples, got "
+                          f"{sockopts!r}", field="socket_options")
+    for name in ("max_connections", "max_keepalive_connections"):
+        n = getattr(limits, name)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"limits.{name} must be an integer >= 0 or None, got {n!r}",
+                              field=f"limits.{name}")
+    expiry = limits.keepalive_expiry
+    if expiry is not None and (isinstance(expiry, bool) or not isinstance(expiry, (int, float))
+                               or not 0 <= expiry < math.inf):
+        raise ConfigError(f"limits.keepalive_expiry must be a finite number >= 0 or None, got "
+                          f"{expiry!r}", field="limits.keepalive_expiry")
+
+
+def _iterable(value: object) -> list[Any]:
+    return list(value) if isinstance(value, Iterable) else [None]
+
+
+def _shard_limits(limits: httpx.Limits, pool_shards: int) -> list[tuple[int | None, int | None]]:
+    """``(max_connections, max_keepalive_connections)`` of each pool of one endpoint.
+
+    ``limits`` hold per endpoint: they are split across its pools, so their sum is
+    the cap the user set. An endpoint gets no more pools than ``max_connections //
+    _SHARD_AT`` (a new pool opens when each holds ``_SHARD_AT`` requests, so each
+    must allow that many connections): ``max_connections=5`` keeps one pool of 5.
+    """
+    if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
+            or not 1 <= pool_shards <= 64:
+        raise ConfigError(f"pool_shards must be an integer 1..64, got {pool_shards!r}",
+                          field="pool_shards")
+    cap = limits.max_connections
+    shards = pool_shards if cap is None else max(1, min(pool_shards, cap // _SHARD_AT))
+
+    def split(total: int | None) -> list[int | None]:
+        if total is None:
+            return [None] * shards
+        each, extra = divmod(total, shards)
+        return [each + (i < extra) for i in range(shards)]
+
+    return list(zip(split(cap), split(limits.max_keepalive_connections), strict=True))
 
 
 # -- the shared core ----------------------------------------------------------------------------
 
 P = TypeVar("P")  # httpcore.ConnectionPool or httpcore.AsyncConnectionPool
-
-#: An endpoint gets another pool when each of its pools has this many requests in flight.
-_SHARD_AT = 4
 
 
 class _Route(Generic[P]):
@@ -312,16 +428,12 @@ class _AsyncBody(_BodyTracker, httpx.AsyncByteStream):
 class _Router(Generic[P]):
     """Everything the sync and async transports share: no I/O here."""
 
-    def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[], P],
+    def __init__(self, lb: LoadBalancer, *, pool_factory: Callable[[int], P],
                  server_name: str | None, hash_key: HashKey | None,
                  affinity: Affinity | None, pool_shards: int, is_async: bool,
                  deadline: float | None = None, hedging: object = None) -> None:
         if not isinstance(lb, LoadBalancer):
             raise ConfigError(f"expected a LoadBalancer, got {lb!r}", field="lb")
-        if isinstance(pool_shards, bool) or not isinstance(pool_shards, int) \
-                or not 1 <= pool_shards <= 64:
-            raise ConfigError(f"pool_shards must be an integer 1..64, got {pool_shards!r}",
-                              field="pool_shards")
         if server_name is not None and (not isinstance(server_name, str) or not server_name):
             raise ConfigError(f"server_name must be a non-empty string, got {server_name!r}",
                               field="server_name")
@@ -347,7 +459,7 @@ class _Router(Generic[P]):
         if affinity is not None:
             self.tokens = TokenMap(affinity.secret or balancer_secret(lb),
                                    (ep.address for ep in lb.endpoints()))
-        self._pool_factory = pool_factory
+        self._pool_factory = pool_factory  # shard index → a pool with that shard's limits
         self._is_async = is_async
         # (address, TLS name) → that endpoint's pools: one, or up to pool_shards under load.
         self._routes: dict[tuple[str, str | None], list[_Route[P]]] = {}
@@ -404,8 +516,8 @@ class _Router(Generic[P]):
             shards = self._routes.get(key)
             if shards is None:
                 if self.closed:
-                    raise RuntimeError("the transport is closed")
-                route = _Route(key, pick.endpoint, self._pool_factory())
+                    raise TransportClosed("the transport is closed")
+                route = _Route(key, pick.endpoint, self._pool_factory(0))
                 if pick.draining:  # removed since the pick: a pool for this one call
                     route.retiring = True
                 else:
@@ -430,7 +542,7 @@ class _Router(Generic[P]):
             if route.in_flight < best.in_flight:
                 best = route
         if best.in_flight >= _SHARD_AT and len(shards) < self.pool_shards:
-            best = _Route(best.key, pick.endpoint, self._pool_factory())
+            best = _Route(best.key, pick.endpoint, self._pool_factory(len(shards)))
             shards.append(best)
         return best
 
@@ -507,7 +619,7 @@ class _Router(Generic[P]):
         try:
             pick = call.pick(busy)
         except NoEndpointAvailable as exc:
-            raise HTTPNoEndpointAvailable(exc, call.request) from exc
+            raise _no_endpoint(exc, call.request) from exc
         request = call.request
         url = request.url
         scheme = url.raw_scheme
@@ -522,8 +634,10 @@ class _Router(Generic[P]):
             extensions = self._bounded(call, extensions)
         try:
             route = self._route(pick, sni)
-        except BaseException:
+        except BaseException as exc:
             pick.done(Outcome.CANCELLED)
+            if isinstance(exc, TransportClosed):
+                exc.request = call.request
             raise
         core = httpcore.Request(
             method=request.method,
@@ -553,6 +667,12 @@ class _Router(Generic[P]):
                others: bool = False) -> float:
         """An attempt raised: report it; the delay before a retry, or raise the final error
         (``others``: attempts of its race are in flight — :data:`WAIT` for them)."""
+        if self.closed and isinstance(exc, Exception):  # closed under it: not the endpoint's
+            attempt.finish(Outcome.CANCELLED)
+            err = TransportClosed(f"the transport was closed while the request was in "
+                                  f"flight (service {self.lb.name!r})")
+            err.request = call.request
+            raise err from exc
         cls, outcome, reached = classify_exception(exc)
         attempt.finish(outcome)
         if cls is None:
@@ -568,9 +688,9 @@ class _Router(Generic[P]):
         else:
             call.tried.append((attempt.address, f"{outcome.value}: {exc}"))
         if delay is None:
-            err = cls(call.describe_failure(str(exc)))
-            err.request = call.request
-            raise err from exc
+            final = cls(call.describe_failure(str(exc)))
+            final.request = call.request
+            raise final from exc
         return delay
 
     def responded(self, call: _Call, attempt: _Attempt[P], response: httpcore.Response,
@@ -579,6 +699,7 @@ class _Router(Generic[P]):
         (``others``: attempts of its race are in flight — :data:`WAIT` for them rather
         than retry)."""
         attempt.mark_first_byte()
+        record_headers(attempt, response.headers)  # ORCA load report (weighted_round_robin)
         status = response.status
         if status < 500:
             return None
@@ -621,9 +742,12 @@ class _Router(Generic[P]):
         return httpx.Response(status_code=resp.status, headers=headers, stream=stream,
                               extensions=extensions)
 
-    @staticmethod
-    def body_error(attempt: _Attempt[P], exc: BaseException) -> NoReturn:
+    def body_error(self, attempt: _Attempt[P], exc: BaseException) -> NoReturn:
         """An error while reading a response body: record it, raise it as httpx's."""
+        if self.closed:  # the transport was closed under the body: not the endpoint's fault
+            attempt.outcome = Outcome.CANCELLED
+            raise TransportClosed("the transport was closed while the response body was "
+                                  f"being read (service {self.lb.name!r})") from exc
         cls, outcome, _ = classify_exception(exc)
         if outcome is not Outcome.CANCELLED or attempt.outcome is _SUCCESS:
             attempt.outcome = outcome
@@ -811,6 +935,7 @@ class _Body:
         return closing
 
 
+@strict_arguments
 class _Transport:
     """The constructor, ``lb`` and ``repr`` of both transports (see HTTPTransport)."""
 
@@ -820,16 +945,35 @@ class _Transport:
                  server_name: str | None = None, hash_key: HashKey | None = None,
                  affinity: Affinity | None = None, pool_shards: int = 4,
                  deadline: float | None = None,
-                 hedging: Hedging | Literal[False] | None = None, **options: Any) -> None:
-        kwargs = _pool_kwargs(options)
+                 hedging: Hedging | Literal[False] | None = None,
+                 # httpx.HTTPTransport's options, with its defaults (proxy and uds refused)
+                 verify: ssl.SSLContext | str | bool = True, cert: CertTypes | None = None,
+                 trust_env: bool = True, http1: bool = True, http2: bool = False,
+                 limits: httpx.Limits = DEFAULT_LIMITS, local_address: str | None = None,
+                 retries: int = 0, socket_options: Iterable[SocketOption] | None = None,
+                 **unsupported: NoReturn) -> None:
+        # **unsupported: a type checker flags any other keyword (nothing fits NoReturn);
+        # at run time proxy=, uds= or a typo get a ConfigError that says why.
+        _check_unsupported(unsupported)
+        kwargs = _pool_kwargs(verify=verify, cert=cert, trust_env=trust_env, http1=http1,
+                              http2=http2, limits=limits, local_address=local_address,
+                              retries=retries, socket_options=socket_options)
+        shard_limits = _shard_limits(limits, pool_shards)
+        pool_class = self._pool_class
+
+        def new_pool(shard: int) -> Any:
+            connections, keepalive = shard_limits[shard]
+            return pool_class(max_connections=connections,
+                              max_keepalive_connections=keepalive, **kwargs)
+
         self._lb, self._owns_lb = _resolve_lb(lb)
         try:
             self._router: _Router[Any] = _Router(
-                self._lb, pool_factory=functools.partial(self._pool_class, **kwargs),
+                self._lb, pool_factory=new_pool,
                 server_name=server_name, hash_key=hash_key, affinity=affinity,
-                pool_shards=pool_shards, deadline=deadline, hedging=hedging,
+                pool_shards=len(shard_limits), deadline=deadline, hedging=hedging,
                 is_async=self._pool_class is httpcore.AsyncConnectionPool)
-        except BaseException:
+        except BaseException:  # a balancer built here must not outlive the failure
             if self._owns_lb:
                 self._lb.close()
             raise
@@ -969,8 +1113,8 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             sticky sessions.
         pool_shards: how many connection pools a busy endpoint may get (default
             4): another one opens when each has 4 requests in flight, as
-            httpcore's pool cost grows with the requests it holds. ``limits``
-            apply per pool; ``pool_shards=1`` keeps one pool per endpoint.
+            httpcore's pool cost grows with the requests it holds.
+            ``pool_shards=1`` keeps one pool per endpoint.
         deadline: the total time of one request in seconds, every attempt and
             backoff included (default None: the balancer's
             ``RetryPolicy.deadline``). Each attempt's httpx timeouts (connect,
@@ -984,9 +1128,24 @@ class HTTPTransport(_Transport, httpx.BaseTransport):
             opts in or out with ``extensions={"clientlb.hedge": True/False}``.
             The sync transport runs the attempts of a hedged request in a few
             shared threads (docs/http.md, "Hedged requests").
-        **options: ``httpx.HTTPTransport`` options (``verify``, ``cert``,
-            ``trust_env``, ``http1``, ``http2``, ``limits`` — per endpoint —,
-            ``local_address``, ``retries``, ``socket_options``).
+        verify: as in httpx: ``True`` (default), ``False``, or an
+            ``ssl.SSLContext``; certificates are checked against the logical
+            name (or ``server_name``).
+        cert: as in httpx: a client certificate file, or ``(cert, key)`` /
+            ``(cert, key, password)``.
+        trust_env: as in httpx (default True): ``SSL_CERT_FILE``/``SSL_CERT_DIR``.
+        http1: as in httpx (default True).
+        http2: as in httpx (default False; needs ``h2``).
+        limits: an ``httpx.Limits`` (httpx's default), which caps **each
+            endpoint**: ``max_connections`` and ``max_keepalive_connections``
+            are split across its pools, and an endpoint gets at most one pool
+            per 4 connections allowed (``max_connections=5``: one pool).
+        local_address: as in httpx: the local address to connect from.
+        retries: as in httpx: httpcore's connect retries on the same endpoint
+            (default 0; the balancer's retries go to another endpoint).
+        socket_options: as in httpx: ``(level, option, value)`` tuples.
+        **unsupported: none: ``proxy`` and ``uds`` are refused, as they would
+            bypass the endpoints; any other name is a typo.
 
     Raises:
         ConfigError: an unknown or unsupported option, a bad argument.
@@ -1195,7 +1354,7 @@ class AsyncHTTPTransport(_Transport, httpx.AsyncBaseTransport):
         router = self._router
         if not self._ready:  # a discovered target may still be resolving (asyncio only)
             if self._lb.mode == "waiting":
-                await self._lb.wait_ready_async()
+                await self._lb.await_ready()
             self._ready = self._lb.mode != "waiting"
             if router.on_retired is None:
                 self._watch_retired()

@@ -23,6 +23,10 @@ The format (TOML shown; JSON has the same shape)::
     [services.users.hedging]            # clientlb.Hedging(**table); true = defaults
     max_extra_load = 0.05               # delay omitted: adaptive
 
+    [services.users.subset]             # subsetting; false = every endpoint (the default)
+    kind = "aperture"                   # clientlb.Aperture(**rest), or "random": RandomSubset
+    peers = "consul:///web"             # or client_index/client_count, or the environment
+
 ``target`` may also be a list of ``"host:port"`` strings or of endpoint tables
 (``{ host = "10.0.0.1", port = 80, weight = 2 }``).
 
@@ -36,7 +40,8 @@ starts with the dotted path of the offending value
 Sections map onto the public classes by name — ``health_check`` →
 :class:`clientlb.HealthCheck`, ``outlier_detection`` →
 :class:`clientlb.OutlierDetection`, ``retry`` → :class:`clientlb.RetryPolicy`,
-``slow_start`` → ``clientlb.SlowStart``, ``hedging`` → :class:`clientlb.Hedging`
+``slow_start`` → ``clientlb.SlowStart``, ``hedging`` → :class:`clientlb.Hedging`,
+``subset`` → ``clientlb.Aperture`` or ``clientlb.RandomSubset`` by its ``kind``
 — and every other key to the
 :class:`~clientlb.LoadBalancer` argument of the same name; a key the installed
 version's ``LoadBalancer`` does not take is unknown. Nested tables build the
@@ -60,6 +65,7 @@ from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError
 from .._core.target import parse_target
 from .._strategies import STRATEGIES, Strategy
+from .._subset.config import subset_option
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -156,13 +162,27 @@ def parse_service(name: str, spec: object, path: str) -> ServiceConfig:
         if key == "target":
             continue
         options[key] = option_value(key, value, f"{path}.{key}")
+    check_service(name, target, options, path)
     return ServiceConfig(name, target, options)
+
+
+def check_service(name: str, target: object, options: Mapping[str, Any], path: str) -> None:
+    """What ``LoadBalancer(target, name=name, **options)`` refuses, refused now, with
+    the dotted path, by the balancer's own checks (nothing is started)."""
+    from .._core.balancer import check_options
+
+    try:
+        check_options(target, name=name, **options)
+    except ConfigError as exc:
+        raise repath(exc, path) from None
 
 
 def option_value(key: str, value: Any, path: str) -> Any:
     """Turn one config value into the object the ``LoadBalancer`` argument takes."""
     if key == "strategy":
         return _strategy(value, path)
+    if key == "subset":
+        return subset_option(value, path)
     class_name = SECTION_CLASSES.get(key)
     if class_name is None:
         return value
@@ -197,7 +217,8 @@ def build(cls: type[Any], value: Any, path: str, *, section: str | None = None) 
     for key, item in value.items():
         nested = _nested_class(hints.get(key)) if isinstance(item, Mapping) else None
         if nested is not None:
-            kwargs[key] = build(nested, item, f"{path}.{key}")
+            kwargs[key] = build(nested, item, f"{path}.{key}",
+                                section=f"{section}.{key}" if section else None)
         elif isinstance(item, list) and _wants_set(hints.get(key)):
             kwargs[key] = frozenset(item)
         else:
@@ -214,7 +235,8 @@ def repath(exc: ConfigError, path: str, section: str | None = None) -> ConfigErr
     """The same error, its field made absolute under ``path``.
 
     Classes name their own fields either bare (``"weight"``) or under their
-    section (``"health_check.interval"``); both end up as
+    section (``"health_check.interval"``, ``"retry.budget.ratio"`` for the
+    nested ``retry.budget``); both end up as
     ``services.users.health_check.interval``.
     """
     message = str(exc)
@@ -223,8 +245,9 @@ def repath(exc: ConfigError, path: str, section: str | None = None) -> ConfigErr
         message = message[len(field) + 2:]
     if not field:
         full = path
-    elif section and (field == section or field.startswith(section + ".")):
-        parent = path.rpartition(".")[0]
+    elif section and path.endswith(section) and (
+            field == section or field.startswith(section + ".")):
+        parent = path[:-len(section)].rstrip(".")  # a section names its fields from itself
         full = f"{parent}.{field}" if parent else field
     else:
         full = f"{path}.{field}"

@@ -17,7 +17,7 @@ in-flight calls finish where they are, and load metrics carry over. What can
 change live: ``strategy`` (a new picker over the same endpoint states),
 ``weights``, ``retry``, and every option the balancer has a ``set_<option>``
 method for — ``health_check``, ``outlier_detection``, ``panic_threshold``,
-``slow_start``, ``local_zone``; other options (``target``,
+``slow_start``, ``local_zone``, ``subset``; other options (``target``,
 ``first_resolution_timeout``, ...) raise :class:`~clientlb.ConfigError` naming
 the option, instead of being ignored.
 
@@ -38,8 +38,10 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from .._core.balancer import BalancerSnapshot, LoadBalancer
-from .._core.errors import ConfigError
+from .._core.closing import Closing
+from .._core.errors import ConfigError, strict_arguments
 from .._core.target import parse_target
+from .._subset.config import subset_option
 from .config import load_config, option_value, parse_config, repath
 from .telemetry import Telemetry, default_telemetry
 
@@ -52,7 +54,8 @@ logger = logging.getLogger("clientlb.registry")
 DEFAULT_DRAIN_TIMEOUT = 30.0
 
 
-class Registry:
+@strict_arguments
+class Registry(Closing):
     """Named load balancers, created, updated and deleted at runtime (thread-safe).
 
     Args:
@@ -75,6 +78,10 @@ class Registry:
         else:
             raise ConfigError(f"must be a bool or a Telemetry, got {telemetry!r}",
                               field="telemetry")
+        if defaults is not None and (not isinstance(defaults, Mapping) or not all(
+                isinstance(k, str) for k in defaults)):
+            raise ConfigError(f"must be a mapping of LoadBalancer options, got {defaults!r}",
+                              field="defaults")
         self._defaults = dict(defaults or {})
         self._lock = threading.RLock()
         self._balancers: dict[str, LoadBalancer] = {}
@@ -125,8 +132,14 @@ class Registry:
             if name in self._balancers:
                 raise ConfigError(f"a balancer named {name!r} already exists; update() or "
                                   "delete() it", field=path or "name")
+            # The registry instruments its balancers itself (its own Telemetry or none);
+            # telemetry=False in a service's options keeps one out.
+            reports = kwargs.pop("telemetry", True)
+            if not isinstance(reports, bool):
+                raise ConfigError(f"telemetry must be True or False, got {reports!r}",
+                                  field=f"{path}.telemetry" if path else "telemetry")
             try:
-                lb = LoadBalancer(target, name=name, **kwargs)
+                lb = LoadBalancer(target, name=name, telemetry=False, **kwargs)
             except ConfigError as exc:
                 raise (repath(exc, path) if path else exc) from None
             except TypeError as exc:  # an unknown keyword
@@ -134,7 +147,7 @@ class Registry:
                                   field=path or name) from None
             self._balancers[name] = lb
             self._specs[name] = (target, dict(options))
-        if self._telemetry is not None:
+        if self._telemetry is not None and reports:
             self._telemetry.instrument(lb)
         logger.info("%s: created (%s, %s)", name, lb.target, lb.strategy.name)
         return lb
@@ -184,8 +197,8 @@ class Registry:
         ``Strategy``); ``retry=`` replaces the retry policy (and budget);
         ``weights={"host:port": w}`` overrides endpoint weights;
         ``health_check=``, ``outlier_detection=``, ``panic_threshold=``,
-        ``slow_start=``, ``local_zone=`` (objects, tables, or ``False`` for
-        off) go to the balancer's ``set_<option>()`` method. Every change is
+        ``slow_start=``, ``local_zone=``, ``subset=`` (objects, tables, or
+        ``False`` for off) go to the balancer's ``set_<option>()`` method. Every change is
         validated before any is applied.
 
         Raises:
@@ -226,6 +239,12 @@ class Registry:
                     lb.set_weight(address, weight)
 
             return set_weights
+        if key == "subset":
+            from .._subset.peers import check_place
+
+            subset = subset_option(value, key)
+            check_place(subset)  # an aperture's place is found now, not halfway through
+            return lambda: lb.set_subset(subset)
         obj = value if not isinstance(value, (Mapping, bool)) else option_value(key, value, key)
         setter = getattr(lb, f"set_{key}", None)
         if callable(setter):
@@ -345,21 +364,25 @@ class Registry:
             await asyncio.sleep(0.01)
         return lb.in_flight() == 0
 
-    def close(self) -> None:
-        """Close every balancer without waiting (in-flight calls still finish)."""
+    def _detach_all(self) -> list[LoadBalancer]:
         with self._lock:
             balancers, self._balancers = list(self._balancers.values()), {}
             self._specs = {}
-        for lb in balancers:
-            if self._telemetry is not None:
+        if self._telemetry is not None:
+            for lb in balancers:
                 self._telemetry.uninstrument(lb)
+        return balancers
+
+    def close(self) -> None:
+        """Close every balancer without waiting (in-flight calls still finish)."""
+        for lb in self._detach_all():
             lb.close()
 
-    def __enter__(self) -> Registry:
-        return self
+    async def aclose(self) -> None:
+        """:meth:`close` for asyncio: each balancer's discovery stops on its own loop."""
+        for lb in self._detach_all():
+            await lb.aclose()
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         with self._lock:

@@ -2,9 +2,10 @@
 
 clientlb depends on ``opentelemetry-api`` only: without an SDK configured by
 the application, every instrument is the API's no-op and the cost per call is
-a few attribute look-ups. With an SDK (``opentelemetry-sdk``, an exporter),
-:func:`instrument` (or :class:`clientlb.Registry`, which instruments every
-balancer it creates) records:
+a few attribute look-ups. Every balancer reports through the global providers
+unless created with ``telemetry=False`` (:func:`default_telemetry`);
+:func:`instrument` with a ``meter_provider`` moves it to that provider. With
+an SDK (``opentelemetry-sdk``, an exporter) the instruments record:
 
 ==================================  =========  ===============================================
 instrument                          kind       attributes
@@ -12,7 +13,7 @@ instrument                          kind       attributes
 ``clientlb.requests``               counter    service, endpoint, ``clientlb.outcome``
 ``clientlb.request.duration``       histogram  same; seconds, the buckets of OpenTelemetry's
                                                ``http.client.request.duration``
-``clientlb.endpoints``              gauge      service, ``clientlb.endpoint.state``
+``clientlb.endpoint.count``         gauge      service, ``clientlb.endpoint.state``
                                                (healthy, ejected, unhealthy, draining)
 ``clientlb.panic``                  gauge      service; 1 while the balancer is in panic mode
 ``clientlb.ejections``              counter    service, endpoint (observed from ``snapshot()``)
@@ -26,16 +27,28 @@ instrument                          kind       attributes
 ``clientlb.health.events``          counter    service, ``clientlb.event`` (ejections by
                                                detector, probes, panic entered/exited,
                                                circuit breaker rejections, ...)
+``clientlb.endpoint.weight``        gauge      service, endpoint; the weight
+                                               ``weighted_round_robin`` computed from the
+                                               endpoint's load reports (other strategies:
+                                               not recorded)
+``clientlb.load_reports``           counter    service, ``clientlb.load_report.result``
+                                               (``read``, ``malformed``, ``unsupported``)
 ==================================  =========  ===============================================
 
 Attribute names follow OpenTelemetry's semantic conventions where one
-exists: the endpoint is ``server.address`` + ``server.port`` (what the
-connection went to), a failed outcome also sets ``error.type`` (the outcome
-kind, e.g. ``gateway_failure``), a discovery error's ``error.type`` is the
-exception class. clientlb's own names live under ``clientlb.``:
-``clientlb.service`` is the balancer's logical name (``LoadBalancer.name``).
-Nothing secret is ever an attribute: targets are not recorded at all, only
-the service name and endpoint addresses.
+exists (as ``http.client.request.duration`` uses them): the *service* is
+``clientlb.service`` (``LoadBalancer.name``) and ``server.address`` +
+``server.port`` — the logical name and port the client asked for
+(clientlb._engine.naming; a bare static list names none, so there they are
+the endpoint's); the *endpoint* the connection went to is
+``network.peer.address`` + ``network.peer.port``. A failed outcome also sets
+``error.type`` (the outcome kind, e.g. ``gateway_failure``), a discovery
+error's ``error.type`` is the exception class. clientlb's own names live
+under ``clientlb.``. Instrument names follow the conventions' pluralization
+rule: counters of discrete things are plural (``{request}``, ``{retry}``), a
+gauge is not (``clientlb.endpoint.count``). Nothing secret is ever an
+attribute: targets are not recorded at all, only the service name and
+endpoint addresses.
 
 The retry counters are read from the balancer's retry budget
 (``lb.retry_budget.statistics()``) at collection time, so the HTTP and gRPC
@@ -66,12 +79,14 @@ import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import context, metrics, trace
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
-from .._core.endpoint import EndpointSetDiff
+from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.outcome import Outcome
 from .._core.state import EndpointState, Health
+from .._engine.naming import logical_name
+from .._engine.orca import statistics as load_report_statistics
 
 if TYPE_CHECKING:
     from .._core.balancer import LoadBalancer
@@ -86,6 +101,10 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 
                     10.0)
 
 SERVICE = "clientlb.service"
+SERVER_ADDRESS = "server.address"  # the logical service (semantic conventions)
+SERVER_PORT = "server.port"
+PEER_ADDRESS = "network.peer.address"  # the endpoint the connection went to
+PEER_PORT = "network.peer.port"
 OUTCOME = "clientlb.outcome"
 STATE = "clientlb.endpoint.state"
 RETRY_REASON = "clientlb.retry.reason"
@@ -94,8 +113,10 @@ EVENT = "clientlb.event"
 HEDGE = "clientlb.hedge"
 HEDGE_REASON = "clientlb.hedge.reason"
 HEDGE_COUNTERS = ("sent", "won", "refused", "probes")
+REPORT_RESULT = "clientlb.load_report.result"
 
 _STATES = tuple(h.value for h in Health)
+_current_context = context.get_current
 
 Attributes = Mapping[str, Any]
 
@@ -105,28 +126,53 @@ class _Series:
 
     __slots__ = ("attrs", "counts")
 
-    def __init__(self, service: str, state: EndpointState) -> None:
-        ep = state.endpoint
-        base = {SERVICE: service, "server.address": ep.host, "server.port": ep.port}
-        self.attrs: dict[Outcome, Attributes] = {}
+    def __init__(self, service_attrs: Attributes, state: EndpointState) -> None:
+        base = _endpoint_attrs(service_attrs, state.endpoint)
+        self.attrs: dict[int, Attributes] = {}
         for outcome in Outcome:
             a = dict(base)
             a[OUTCOME] = outcome.value
             if outcome.is_failure:
                 a["error.type"] = outcome.value
-            self.attrs[outcome] = a
-        self.counts: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+            self.attrs[id(outcome)] = a
+        # Keyed by id(outcome): hashing an Enum member is a Python-level call, id() is not.
+        self.counts: dict[int, int] = dict.fromkeys(map(id, Outcome), 0)
+
+
+def _service_attrs(lb: LoadBalancer) -> dict[str, Any]:
+    """``clientlb.service`` and, when the balancer has a logical name, ``server.*``."""
+    attrs: dict[str, Any] = {SERVICE: lb.name}
+    name = logical_name(lb)
+    if name is not None:
+        attrs[SERVER_ADDRESS] = name.host
+        if name.port is not None:
+            attrs[SERVER_PORT] = name.port
+    return attrs
+
+
+def _endpoint_attrs(service_attrs: Attributes, ep: Endpoint) -> dict[str, Any]:
+    """The service's attributes and the endpoint's ``network.peer.*``; without a logical
+    name (a bare static list) the endpoint is the server too."""
+    attrs = {**service_attrs, PEER_ADDRESS: ep.host, PEER_PORT: ep.port}
+    if SERVER_ADDRESS not in attrs:
+        attrs[SERVER_ADDRESS] = ep.host
+        attrs[SERVER_PORT] = ep.port
+    return attrs
 
 
 class _Bound:
     """One instrumented balancer: its listeners and per-endpoint series."""
 
-    __slots__ = ("lock", "series", "service", "service_attrs", "telemetry")
+    __slots__ = ("lock", "record", "series", "service", "service_attrs", "span_events",
+                 "telemetry")
 
     def __init__(self, telemetry: Telemetry, lb: LoadBalancer) -> None:
         self.telemetry = telemetry
+        # the per-outcome work, bound once (every balancer reports by default: keep it cheap)
+        self.record = telemetry._duration.record if telemetry._durations else None
+        self.span_events = telemetry._span_events
         self.service = lb.name
-        self.service_attrs: Attributes = {SERVICE: lb.name}
+        self.service_attrs: Attributes = _service_attrs(lb)
         # address -> series; built on the endpoint's first outcome, dropped when it
         # leaves (its counter then restarts from 0 if it comes back: a counter reset).
         self.series: dict[str, _Series] = {}
@@ -136,7 +182,7 @@ class _Bound:
         with self.lock:
             series = self.series.get(state.address)
             if series is None:
-                series = self.series[state.address] = _Series(self.service, state)
+                series = self.series[state.address] = _Series(self.service_attrs, state)
             return series
 
     # -- listeners (called by the balancer) --------------------------------------------
@@ -146,17 +192,24 @@ class _Bound:
         # The request count is kept here and reported by an observable counter at
         # collection time: an increment under a lock instead of an SDK ``add``
         # (attribute validation and hashing on every call, ~5 µs).
+        # Cheap without an SDK, as every balancer reports by default: acquire/release
+        # rather than ``with`` (half the cost), and no span look-up in an empty context.
         series = self.series.get(state.address) or self.new_series(state)
-        with self.lock:
-            series.counts[outcome] += 1
-        attrs = series.attrs[outcome]
-        t = self.telemetry
-        if t._durations:
-            t._duration.record(latency, attrs)
-        if t._span_events:
-            span = trace.get_current_span()
-            if span.is_recording():
-                t._span_event(span, attrs, latency)
+        lock = self.lock
+        lock.acquire()
+        key = id(outcome)
+        series.counts[key] += 1
+        lock.release()
+        attrs = series.attrs[key]
+        record = self.record
+        if record is not None:
+            record(latency, attrs)
+        if self.span_events:
+            ctx = _current_context()
+            if ctx:  # something is set: maybe a span
+                span = trace.get_current_span(ctx)
+                if span.is_recording():
+                    self.telemetry._span_event(span, attrs, latency)
 
     def on_diff(self, diff: EndpointSetDiff) -> None:
         self.telemetry._discovery_updates.add(1, self.service_attrs)
@@ -167,7 +220,7 @@ class _Bound:
 
     def on_error(self, exc: BaseException) -> None:
         self.telemetry._discovery_errors.add(
-            1, {SERVICE: self.service, "error.type": type(exc).__qualname__})
+            1, {**self.service_attrs, "error.type": type(exc).__qualname__})
 
 
 class Telemetry:
@@ -223,7 +276,7 @@ class Telemetry:
             "clientlb.discovery.errors", unit="{error}",
             description="Discovery failures (the last good endpoint set was kept).")
         meter.create_observable_gauge(
-            "clientlb.endpoints", callbacks=[self._observe_endpoints], unit="{endpoint}",
+            "clientlb.endpoint.count", callbacks=[self._observe_endpoints], unit="{endpoint}",
             description="Endpoints of each balancer, by state.")
         meter.create_observable_gauge(
             "clientlb.panic", callbacks=[self._observe_panic], unit="1",
@@ -237,16 +290,33 @@ class Telemetry:
         meter.create_observable_counter(
             "clientlb.health.events", callbacks=[self._observe_health], unit="{event}",
             description="Health events of each balancer (lb.health_statistics()).")
+        meter.create_observable_gauge(
+            "clientlb.endpoint.weight", callbacks=[self._observe_weights], unit="1",
+            description="Endpoint weights computed from load reports (weighted_round_robin).")
+        meter.create_observable_counter(
+            "clientlb.load_reports", callbacks=[self._observe_load_reports], unit="{report}",
+            description="ORCA load reports received, by result (read, malformed, unsupported).")
 
     # -- instrumenting --------------------------------------------------------------------
 
-    def instrument(self, lb: LoadBalancer) -> None:
-        """Record ``lb``'s outcomes, discovery updates and errors. Idempotent."""
+    def instrument(self, lb: LoadBalancer, *, replace_default: bool = True) -> None:
+        """Record ``lb``'s outcomes, discovery updates and errors. Idempotent.
+
+        Every balancer reports through the process-wide ``Telemetry`` on the global
+        providers (:func:`default_telemetry`) unless created with
+        ``telemetry=False``; instrumenting it with another one takes it off that one,
+        so that nothing is counted twice (or added twice to a span).
+        ``replace_default=False`` keeps both (a side channel such as the control
+        room's ``/metrics``).
+        """
         with self._lock:
             if lb in self._bound:
                 return
             bound = _Bound(self, lb)
             self._bound[lb] = bound
+        default = _default
+        if replace_default and default is not None and default is not self:
+            default.uninstrument(lb)
         lb.add_outcome_listener(bound.on_outcome)
         lb.add_diff_listener(bound.on_diff)
         lb.add_error_listener(bound.on_error)
@@ -289,7 +359,7 @@ class Telemetry:
         if self._span_events:
             span = trace.get_current_span()
             if span.is_recording():
-                event: dict[str, Any] = {SERVICE: bound.service, ATTEMPT: attempt,
+                event: dict[str, Any] = {**bound.service_attrs, ATTEMPT: attempt,
                                          reason_key: reason}
                 if address is not None:
                     event["clientlb.endpoint"] = address
@@ -303,7 +373,7 @@ class Telemetry:
             for row in lb.snapshot().endpoints:
                 counts[row.state] = counts.get(row.state, 0) + 1
             for state, n in counts.items():
-                yield Observation(n, {SERVICE: bound.service, STATE: state})
+                yield Observation(n, {**bound.service_attrs, STATE: state})
 
     def _observe_requests(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, _ in self._live():
@@ -331,7 +401,7 @@ class Telemetry:
             if statistics["requests"]:
                 for counter in HEDGE_COUNTERS:
                     yield Observation(int(statistics[counter]),
-                                      {SERVICE: bound.service, HEDGE: counter})
+                                      {**bound.service_attrs, HEDGE: counter})
 
     def _observe_malformed(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
@@ -345,8 +415,27 @@ class Telemetry:
             if statistics is None:
                 continue
             for event, n in statistics().items():
-                if not event.startswith("endpoints_"):  # gauges: see clientlb.endpoints
-                    yield Observation(int(n), {SERVICE: bound.service, EVENT: event})
+                if not event.startswith("endpoints_"):  # gauges: see clientlb.endpoint.count
+                    yield Observation(int(n), {**bound.service_attrs, EVENT: event})
+
+    def _observe_weights(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            if not lb.strategy.uses_load_reports:
+                continue
+            for row in lb.snapshot().endpoints:
+                if row.load_weight is not None:
+                    yield Observation(row.load_weight,
+                                      _endpoint_attrs(bound.service_attrs, row.endpoint))
+
+    def _observe_load_reports(self, options: CallbackOptions) -> Iterable[Observation]:
+        for bound, lb in self._live():
+            states = (lb.state_of(ep.address) for ep in lb.endpoints())
+            totals = load_report_statistics(s for s in states if s is not None)
+            if not any(totals.values()):
+                continue
+            for result, key in (("read", "reports"), ("malformed", "malformed"),
+                                ("unsupported", "unsupported")):
+                yield Observation(totals[key], {**bound.service_attrs, REPORT_RESULT: result})
 
     def _observe_panic(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
@@ -355,9 +444,8 @@ class Telemetry:
     def _observe_ejections(self, options: CallbackOptions) -> Iterable[Observation]:
         for bound, lb in self._live():
             for row in lb.snapshot().endpoints:
-                ep = row.endpoint
-                yield Observation(row.ejection_count, {
-                    SERVICE: bound.service, "server.address": ep.host, "server.port": ep.port})
+                yield Observation(row.ejection_count,
+                                  _endpoint_attrs(bound.service_attrs, row.endpoint))
 
 
 # Balancer -> its instrumentations, for the hooks the retry layer calls.
@@ -378,8 +466,10 @@ def default_telemetry() -> Telemetry:
 def instrument(lb: LoadBalancer, *, meter_provider: MeterProvider | None = None) -> Telemetry:
     """Record ``lb`` with OpenTelemetry; returns the :class:`Telemetry` used.
 
-    Without ``meter_provider``, the process-wide instruments on the global
-    provider are used (set the SDK up before or after: the API forwards).
+    Every balancer already reports through the process-wide instruments on the
+    global providers (``LoadBalancer(telemetry=True)``, the default; set the
+    SDK up before or after: the API forwards), so without ``meter_provider``
+    this only turns it back on. With one, the balancer reports there instead.
     """
     telemetry = default_telemetry() if meter_provider is None else Telemetry(
         meter_provider=meter_provider)

@@ -22,6 +22,12 @@ Shared rules (docs/architecture.md, "Layers and their contracts"):
   without secrets) and never publishes, so the last good set stays.
 * :meth:`LoopResolver.malformed` skips a bad record with one warning per
   record (then debug lines) and counts it in :meth:`LoopResolver.statistics`.
+* :meth:`LoopResolver.answer` publishes what one answer gave, except when
+  the answer had records and *every one* was malformed (SRV records that all
+  have port 0, Consul entries with no address): that is bad data, not an
+  authoritative "no such service", so the last good set stays, the answer is
+  counted in ``malformed_answers`` and reported as an error (a warning once
+  per episode, like any discovery error).
 * :meth:`LoopResolver.refresh` wakes the loop early, at most once per
   ``min_refresh_interval`` (default 1 s), so a storm of failing requests
   cannot turn into a storm of queries.
@@ -36,15 +42,19 @@ import random as _random
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from .._core.checks import check_clock
 from .._core.endpoint import Endpoint, EndpointSet
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
+from .._core.text import plural
 from ._backoff import Backoff, BackoffPolicy, check_seconds
 from .base import Resolver, ResolverSink
+
+T = TypeVar("T")
 
 __all__ = ["LoopResolver", "ResolverStats"]
 
@@ -64,6 +74,8 @@ class ResolverStats:
         errors: failed attempts (timeouts, refused connections, bad answers).
         consecutive_errors: failures since the last success.
         malformed: records skipped because they were malformed.
+        malformed_answers: answers ignored because every record in them was
+            malformed (the last good set stayed).
         refreshes: early refreshes requested with ``refresh()``.
         endpoints: size of the last published set.
         last_error: text of the last error (secret-free), or None.
@@ -79,6 +91,7 @@ class ResolverStats:
     endpoints: int
     last_error: str | None
     last_success: float | None
+    malformed_answers: int = 0
 
 
 _shared_lock = threading.Lock()
@@ -130,9 +143,7 @@ class LoopResolver(Resolver):
         super().__init__(target)
         if rng is not None and not isinstance(rng, _random.Random):
             raise ConfigError(f"must be a random.Random, got {rng!r}", field="rng")
-        if clock is not None and not callable(clock):
-            raise ConfigError(f"must be a callable returning seconds, got {clock!r}",
-                              field="clock")
+        check_clock(clock)
         self._rng = rng or _random.Random()
         self._clock: Clock = clock or time.monotonic
         self._backoff = Backoff(
@@ -158,6 +169,7 @@ class LoopResolver(Resolver):
         self._n_errors = 0
         self._n_consecutive_errors = 0
         self._n_malformed = 0
+        self._n_malformed_answers = 0
         self._n_refreshes = 0
         self._last_error: str | None = None
         self._last_success: float | None = None
@@ -228,6 +240,10 @@ class LoopResolver(Resolver):
         if self._thread is not None and self._thread is not threading.current_thread():
             self._done.wait(5)
 
+    def stop(self) -> None:
+        """Stop resolving without waiting (the task is cancelled on its loop)."""
+        self._stop()
+
     async def aclose(self) -> None:
         self._stop()
         if self._thread is not None:
@@ -254,6 +270,26 @@ class LoopResolver(Resolver):
         return self._closed
 
     # -- waiting and refresh ----------------------------------------------------------------
+
+    async def until_woken(self, work: Awaitable[T], timeout: float | None = None
+                          ) -> asyncio.Future[T] | None:
+        """Await ``work`` unless :meth:`refresh` wakes the loop first (or ``timeout``
+        passes): the finished future, or None — then ``work`` was cancelled. Long
+        waits (Consul's blocking queries, etcd's watch) go through it."""
+        wake = self._wake
+        assert wake is not None
+        task = asyncio.ensure_future(work)
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            done, _ = await asyncio.wait({task, waiter}, timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        return task if task in done else None
 
     def refresh(self) -> None:
         """Re-resolve soon (rate-limited by ``min_refresh_interval``); thread-safe."""
@@ -322,6 +358,9 @@ class LoopResolver(Resolver):
         Also counts a success and resets the backoff. True when published.
         """
         self._n_resolutions += 1
+        if self._n_consecutive_errors and not self._closed:
+            logger.info("%s: discovery recovered after %s", self,
+                        plural(self._n_consecutive_errors, "error"))
         self._n_consecutive_errors = 0
         self._last_success = self._clock()
         self._backoff.reset()
@@ -333,9 +372,36 @@ class LoopResolver(Resolver):
         self._version += 1
         self._last = new
         self._n_updates += 1
-        logger.debug("%s: publishing %d endpoints (v%d)", self, len(new), self._version)
+        logger.debug("%s: publishing %s (v%d)", self, plural(len(new), "endpoint"),
+                     self._version)
         sink.publish(new)
         return True
+
+    @property
+    def malformed_count(self) -> int:
+        """Records skipped as malformed so far (read it before an answer, pass it to
+        :meth:`answer`)."""
+        return self._n_malformed
+
+    def answer(self, sink: ResolverSink, endpoints: Iterable[Endpoint], *,
+               malformed_before: int) -> bool:
+        """Publish the endpoints of one answer, unless all its records were malformed.
+
+        ``malformed_before`` is :attr:`malformed_count` read before the answer
+        was parsed. An empty result with records skipped since is not an
+        authoritative empty set (the public contract: bad data "never takes the last
+        good set down"): it is reported with :meth:`fail` instead. True when
+        a set was published.
+        """
+        endpoints = list(endpoints)
+        skipped = self._n_malformed - malformed_before
+        if endpoints or skipped <= 0:
+            return self.publish(sink, endpoints)
+        self._n_malformed_answers += 1
+        self.fail(sink, DiscoveryError(
+            f"every record of the answer was malformed ({skipped} skipped); not an "
+            "authoritative empty set", target=str(self.target)))
+        return False
 
     def fail(self, sink: ResolverSink, exc: DiscoveryError) -> None:
         """Report a failure; the balancer keeps the last good set."""
@@ -344,9 +410,16 @@ class LoopResolver(Resolver):
         self._last_error = str(exc)
         if self._closed:
             return
-        level = logging.WARNING if self._n_consecutive_errors == 1 else logging.DEBUG
-        logger.log(level, "%s: %s (keeping %s)", self, exc,
-                   "the last good set" if self._last is not None else "no set yet")
+        # One WARNING per episode (from the first failure to the next answer), then
+        # DEBUG: a source that stays down must not flood the log.
+        if self._n_consecutive_errors == 1:
+            kept = (f"keeping the last good set ({plural(len(self._last), 'endpoint')}) until "
+                    "it recovers" if self._last is not None
+                    else "no endpoint set yet: picks fail until it answers")
+            logger.warning("%s: discovery failed: %s; %s", self, exc, kept)
+        else:
+            logger.debug("%s: discovery still failing (%s in a row): %s", self,
+                         plural(self._n_consecutive_errors, "error"), exc)
         sink.error(exc)
 
     def malformed(self, record: str, reason: str) -> None:
@@ -373,6 +446,7 @@ class LoopResolver(Resolver):
             refreshes=self._n_refreshes,
             endpoints=len(self._last) if self._last is not None else 0,
             last_error=self._last_error, last_success=self._last_success,
+            malformed_answers=self._n_malformed_answers,
         )
 
     def describe(self) -> dict[str, Any]:

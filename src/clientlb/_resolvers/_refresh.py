@@ -15,9 +15,11 @@ again when that lifetime ends, clamped and jittered by
   clients started together spread their queries.
 
 On an error the last good set stays and the next attempt follows the error
-backoff. :meth:`~clientlb.Resolver.refresh` re-resolves early (the balancer
-asks for it when every endpoint is failing: gRPC only re-resolves on
-connection loss, grpc/grpc#12295 and #30015).
+backoff; an answer whose records are all malformed keeps it too
+(:meth:`~clientlb._resolvers._loop.LoopResolver.answer`).
+:meth:`~clientlb.Resolver.refresh` re-resolves early (the balancer asks for
+it when every endpoint is failing: gRPC only re-resolves on connection loss,
+grpc/grpc#12295 and #30015).
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ class TTLResolver(LoopResolver):
     async def run(self, sink: ResolverSink) -> None:
         while True:
             self.mark_attempt()
+            malformed = self.malformed_count
             try:
                 endpoints, ttl = await self.resolve_once()
             except DiscoveryError as exc:
                 self.fail(sink, exc)
                 delay = self.next_backoff()
             else:
-                self.publish(sink, endpoints)
+                # every record malformed: reported as an error, the last good set stays;
+                # asked again when the answer's TTL ends, as for a good one
+                self.answer(sink, endpoints, malformed_before=malformed)
                 delay = self.refresh_delay(ttl)
             self.next_refresh_in = delay
             await self.sleep(delay)

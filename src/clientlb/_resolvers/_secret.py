@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .._core.redact import redact as _redact_rule
+
 __all__ = ["Secret", "redact"]
 
 
@@ -29,8 +31,9 @@ class Secret:
 
 
 def redact(text: str, *secrets: Secret | None) -> str:
-    """``text`` with every secret's value replaced by ``***`` (defence in depth)."""
+    """``text`` with every secret's value replaced by ``***`` (defence in depth),
+    then through the one redaction rule (:func:`clientlb._core.redact.redact`)."""
     for secret in secrets:
         if secret:
             text = text.replace(secret.reveal(), "***")
-    return text
+    return _redact_rule(text)

@@ -18,6 +18,7 @@ resolver yet raises :class:`ConfigError` saying so.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -26,7 +27,8 @@ from .._core.endpoint import EndpointSet
 from .._core.errors import ConfigError
 from .._core.target import Target
 
-__all__ = ["RESOLVERS", "Resolver", "ResolverSink", "StaticResolver", "create_resolver"]
+__all__ = ["RESOLVERS", "Resolver", "ResolverSink", "StaticResolver", "create_resolver",
+           "start_resolver"]
 
 
 class ResolverSink(Protocol):
@@ -39,6 +41,10 @@ class ResolverSink(Protocol):
 
 class Resolver(ABC):
     """Base class of the resolvers; see the module documentation for the rules."""
+
+    #: Why the last set published is empty, when it is (``"NXDOMAIN: users.internal
+    #: does not exist"``), for the balancer's ``NoEndpointAvailable``; None otherwise.
+    empty_reason: str | None = None
 
     def __init__(self, target: Target) -> None:
         self.target = target
@@ -56,6 +62,13 @@ class Resolver(ABC):
 
     def close(self) -> None:  # noqa: B027
         """Stop resolving; idempotent."""
+
+    def stop(self) -> None:
+        """Stop resolving without waiting for it to end (from a finalizer); idempotent.
+
+        Defaults to :meth:`close`; resolvers whose ``close`` waits override it.
+        """
+        self.close()
 
     async def aclose(self) -> None:
         self.close()
@@ -75,6 +88,18 @@ ResolverFactory = Callable[..., Resolver]
 
 #: scheme → factory(target, **options). Discovery modules register themselves here.
 RESOLVERS: dict[str, ResolverFactory] = {"static": StaticResolver}
+
+
+def start_resolver(resolver: Resolver, sink: ResolverSink) -> asyncio.Task[None] | None:
+    """Start ``resolver``: as a task of the running event loop when there is one (its
+    I/O shares the application's loop), else on the shared discovery thread; the task,
+    or None."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        resolver.start(sink)
+        return None
+    return loop.create_task(resolver.astart(sink))
 
 
 def create_resolver(target: Target, **options: Any) -> Resolver:

@@ -28,7 +28,8 @@ The resolver long-polls ``GET /v1/health/service/<service>`` with Consul's
   (Consul's filter expression), ``passing``, ``wait`` are passed to Consul;
 * an empty list is authoritative (no instance, or none healthy): the set
   becomes empty; an error status, a network error or a malformed body keeps
-  the last good set; a malformed instance (no address, port 0) is skipped.
+  the last good set; a malformed instance (no address, port 0) is skipped,
+  and an answer made only of malformed instances keeps the last good set.
 
 **Where the agent is**: the target's authority, else ``CONSUL_HTTP_ADDR``
 (``host:port``, ``http://``, ``https://`` or ``unix:///path``), else
@@ -64,6 +65,7 @@ from urllib.parse import quote
 
 import httpx
 
+from .._core.checks import check_str_mapping
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -112,7 +114,15 @@ class ConsulResolver(LoopResolver):
                  consistency: str = "default", ssl_context: ssl.SSLContext | None = None,
                  env: Mapping[str, str] | None = None, **options: Any) -> None:
         super().__init__(target, **options)
+        check_str_mapping(env, "env", secret=True)
         env = os.environ if env is None else env
+        if token is not None and not isinstance(token, str):
+            # never the value: it may be the secret in the wrong place
+            raise ConfigError(f"must be a string or None, got a {type(token).__name__}",
+                              field="token")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError(f"must be an ssl.SSLContext or None, got {ssl_context!r}",
+                              field="ssl_context")
         params = dict(target.params)
         self.service = target.name
         # -- where the agent is
@@ -179,7 +189,8 @@ class ConsulResolver(LoopResolver):
                               field="wait")
         self.min_query_interval = check_seconds("min_query_interval", min_query_interval)
         self.timeout = check_seconds("timeout", timeout, allow_zero=False)
-        if consistency not in ("default", "stale", "consistent"):
+        if not isinstance(consistency, str) or consistency not in ("default", "stale",
+                                                                   "consistent"):
             raise ConfigError(f"must be 'default', 'stale' or 'consistent', got "
                               f"{consistency!r}", field="consistency")
         query: list[tuple[str, str]] = []
@@ -222,6 +233,7 @@ class ConsulResolver(LoopResolver):
                         await asyncio.sleep(pause)
                 last_request = loop.time()
                 self.mark_attempt()
+                malformed = self.malformed_count
                 try:
                     entries, index = await self._query_once(client)
                 except DiscoveryError as exc:
@@ -233,7 +245,9 @@ class ConsulResolver(LoopResolver):
                     self.index = 0
                     continue
                 self._apply_index(index)
-                self.publish(sink, self._endpoints(entries))
+                # entries that are all malformed keep the last good set; the next
+                # query blocks on the index until the service changes
+                self.answer(sink, self._endpoints(entries), malformed_before=malformed)
 
     def _apply_index(self, index: int | None) -> None:
         if index is None or index < 1:
@@ -254,19 +268,8 @@ class ConsulResolver(LoopResolver):
             params += [("index", str(self.index)), ("wait", _format_wait(self.wait))]
             # Consul adds up to wait/16 of jitter to the wait.
             timeout = self.wait + self.wait / 16 + self.timeout
-        request = asyncio.ensure_future(client.get(self.path, params=params, timeout=timeout))
-        wake = self._wake
-        assert wake is not None
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            done, _ = await asyncio.wait({request, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not request.done():
-                request.cancel()
-                with contextlib.suppress(BaseException):
-                    await request
-        if request not in done:
+        request = await self.until_woken(client.get(self.path, params=params, timeout=timeout))
+        if request is None:
             raise _Refresh
         try:
             response = request.result()

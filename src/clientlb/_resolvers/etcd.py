@@ -27,7 +27,8 @@ the whole ``Metadata`` and the key are kept in ``Endpoint.metadata``.
 An empty range is authoritative (the set becomes empty). A value that is not
 such JSON, or whose address is invalid, is skipped (logged, counted) and a
 key that held a good value keeps it, so bad data never takes an endpoint
-down. Network errors keep the last good set and back off with jitter.
+down; a listing whose keys are all malformed keeps the last good set.
+Network errors keep the last good set and back off with jitter.
 
 **Auth** (optional): ``username``/``password`` options, or ``ETCDCTL_USER``
 (``user:password``, or with ``ETCDCTL_PASSWORD``); the token from
@@ -55,6 +56,7 @@ from typing import Any
 
 import httpx
 
+from .._core.checks import check_bool, check_str_mapping
 from .._core.endpoint import Endpoint, split_host_port
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
@@ -130,7 +132,19 @@ class EtcdResolver(LoopResolver):
                  resync_interval: float = 300.0, env: Mapping[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, **options: Any) -> None:
         super().__init__(target, **options)
+        check_str_mapping(env, "env", secret=True)
         env = os.environ if env is None else env
+        for name, value in (("username", username), ("password", password)):
+            if value is not None and not isinstance(value, str):
+                raise ConfigError(f"must be a string or None, got a {type(value).__name__}",
+                                  field=name)
+        check_bool(tls, "tls")
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise ConfigError(f"must be an ssl.SSLContext or None, got {ssl_context!r}",
+                              field="ssl_context")
+        if transport is not None and not isinstance(transport, httpx.AsyncBaseTransport):
+            raise ConfigError(f"must be an httpx.AsyncBaseTransport or None, got "
+                              f"{transport!r}", field="transport")
         host, port = target.server or ("127.0.0.1", 2379)
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if tls or ssl_context is not None else "http"
@@ -245,6 +259,7 @@ class EtcdResolver(LoopResolver):
         except (KeyError, TypeError, ValueError):
             raise self._error("/v3/kv/range: answer without header.revision") from None
         old = self._kvs
+        malformed = self.malformed_count
         kvs: dict[str, Endpoint] = {}
         for kv in doc.get("kvs") or []:
             key, endpoint, ok = self._decode_kv(kv, deleted=False)
@@ -254,10 +269,10 @@ class EtcdResolver(LoopResolver):
                 kvs[key] = endpoint
             elif not ok and key in old:  # malformed now: keep the good value it had
                 kvs[key] = old[key]
-        self._kvs = kvs
         self.revision = revision
         self.relists += 1
-        self.publish(sink, self._kvs.values())
+        if self.answer(sink, kvs.values(), malformed_before=malformed) or kvs or not old:
+            self._kvs = kvs  # (else every key was malformed: the last good set stays)
 
     def _decode_kv(self, kv: Any, *, deleted: bool) -> tuple[str | None, Endpoint | None, bool]:
         """(key, endpoint, well-formed) of one gateway KeyValue."""
@@ -279,20 +294,8 @@ class EtcdResolver(LoopResolver):
         body = {"create_request": {"key": _b64(self._key), "range_end": _b64(self._range_end),
                                    "start_revision": str(self.revision + 1),
                                    "progress_notify": True}}
-        wake = self._wake
-        assert wake is not None
-        stream = asyncio.ensure_future(self._stream(client, body, sink))
-        waiter = asyncio.ensure_future(wake.wait())
-        try:
-            done, _ = await asyncio.wait({stream, waiter}, timeout=self.resync_interval,
-                                         return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            if not stream.done():
-                stream.cancel()
-                with contextlib.suppress(BaseException):
-                    await stream
-        if stream in done:
+        stream = await self.until_woken(self._stream(client, body, sink), self.resync_interval)
+        if stream is not None:
             stream.result()  # raises DiscoveryError, _Restart or _AuthExpired
         raise _Restart(asked=True)  # refresh or resync: list again
 

@@ -47,7 +47,6 @@ import dns.rdatatype
 from .._core.endpoint import Endpoint
 from .._core.errors import ConfigError, DiscoveryError
 from .._core.target import Target
-from ._backoff import check_seconds
 from ._refresh import TTLResolver
 from .dns import DNSQuerier, QueryResult, check_record_types
 
@@ -81,8 +80,7 @@ class SRVResolver(TTLResolver):
                  **options: Any) -> None:
         super().__init__(target, **options)
         self.record_types = check_record_types(record_types)
-        self.querier = DNSQuerier(target.server, timeout=check_seconds(
-            "timeout", timeout, allow_zero=False), tcp=bool(tcp), target=str(target))
+        self.querier = DNSQuerier.for_target(target, timeout, tcp)
         # target host → addresses from its last successful lookup
         self._known: dict[str, list[str]] = {}
 

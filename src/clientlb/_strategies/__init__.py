@@ -9,6 +9,7 @@ from .peak_ewma import PeakEwma
 from .random import Random
 from .ring_hash import RingHash
 from .round_robin import RoundRobin
+from .weighted_round_robin import WeightedRoundRobin
 
 __all__ = [
     "STRATEGIES",
@@ -21,11 +22,13 @@ __all__ = [
     "RingHash",
     "RoundRobin",
     "Strategy",
+    "WeightedRoundRobin",
     "resolve_strategy",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (RoundRobin, Random, LeastRequest, PeakEwma, RingHash, Maglev)
+    cls.name: cls for cls in (RoundRobin, Random, LeastRequest, PeakEwma, RingHash, Maglev,
+                              WeightedRoundRobin)
 }
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import random as _random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from typing import ClassVar, Union
+from typing import Any, ClassVar, Union
 
 import xxhash
 
+from .._core.errors import strict_arguments
 from .._core.load import EndpointLoad
 from .._core.state import EndpointState
 
@@ -38,7 +39,13 @@ class Picker(ABC):
     def pick(self, key: Key | None, now: float) -> EndpointState:
         """Choose an endpoint. ``key`` drives hashing pickers; others ignore it."""
 
+    def weight_of(self, state: EndpointState, now: float) -> float | None:
+        """The weight this picker computed for ``state`` from its load reports, for
+        ``snapshot()`` (None: the picker does not compute weights)."""
+        return None
 
+
+@strict_arguments
 class Strategy(ABC):
     """A load-balancing algorithm: configuration plus a :meth:`build` method.
 
@@ -49,6 +56,18 @@ class Strategy(ABC):
     name: ClassVar[str] = "custom"
     #: True when the strategy uses the pick key (consistent hashing).
     uses_key: ClassVar[bool] = False
+    #: True when the strategy reads the endpoints' ORCA load reports
+    #: (``weighted_round_robin``): the integrations parse them only then.
+    uses_load_reports: ClassVar[bool] = False
+
+    def __init__(self) -> None:  # noqa: B027 - not abstract: most strategies have no settings
+        """A strategy without settings takes no argument."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # an unknown keyword is a ConfigError, for every strategy (the public contract)
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            strict_arguments(cls)
 
     @abstractmethod
     def build(

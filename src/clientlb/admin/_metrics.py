@@ -64,7 +64,8 @@ def scrape(registry: Registry) -> bytes:
     telemetry, collector_registry = _prometheus()
     for name in registry.names():
         try:
-            telemetry.instrument(registry.get(name))
+            # beside the application's own reporting (global providers), not instead
+            telemetry.instrument(registry.get(name), replace_default=False)
         except KeyError:  # deleted meanwhile
             continue
     text: bytes = generate_latest(collector_registry)

@@ -32,15 +32,18 @@ from typing import Any, Literal
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint
+from .._core.errors import strict_arguments
 from ._channel import BalancedChannel
 from ._common import (
     DEFAULT_FAILURE_CODES,
     HashKey,
     Hedging,
     NoEndpointRpcError,
+    check_compression,
     classify,
     endpoint_target,
     prepare_channel,
+    server_name_fourth,
 )
 
 __all__ = [
@@ -49,12 +52,14 @@ __all__ = [
     "HashKey",
     "Hedging",
     "NoEndpointRpcError",
+    "aio",
     "classify",
     "insecure_channel",
     "secure_channel",
 ]
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -71,8 +76,9 @@ def insecure_channel(
 ) -> BalancedChannel:
     """A plaintext ``grpc.Channel`` that picks an endpoint of ``lb_or_target`` per call.
 
-    Takes ``grpc.insecure_channel``'s arguments in the same places, so that
-    replacing one by the other is enough.
+    Takes ``grpc.insecure_channel``'s arguments in the same places
+    (``target, options, compression``), so that replacing one by the other is
+    enough; clientlb's own arguments are keyword-only.
 
     Args:
         lb_or_target: a :class:`~clientlb.LoadBalancer` (shared, not closed
@@ -109,6 +115,7 @@ def insecure_channel(
     Raises:
         ConfigError: for a bad target, option or policy.
     """
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(
         lb_or_target, options, server_name=server_name, failure_codes=failure_codes,
         retryable_codes=retryable_codes, max_attempts=max_attempts,
@@ -122,13 +129,15 @@ def insecure_channel(
     return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
 
 
+@strict_arguments
+@server_name_fourth
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
     options: Sequence[tuple[str, Any]] | None = None,
-    server_name: str | None = None,
-    *,
     compression: grpc.Compression | None = None,
+    *,
+    server_name: str | None = None,
     failure_codes: Collection[grpc.StatusCode] = DEFAULT_FAILURE_CODES,
     retryable_codes: Collection[grpc.StatusCode] = (),
     max_attempts: int | None = None,
@@ -144,8 +153,13 @@ def secure_channel(
     logical name: ``server_name=``, else the target's service name. A static
     target has no service name: give ``server_name=`` (or ``name=`` to the
     balancer) so that certificates are checked against the service's name.
-    Other arguments as :func:`insecure_channel`.
+
+    The positional arguments are ``grpc.secure_channel``'s (``target,
+    credentials, options, compression``); the others are keyword-only, as for
+    :func:`insecure_channel`. A server name in the fourth place (where clientlb
+    used to take it) still works, with a ``DeprecationWarning``.
     """
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(
         lb_or_target, options, credentials=credentials, server_name=server_name,
         failure_codes=failure_codes, retryable_codes=retryable_codes,
@@ -157,3 +171,8 @@ def secure_channel(
                                    compression=compression)
 
     return BalancedChannel(lb, owns_lb=owns, factory=factory, config=config)
+
+
+# ``import grpc`` makes ``grpc.aio`` reachable; ``import clientlb.grpc`` does the same for
+# ``clientlb.grpc.aio`` (imported last: it builds on this package's modules).
+from . import aio  # noqa: E402

@@ -32,6 +32,7 @@ from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
 from .._core.outcome import Outcome
 from .._engine import connectivity
+from .._engine.orca import record_trailers
 from ._common import ChannelConfig
 from ._policy import WAIT, Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
@@ -69,9 +70,19 @@ def _connected(sub: SubChannel, timeout: float, early: bool) -> bool:
     return verdicts == [True]
 
 
+def _trailers(rpc: RpcCall, call: Any) -> Any:
+    """An ended attempt's trailing metadata when the strategy reads load reports."""
+    if not rpc.reads_reports:
+        return None
+    try:
+        return call.trailing_metadata()
+    except Exception:  # not a grpc.Call: nothing to read
+        return None
+
+
 def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
     """grpcio's done callback of a stream attempt: its one outcome report."""
-    rpc.report(attempt, call.code(), call.details())
+    rpc.report(attempt, call.code(), call.details(), _trailers(rpc, call))
 
 
 class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
@@ -139,21 +150,26 @@ class BalancedChannel(ChannelBase, grpc.Channel):  # type: ignore[misc]
         if rpc.hedging is not None:
             return _UnaryFuture(self, rpc, key, request, kwargs).outcome(with_call)
         attempt = rpc.next()
+        reports = rpc.reads_reports  # the trailers, hence with_call, are needed
         try:
             c = attempt.sub.callable(key)
-            result = (c.with_call if with_call else c)(
+            result = (c.with_call if with_call or reports else c)(
                 request, timeout=None if rpc.logical.deadline_at is None else rpc.timeout(),
                 metadata=metadata,
                 credentials=credentials, wait_for_ready=wait_for_ready and rpc.wait_for_ready(),
                 compression=compression)
         except grpc.RpcError as exc:
-            delay = rpc.ended(attempt, exc.code(), exc.details())
+            delay = rpc.ended(attempt, exc.code(), exc.details(), _trailers(rpc, exc))
             if delay is None:
                 raise
             return _UnaryFuture(self, rpc, key, request, kwargs, delay).outcome(with_call)
         except BaseException:
             attempt.finish(_CANCELLED)
             raise
+        if reports:
+            record_trailers(attempt, _trailers(rpc, result[1]))
+            if not with_call:
+                result = result[0]
         attempt.finish(_SUCCESS)
         return result
 
@@ -323,7 +339,8 @@ class _UnaryFuture(grpc.Call, grpc.Future):  # type: ignore[misc]
 
     def _ended(self, attempt: Attempt, call: Any) -> None:
         with self._cond:
-            delay = self._rpc.ended(attempt, call.code(), call.details())
+            delay = self._rpc.ended(attempt, call.code(), call.details(),
+                                    _trailers(self._rpc, call))
             self._live.remove(attempt)
         if delay is None:
             self._finish(call, None, attempt)

@@ -23,11 +23,13 @@ sub-channel connects to one endpoint's IP address.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import warnings
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import grpc
 
@@ -48,6 +50,7 @@ __all__ = [
     "Hedging",
     "NoEndpointRpcError",
     "channel_options",
+    "check_compression",
     "classify",
     "close_on_error",
     "endpoint_target",
@@ -56,9 +59,11 @@ __all__ = [
     "make_lb",
     "metadata_hash_key",
     "prepare_channel",
+    "server_name_fourth",
 ]
 
 StatusCode = grpc.StatusCode
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 #: Codes that count as the endpoint's failure (gRFC A50 / Envoy): see the module doc.
 DEFAULT_FAILURE_CODES: frozenset[grpc.StatusCode] = frozenset({
@@ -310,6 +315,39 @@ def prepare_channel(lb_or_target: object, options: Sequence[tuple[str, Any]] | N
     if not any(key == _MAX_BACKOFF_OPTION for key, _ in opts):
         opts += ((_MAX_BACKOFF_OPTION, _MAX_BACKOFF_MS),)
     return lb, owns, config, opts
+
+
+def server_name_fourth(function: _F) -> _F:
+    """Let ``secure_channel`` keep working with a server name as its fourth argument.
+
+    The fourth positional argument is ``compression``, as in
+    ``grpc.secure_channel(target, credentials, options, compression)``; clientlb used
+    to take ``server_name`` there. A string in that place (a string is never a
+    ``grpc.Compression``) is still read as the server name, with a
+    :class:`DeprecationWarning`; by keyword, ``compression=`` is only a compression.
+    """
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if len(args) >= 4 and isinstance(args[3], str):
+            if kwargs.get("server_name") is not None:
+                raise ConfigError("server_name given twice: by keyword and in the place of "
+                                  "compression", field="server_name")
+            warnings.warn("a server name as the fourth argument of secure_channel() is "
+                          "deprecated: that place is compression, as in "
+                          "grpc.secure_channel(); pass server_name= by keyword",
+                          DeprecationWarning, stacklevel=3)
+            kwargs["server_name"] = args[3]
+            args = (*args[:3], None, *args[4:])
+        return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def check_compression(compression: object) -> grpc.Compression | None:
+    if compression is not None and not isinstance(compression, grpc.Compression):
+        raise ConfigError(f"compression must be a grpc.Compression or None, got "
+                          f"{compression!r}", field="compression")
+    return compression
 
 
 def endpoint_target(endpoint: Endpoint) -> str:

@@ -10,7 +10,9 @@ start grpcio calls, wait and sleep as they are told, so the two cannot disagree:
   tried while another may take the call), its sub-channel, and the attempt's
   :class:`Attempt`, the engine's ``Completion``: one outcome report per attempt,
   carried by the call object until grpcio says the attempt ended;
-* :meth:`RpcCall.ended` — an attempt ended with a status: report its outcome
+* :meth:`RpcCall.ended` — an attempt ended with a status: record the ORCA load
+  report of its trailing metadata when the strategy reads them
+  (:attr:`RpcCall.reads_reports`; ``_engine/orca.record_trailers``), report its outcome
   (``_common.classify``: "failed to connect" ``UNAVAILABLE`` is a
   ``CONNECT_FAILURE``, any other ``UNAVAILABLE`` a ``GATEWAY_FAILURE``) and say
   what follows — ``None``: this attempt's answer is the call's; a delay: start
@@ -51,6 +53,7 @@ from .._core.outcome import Outcome
 from .._engine.call import Completion, LogicalCall
 from .._engine.connectivity import PROBE_TIMEOUT, Connectivity
 from .._engine.hedging import LIVE_HEDGING, Hedging
+from .._engine.orca import record_trailers
 from ._common import NoEndpointRpcError, classify
 
 if TYPE_CHECKING:
@@ -101,7 +104,7 @@ class RpcCall:
     """The policy of one logical gRPC call (see the module doc); not thread-safe."""
 
     __slots__ = ("attempts", "channel", "config", "done", "first", "hedge_ok", "hedging",
-                 "in_flight", "latest", "logical", "replay", "wfr")
+                 "in_flight", "latest", "logical", "reads_reports", "replay", "wfr")
 
     def __init__(self, channel: ChannelBase, method: str, request: Any, metadata: Any,
                  timeout: float | None, wait_for_ready: bool | None, *,
@@ -135,6 +138,8 @@ class RpcCall:
         self.hedge_ok = True
         self.first: Attempt | None = None
         self.latest: Attempt | None = None
+        #: whether the shells pass each attempt's trailing metadata (ORCA load reports)
+        self.reads_reports: bool = lb.strategy.uses_load_reports
 
     def next(self) -> Attempt:
         """Start an attempt: pick an endpoint and count it on its sub-channel.
@@ -223,16 +228,19 @@ class RpcCall:
             detail="sub-channel not ready", reason="transparent_not_ready") is not None
 
     def report(self, attempt: Attempt, code: grpc.StatusCode | None,
-               details: str | None) -> Outcome:
-        """Finish the attempt's completion with the outcome of ``code``."""
+               details: str | None, trailers: Any = None) -> Outcome:
+        """Finish the attempt's completion with the outcome of ``code`` (after recording
+        the load report in ``trailers``, its trailing metadata, when there is one)."""
+        if trailers:
+            record_trailers(attempt, trailers)
         outcome = classify(code, details, self.config.failure_codes)
         attempt.finish(outcome)
         return outcome
 
     def ended(self, attempt: Attempt, code: grpc.StatusCode | None,
-              details: str | None) -> float | None:
+              details: str | None, trailers: Any = None) -> float | None:
         """The attempt ended with ``code``: report it, then what follows (module doc)."""
-        return self.decide(attempt, self.report(attempt, code, details), code)
+        return self.decide(attempt, self.report(attempt, code, details, trailers), code)
 
     def failed(self, attempt: Attempt, code: grpc.StatusCode | None,
                details: str | None) -> float | None:

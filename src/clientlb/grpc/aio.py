@@ -37,16 +37,20 @@ import grpc.aio
 
 from .._core.balancer import LoadBalancer
 from .._core.endpoint import Endpoint, EndpointSetDiff
+from .._core.errors import strict_arguments
 from .._core.outcome import Outcome
 from .._engine import connectivity
+from .._engine.orca import record_trailers
 from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     ChannelConfig,
     Hedging,
     NoEndpointRpcError,
+    check_compression,
     close_on_error,
     endpoint_target,
     prepare_channel,
+    server_name_fourth,
 )
 from ._policy import Attempt, RpcCall, connect_verdict
 from ._pool import ChannelBase, Key, SubChannel, aggregate, multicallable
@@ -214,7 +218,7 @@ class BalancedChannel(ChannelBase, grpc.aio.Channel):  # type: ignore[misc]
 
     async def __aenter__(self) -> BalancedChannel:
         """Enter, after the balancer's first resolution (or its timeout)."""
-        await self.lb.wait_ready_async()
+        await self.lb.await_ready()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -234,7 +238,8 @@ def _report_when_done(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
 
 async def _report(rpc: RpcCall, attempt: Attempt, call: Any) -> None:
     try:
-        rpc.report(attempt, await call.code(), await call.details())
+        trailers = await call.trailing_metadata() if rpc.reads_reports else None
+        rpc.report(attempt, await call.code(), await call.details(), trailers)
     finally:
         attempt.finish(_CANCELLED)  # nothing when reported above
 
@@ -264,13 +269,13 @@ async def _connected(channel: grpc.aio.Channel, timeout: float, early: bool) -> 
         return False
 
 
-async def _status(call: Any) -> tuple[grpc.StatusCode, str | None]:
-    """How an attempt ended: ``(code, details)``."""
+async def _status(call: Any, reports: bool) -> tuple[grpc.StatusCode, str | None, Any]:
+    """How an attempt ended: ``(code, details, trailing metadata when reports)``."""
     try:
         await call
     except grpc.aio.AioRpcError as exc:
-        return exc.code(), exc.details()
-    return _OK, None
+        return exc.code(), exc.details(), exc.trailing_metadata() if reports else None
+    return _OK, None, await call.trailing_metadata() if reports else None
 
 
 class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
@@ -517,17 +522,21 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
     async def _drive(self) -> Any:
         rpc = self._rpc
         if self._attempt is None:
-            await self._ch.lb.wait_ready_async()
+            await self._ch.lb.await_ready()
             if rpc.hedging is not None:
                 return await self._hedged(rpc)
             self._launch()
         while True:
             attempt = self._attempt
             assert attempt is not None
+            trailers = None
             try:
                 response = await attempt.call
+                if rpc.reads_reports:
+                    trailers = await attempt.call.trailing_metadata()
             except grpc.aio.AioRpcError as exc:
-                delay = rpc.ended(attempt, exc.code(), exc.details())
+                delay = rpc.ended(attempt, exc.code(), exc.details(),
+                                  exc.trailing_metadata() if rpc.reads_reports else None)
                 if delay is None or self._user_cancelled:
                     raise
                 if delay:
@@ -537,6 +546,8 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
             except BaseException:
                 attempt.finish(_CANCELLED)
                 raise
+            if trailers:
+                record_trailers(attempt, trailers)
             attempt.finish(_SUCCESS)
             return response
 
@@ -546,7 +557,7 @@ class _UnaryUnaryCall(Answers, grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
 
         def launch() -> None:
             attempt = self._launch()
-            tasks[asyncio.ensure_future(_status(attempt.call))] = attempt
+            tasks[asyncio.ensure_future(_status(attempt.call, rpc.reads_reports))] = attempt
 
         launch()
         winner: Attempt | None = None
@@ -695,6 +706,7 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 
 
+@strict_arguments
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -713,27 +725,31 @@ def insecure_channel(
     return _open(lb_or_target, None, options, compression, interceptors, kwargs)
 
 
+@strict_arguments
+@server_name_fourth
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
     options: Sequence[tuple[str, Any]] | None = None,
-    server_name: str | None = None,
-    *,
-    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     compression: grpc.Compression | None = None,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None,
     **kwargs: Any,
 ) -> BalancedChannel:
     """A TLS ``grpc.aio.Channel``: connects to endpoint IPs, verifies the logical name.
 
-    Arguments as :func:`clientlb.grpc.secure_channel` and :func:`insecure_channel`.
+    The positional arguments are ``grpc.aio.secure_channel``'s (``target,
+    credentials, options, compression, interceptors``); the others are
+    keyword-only, as :func:`clientlb.grpc.secure_channel` and
+    :func:`insecure_channel`. A server name in the fourth place (where clientlb
+    used to take it) still works, with a ``DeprecationWarning``.
     """
-    return _open(lb_or_target, credentials, options, compression, interceptors,
-                 {"server_name": server_name, **kwargs})
+    return _open(lb_or_target, credentials, options, compression, interceptors, kwargs)
 
 
 def _open(lb_or_target: Any, credentials: grpc.ChannelCredentials | None,
           options: Sequence[tuple[str, Any]] | None, compression: grpc.Compression | None,
           interceptors: object, kwargs: dict[str, Any]) -> BalancedChannel:
+    compression = check_compression(compression)
     lb, owns, config, opts = prepare_channel(lb_or_target, options, credentials=credentials,
                                              **kwargs)
     with close_on_error(lb, owns):
