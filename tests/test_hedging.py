@@ -569,6 +569,9 @@ def test_the_balancers_policy_is_live_and_comes_from_config_files_and_the_regist
         registry.update("users", hedging={"max_extra_load": 0.1})
         assert lb.hedging == Hedging(max_extra_load=0.1) and "hedging=adaptive" in repr(transport)
         assert "hedging" not in repr(clientlb.HTTPTransport(lb, hedging=False))
+        with pytest.raises(ConfigError, match=r"^hedging: hedging must be a clientlb\.Hedging"):
+            registry.update("users", strategy="random", hedging=0.05)  # checked first:
+        assert lb.strategy.name == "round_robin"  # nothing applied
     bad = {"services": {"users": {"target": "127.0.0.1:1", "hedging": {"delay": -1}}}}
     with pytest.raises(ConfigError, match=r"^services\.users\.hedging\.delay: delay must be"):
         clientlb.Registry.from_config(bad, telemetry=False)

@@ -120,14 +120,15 @@ def _open_connection(**kw: Any) -> Any:
 
 LB_ARGS = ["strategy", "name", "first_resolution_timeout", "clock", "rng", "resolver_options",
            "health_check", "outlier_detection", "panic_threshold", "slow_start", "local_zone",
-           "overprovisioning_factor", "max_requests", "max_requests_per_endpoint", "retry"]
+           "overprovisioning_factor", "max_requests", "max_requests_per_endpoint", "retry",
+           "hedging"]
 LOOP_OPTIONS = ["rng", "clock", "backoff_initial", "backoff_multiplier", "backoff_maximum",
                 "backoff_jitter", "min_refresh_interval"]
 TTL_OPTIONS = [*LOOP_OPTIONS, "min_ttl", "max_ttl", "ttl_jitter", "timeout", "record_types",
                "tcp"]
 HTTP_OPTIONS = ["lb", "server_name", "hash_key", "affinity", "pool_shards", "verify", "cert",
                 "trust_env", "http1", "http2", "limits", "local_address", "retries",
-                "socket_options"]
+                "socket_options", "hedging"]
 GRPC_OPTIONS = ["lb_or_target", "options", "compression", "server_name", "failure_codes",
                 "retryable_codes", "max_attempts", "transparent_retries", "hedging",
                 "hash_key", "strategy", "retry"]
@@ -162,6 +163,8 @@ CONSTRUCTORS: dict[str, tuple[Callable[..., Any], list[str]]] = {
     "RetryPolicy": (clientlb.RetryPolicy, ["attempts", "backoff", "max_backoff", "budget",
                                            "retry_after_cap", "statuses", "methods"]),
     "RetryBudget": (clientlb.RetryBudget, ["ratio", "min_retries_per_second", "ttl", "clock"]),
+    "Hedging": (clientlb.Hedging, ["delay", "max_attempts", "max_extra_load", "methods",
+                                   "non_fatal_codes"]),
     "Endpoint": (lambda **kw: clientlb.Endpoint(**{"host": "10.0.0.1", "port": 80, **kw}),
                  ["host", "port", "weight", "priority", "zone", "metadata"]),
     "PeakEwma": (clientlb.PeakEwma, ["decay", "default_rtt", "error_penalty"]),

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .._engine.connectivity import UNUSABLE, Connectivity, ConnectivityTracker, Probe
 from .._engine.hedging import COUNTERS as HEDGE_COUNTERS
 from .._engine.hedging import HedgeState, Hedging
+from .._engine.hedging import check as check_hedging
 from .._engine.retry import DEFAULT_RETRY_POLICY, RetryBudget, RetryPolicy
 from .._health import HealthCheck, HealthManager, OutlierDetection, SlowStart
 from .._strategies import Key, Picker, Strategy, resolve_strategy
@@ -344,7 +345,7 @@ class LoadBalancer(Closing):
                               field="telemetry")
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise ConfigError(f"retry must be a RetryPolicy or None, got {retry!r}", field="retry")
-        _check_hedging(hedging)
+        check_hedging(hedging)
         self._strategy = resolve_strategy(strategy)
         if name is not None and (not isinstance(name, str) or not name):
             raise ConfigError(f"name must be a non-empty string, got {name!r}", field="name")
@@ -811,8 +812,7 @@ class LoadBalancer(Closing):
     def set_hedging(self, hedging: Hedging | None) -> None:
         """Replace the hedging policy live (``None``: no hedging for the integrations that
         use the balancer's); the adaptive delay and the counters carry over."""
-        _check_hedging(hedging)
-        self.hedging = hedging
+        self.hedging = check_hedging(hedging)
 
     def hedge_state(self) -> HedgeState:
         """The balancer's hedging state (adaptive delay, extra-load budget, counters),
@@ -1155,12 +1155,6 @@ def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-def _check_hedging(hedging: object) -> None:
-    if hedging is not None and not isinstance(hedging, Hedging):
-        raise ConfigError(f"hedging must be a clientlb.Hedging or None, got {hedging!r}",
-                          field="hedging")
 
 
 def _resolve_future(fut: asyncio.Future[None]) -> None:

@@ -65,7 +65,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .._core.errors import ConfigError
+from .._core.errors import ConfigError, strict_arguments
 from .._core.outcome import Outcome
 
 if TYPE_CHECKING:
@@ -158,6 +158,7 @@ def _methods(value: object) -> frozenset[str]:
     return frozenset(out)
 
 
+@strict_arguments
 @dataclass(frozen=True)
 class Hedging:
     """Hedged requests: when an attempt has not answered after ``delay``, another one
@@ -254,6 +255,14 @@ class _Live:
 
 #: ``hedging=`` not given to a transport or channel: use the balancer's, live.
 LIVE_HEDGING: Any = _Live()
+
+
+def check(value: object, field: str = "hedging") -> Hedging | None:
+    """``value`` when it is a balancer's hedging policy: a :class:`Hedging` or None."""
+    if value is not None and not isinstance(value, Hedging):
+        raise ConfigError(f"hedging must be a clientlb.Hedging or None, got {value!r}",
+                          field=field)
+    return value
 
 
 def resolve(given: object, field: str = "hedging") -> Hedging | None:

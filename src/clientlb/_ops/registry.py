@@ -17,7 +17,7 @@ in-flight calls finish where they are, and load metrics carry over. What can
 change live: ``strategy`` (a new picker over the same endpoint states),
 ``weights``, ``retry``, and every option the balancer has a ``set_<option>``
 method for — ``health_check``, ``outlier_detection``, ``panic_threshold``,
-``slow_start``, ``local_zone``, ``subset``; other options (``target``,
+``slow_start``, ``local_zone``, ``subset``, ``hedging``; other options (``target``,
 ``first_resolution_timeout``, ...) raise :class:`~clientlb.ConfigError` naming
 the option, instead of being ignored.
 
@@ -41,6 +41,7 @@ from .._core.balancer import BalancerSnapshot, LoadBalancer
 from .._core.closing import Closing
 from .._core.errors import ConfigError, strict_arguments
 from .._core.target import parse_target
+from .._engine.hedging import check as check_hedging
 from .._subset.config import subset_option
 from .config import load_config, option_value, parse_config, repath
 from .telemetry import Telemetry, default_telemetry
@@ -197,8 +198,8 @@ class Registry(Closing):
         ``Strategy``); ``retry=`` replaces the retry policy (and budget);
         ``weights={"host:port": w}`` overrides endpoint weights;
         ``health_check=``, ``outlier_detection=``, ``panic_threshold=``,
-        ``slow_start=``, ``local_zone=``, ``subset=`` (objects, tables, or
-        ``False`` for off) go to the balancer's ``set_<option>()`` method. Every change is
+        ``slow_start=``, ``local_zone=``, ``subset=``, ``hedging=`` (objects, tables,
+        or ``False`` for off) go to the balancer's ``set_<option>()`` method. Every change is
         validated before any is applied.
 
         Raises:
@@ -246,6 +247,9 @@ class Registry(Closing):
             check_place(subset)  # an aperture's place is found now, not halfway through
             return lambda: lb.set_subset(subset)
         obj = value if not isinstance(value, (Mapping, bool)) else option_value(key, value, key)
+        if key == "hedging":  # checked now: a change is validated before any is applied
+            hedging = check_hedging(obj)
+            return lambda: lb.set_hedging(hedging)
         setter = getattr(lb, f"set_{key}", None)
         if callable(setter):
             return lambda: setter(obj)
