@@ -167,6 +167,33 @@ def test_patch_switches_the_strategy_and_sets_weights(admin: AdminServer,
     assert registry["web"].snapshot().by_address()[address].endpoint.weight == 1
 
 
+def test_patch_turns_hedging_on_and_off_and_the_service_shows_its_counters(
+        admin: AdminServer, registry: clientlb.Registry) -> None:
+    """PATCH {"hedging": {...}} reaches a transport built before it (it reads the balancer's
+    policy at each request); the service's JSON and lb.snapshot() show the hedges; false
+    turns hedging off; a bad field is a 400 naming its path, and changes nothing."""
+    lb = registry["web"]
+    assert admin.client.get("/api/services/web").json()["hedging"] is None
+    r = admin.client.patch("/api/services/web", headers=AUTH,
+                           json={"hedging": {"delay": 0.5, "methods": ["GET"]}})
+    assert r.status_code == 200, r.text
+    assert lb.hedging == clientlb.Hedging(delay=0.5, methods=frozenset({"GET"}))
+    send(lb, 4)  # answered well within 0.5 s: hedgeable, never hedged
+    shown = admin.client.get("/api/services/web").json()["hedging"]
+    assert shown == {"requests": 4, "sent": 0, "won": 0, "refused": 0, "probes": 0,
+                     "adaptive_delay_ms": None}
+    snapshot = lb.snapshot().hedging
+    assert snapshot is not None and snapshot["requests"] == 4
+    r = admin.client.patch("/api/services/web", headers=AUTH,
+                           json={"strategy": "random", "hedging": {"max_extra_load": 2}})
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("services.web.hedging.max_extra_load: "), r.json()
+    assert lb.strategy.name == "round_robin" and lb.hedging is not None
+    r = admin.client.patch("/api/services/web", headers=AUTH, json={"hedging": False})
+    assert r.status_code == 200, r.text
+    assert lb.hedging is None
+
+
 def test_create_then_delete_a_service(admin: AdminServer, registry: clientlb.Registry,
                                       backends: list[Backend]) -> None:
     body = {"name": "api", "target": f"static://{backends[0].address}",

@@ -250,6 +250,9 @@ class BalancerSnapshot:
     version: int
     #: The subset (size, aperture width, widening, place) with ``subset=``; else None.
     subset: SubsetSnapshot | None = None
+    #: Hedged requests (``lb.hedging_statistics()``: requests, sent, won, refused,
+    #: probes, adaptive_delay) once a call could be hedged; else None.
+    hedging: dict[str, Any] | None = None
 
     def by_address(self) -> dict[str, EndpointSnapshot]:
         return {e.address: e for e in self.endpoints}
@@ -885,10 +888,12 @@ class LoadBalancer(Closing):
                 for state in (*self._states.values(), *self._draining.values())
             ]
             subsetter = self._subsetter
+            hedge_state = self._hedge_state
             return BalancerSnapshot(
                 name=self.name, target=str(self._target), strategy=self._strategy.name,
                 mode=self.mode, endpoints=tuple(rows), version=self._endpoint_set.version,
                 subset=subsetter.snapshot() if subsetter is not None else None,
+                hedging=hedge_state.statistics() if hedge_state is not None else None,
             )
 
     def _row(self, state: EndpointState, now: float) -> EndpointSnapshot:

@@ -10,7 +10,8 @@ service: 404; a name already taken: 409).
 
 The changes are those of :meth:`clientlb.Registry.update` that make sense
 live — ``strategy``, ``weights``, ``retry``, ``health_check``,
-``outlier_detection``, ``panic_threshold``, ``slow_start``, ``local_zone`` —
+``outlier_detection``, ``panic_threshold``, ``slow_start``, ``local_zone``,
+``hedging`` —
 plus create, delete, drain and undrain. Why the admin checks what
 ``Registry.update`` checks again: ``update`` validates some values only
 when it applies them (``panic_threshold``, ``local_zone``), and a request
@@ -47,8 +48,8 @@ __all__ = [
 
 #: Options a PATCH may change on a live balancer.
 LIVE_OPTIONS = ("strategy", "weights", "retry", "health_check", "outlier_detection",
-                "panic_threshold", "slow_start", "local_zone")
-_SECTIONS = ("retry", "health_check", "outlier_detection", "slow_start")
+                "panic_threshold", "slow_start", "local_zone", "hedging")
+_SECTIONS = ("retry", "health_check", "outlier_detection", "slow_start", "hedging")
 #: The largest request body the API reads (bytes): a service table is a few hundred.
 MAX_BODY = 64 * 1024
 _MAX_DIGITS = 16

@@ -231,8 +231,19 @@ def _service(name: str, lb: LoadBalancer, snap: BalancerSnapshot, history: _Hist
         "mode": snap.mode,
         "discovery": _discovery(lb),
         "in_flight": sum(e["in_flight"] for e in endpoints),
+        "hedging": _hedging(snap.hedging),
         "endpoints": endpoints,
     }
+
+
+def _hedging(statistics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``snapshot().hedging`` for JSON: the counters, and the adaptive delay in ms."""
+    if statistics is None:
+        return None
+    out = {k: v for k, v in statistics.items() if k != "adaptive_delay"}
+    delay = statistics.get("adaptive_delay")
+    out["adaptive_delay_ms"] = None if delay is None else _number(round(delay * 1000.0, 3))
+    return out
 
 
 def _discovery(lb: LoadBalancer) -> dict[str, Any]:

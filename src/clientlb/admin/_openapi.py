@@ -69,6 +69,10 @@ def openapi(root_path: str = "") -> dict[str, Any]:
             "slow_start": {"type": ["object", "boolean", "null"]},
             "panic_threshold": {"type": "number", "minimum": 0, "maximum": 100},
             "local_zone": {"type": ["string", "null"]},
+            "hedging": {"type": ["object", "boolean", "null"],
+                        "description": "clientlb.Hedging's fields (delay, max_attempts, "
+                        "max_extra_load, methods, non_fatal_codes); true: the defaults; "
+                        "false or null: no hedging"},
         },
         "additionalProperties": False,
     }
@@ -107,6 +111,10 @@ def openapi(root_path: str = "") -> dict[str, Any]:
             "mode": {"type": "string",
                      "enum": ["normal", "panic", "empty", "waiting", "closed"]},
             "discovery": {"type": "object"}, "in_flight": {"type": "integer"},
+            "hedging": {"type": ["object", "null"],
+                        "description": "hedged requests since the first one could be hedged "
+                        "(requests, sent, won, refused, probes, adaptive_delay_ms); null "
+                        "before"},
             "endpoints": {"type": "array", "items": _ref("Endpoint")},
         },
     }
