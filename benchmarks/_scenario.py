@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -343,6 +344,15 @@ async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
     # the backends and leave latency estimates of that queueing (seconds), not of a request
     await asyncio.gather(*(warm(warmup // concurrency + 1) for _ in range(concurrency)))
     out: list[tuple[float, float, int]] = []
+    # What the process holds by now (modules, the earlier configurations' results, the
+    # warm-up's objects) leaves the collector's view, as a latency-sensitive service does
+    # with gc.freeze() after its start-up: otherwise a full collection walking all of it
+    # pauses the client 30-40 ms once or twice a run, delaying the 8 requests in flight
+    # at once — the few slowest of ~2,600, so the p99.9 of whichever configuration it
+    # fell on (measured 2026-12-01, gc.callbacks: every cluster of slow requests in
+    # three runs coincided with one).
+    gc.collect()
+    gc.freeze()
     if backends is not None:
         backends.go()
     if on_go is not None:
@@ -355,7 +365,10 @@ async def drive(client: Any, url: Callable[[], str], backends: Backends | None,
             status = await one()
             out.append((start - t0, time.perf_counter() - start, status))
 
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        gc.unfreeze()
     return out
 
 

@@ -61,14 +61,15 @@ def specs(variant: str, delay: float, duration: float) -> list[dict[str, Any]]:
 
 
 def run(duration: float = 10.0, concurrency: int = 8, delay: float = 0.02, warmup: int = 200,
-        img: Path | None = None, rounds: int = 1) -> dict[str, Any]:
+        img: Path | None = None, rounds: int = 1, only: list[str] | None = None
+        ) -> dict[str, Any]:
     ports = free_ports(5)
     results: dict[str, list[Run]] = {}
     for variant in VARIANTS:
         sp = specs(variant, delay, duration)
-        runs = one_round(ports, sp, duration, concurrency, warmup)
+        runs = one_round(ports, sp, duration, concurrency, warmup, only)
         for _ in range(rounds - 1):
-            again = one_round(ports, sp, duration, concurrency, warmup)
+            again = one_round(ports, sp, duration, concurrency, warmup, only)
             runs = [a.merge(b) for a, b in zip(runs, again, strict=True)]
         results[variant] = runs
         print(table(variant, runs, duration) + "\n", flush=True)
@@ -84,18 +85,25 @@ def run(duration: float = 10.0, concurrency: int = 8, delay: float = 0.02, warmu
 
 
 def one_round(ports: list[int], sp: list[dict[str, Any]], duration: float, concurrency: int,
-              warmup: int) -> list[Run]:
-    """Every configuration once, in the tables' order (the oracle first)."""
+              warmup: int, only: list[str] | None = None) -> list[Run]:
+    """Every configuration once (or those of ``only``), in the tables' order (the oracle
+    first, always)."""
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     runs = [measure("oracle (4 fast backends)", "round_robin", ports, sp, duration,
                     concurrency, warmup, only=[1, 2, 3, 4])]
     for strategy in STRATEGIES:
-        runs.append(measure(f"clientlb {strategy}", strategy, ports, sp, duration,
-                            concurrency, warmup))
+        if wanted(strategy):
+            runs.append(measure(f"clientlb {strategy}", strategy, ports, sp, duration,
+                                concurrency, warmup))
     for name, strategy in HEDGED:
-        runs.append(measure(f"clientlb {name}", strategy, ports, sp, duration, concurrency,
-                            warmup, hedging=clientlb.Hedging()))
+        if wanted(name):
+            runs.append(measure(f"clientlb {name}", strategy, ports, sp, duration,
+                                concurrency, warmup, hedging=clientlb.Hedging()))
     for proxy in PROXIES:
-        runs.append(measure_proxy(proxy, ports, sp, duration, concurrency, warmup))
+        if wanted(proxy):
+            runs.append(measure_proxy(proxy, ports, sp, duration, concurrency, warmup))
     return runs
 
 
@@ -183,12 +191,15 @@ def main() -> None:
                         help="measure each configuration this many times, pooled")
     parser.add_argument("--smoke", action="store_true", help="a few seconds, for CI")
     parser.add_argument("--img", type=Path, help="write the PNG charts to this directory")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="measure only this configuration besides the oracle (repeatable): "
+                             "a strategy, 'peak_ewma + hedging', 'nginx least_conn', ...")
     args = parser.parse_args()
     if args.smoke:
-        run(duration=0.3, concurrency=4, delay=0.005, warmup=4, img=args.img)
+        run(duration=0.3, concurrency=4, delay=0.005, warmup=4, img=args.img, only=args.only)
     else:
         run(duration=args.duration, concurrency=args.concurrency, img=args.img,
-            rounds=args.rounds)
+            rounds=args.rounds, only=args.only)
 
 
 if __name__ == "__main__":
