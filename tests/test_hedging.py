@@ -246,6 +246,43 @@ def test_after_a_pause_of_the_whole_client_no_endpoint_is_a_probe(clock: FakeClo
     assert call.hedge_delay(call.pick()) == 0.0
 
 
+def test_an_endpoint_holding_an_attempt_past_its_hedge_delay_is_hedged_at_once(
+        clock: FakeClock) -> None:
+    """The lagging rule: a stall shows in no estimate until an answer comes, but an attempt
+    still unanswered when its hedge is due says the endpoint is slow now. Its estimate
+    rises to the wait at once, and requests sent there are hedged at once until it ends
+    — unless half the endpoints lag (a pause of the client, an overload)."""
+    addresses = ["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003", "127.0.0.1:8004"]
+    lb = closing(clientlb.LoadBalancer(addresses, clock=clock, outlier_detection=None))
+    hedging = Hedging(delay=0.05)
+
+    def probe(address: str) -> bool:
+        call = LogicalCall(lb, prefer=address, hedging=hedging)
+        pick = call.pick()
+        assert pick.address == address
+        try:
+            return call.hedge_delay(pick) == 0.0
+        finally:
+            pick.done(Outcome.CANCELLED)
+
+    stalled = LogicalCall(lb, prefer=addresses[0], hedging=hedging)
+    first = stalled.pick()
+    assert stalled.hedge_delay(first) == 0.05 and not probe(addresses[0])
+    clock.advance(0.2)  # 4 × the delay: the hedge is late, the attempt later still
+    assert stalled.take_hedge(2, first.address, [first])
+    assert first.latency_estimate() == pytest.approx(0.2)  # at least what it waited
+    assert probe(addresses[0]) and not probe(addresses[1])
+    assert lb.hedging_statistics()["probes"] == 0  # counted when such a hedge is sent
+    other = LogicalCall(lb, prefer=addresses[1], hedging=hedging)
+    second = other.pick()
+    assert other.take_hedge(2, second.address, [second])  # now 2 of 4 endpoints lag
+    assert not probe(addresses[0]) and not probe(addresses[1])
+    first.done(Outcome.CANCELLED)  # its lag is over: 1 of 4 again
+    assert probe(addresses[1])
+    second.done(Outcome.CANCELLED)  # nothing lags (and no outcome moved an estimate)
+    assert not probe(addresses[1])
+
+
 def test_no_more_hedges_than_max_attempts_and_none_past_the_deadline(clock: FakeClock) -> None:
     """max_attempts=3 allows two hedges; a deadline shorter than the delay allows none."""
     lb = closing(clientlb.LoadBalancer(["127.0.0.1:8001", "127.0.0.1:8002", "127.0.0.1:8003"],

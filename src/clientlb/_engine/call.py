@@ -51,7 +51,7 @@ shell only does what it is told; docs/architecture.md, "The call engine"):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._core.outcome import Outcome
@@ -255,9 +255,11 @@ class LogicalCall:
         """Seconds from now until the next hedge is due, or None when none will be.
 
         ``alone``: the attempt just started with no other in flight (the first, or a
-        retry). When the probe rule calls its endpoint slow — its latency estimate is
-        ``PROBE_FACTOR`` times the hedge delay or more — the hedge is due at once (0)
-        and that attempt is the call's probe (:meth:`lost` lets it finish).
+        retry). When its endpoint is known to be slow now — the probe rule: its latency
+        estimate is ``PROBE_FACTOR`` times the typical endpoint's or more; the lagging
+        rule: it holds an attempt still unanswered past its hedge delay — the hedge is
+        due at once (0) and that attempt is the call's probe (:meth:`lost` lets it
+        finish).
         """
         hedging = self.hedging
         hedger = self.hedger
@@ -266,7 +268,7 @@ class LogicalCall:
         delay = hedger.delay(hedging)
         if delay is None:
             return None
-        if alone is not None and hedger.is_probe(alone, delay):
+        if alone is not None and hedger.is_probe(alone, delay, len(self.lb.endpoints())):
             self.probe = alone
             delay = 0.0
         left = self.remaining()
@@ -274,20 +276,28 @@ class LogicalCall:
             return None
         return delay
 
-    def take_hedge(self, attempt: int, endpoint: str | None = None) -> bool:
+    def take_hedge(self, attempt: int, endpoint: str | None = None,
+                   waiting: Iterable[Pick] = ()) -> bool:
         """Pay one hedge (the ``attempt``-th attempt; ``endpoint``: the slow one's address)
-        from the extra-load budget and the retry budget; False when either is spent."""
+        from the extra-load budget and the retry budget; False when either is spent.
+
+        ``waiting``: the attempts in flight, unanswered — when the hedge is due to the
+        delay (not a probe's), their endpoints are lagging (``HedgeState.lagging``),
+        whether or not a budget allows the hedge.
+        """
         budget = self.budget
         hedging = self.hedging
         hedger = self.hedger
+        probe = self.hedges == 0 and self.probe is not None
         if hedging is None or hedger is None:  # a policy without hedging: the budget only
             taken = budget is None or budget.try_withdraw()
         else:
+            if not probe:
+                hedger.lagging(waiting)
             taken = hedger.take(hedging, None if budget is None else budget.try_withdraw)
         if not taken:
             record_budget_exhausted(self.lb)
             return False
-        probe = self.hedges == 0 and self.probe is not None
         if probe and hedger is not None:
             hedger.count("probes")
         self.hedges += 1

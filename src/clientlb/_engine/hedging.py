@@ -379,14 +379,17 @@ class HedgeState:
     ``probes`` (hedged at once by the probe rule).
     """
 
-    __slots__ = ("__weakref__", "_budgets", "_clock", "_counters", "_lock", "typical",
-                 "window")
+    __slots__ = ("__weakref__", "_budgets", "_clock", "_counters", "_lagging", "_lock",
+                 "typical", "window")
 
     def __init__(self, clock: Clock) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._budgets: dict[float, ExtraLoadBudget] = {}
         self._counters = dict.fromkeys(COUNTERS, 0)
+        #: per endpoint, the attempts still unanswered when their hedge delay passed
+        #: (the lagging rule; finished ones are dropped when looked at)
+        self._lagging: dict[str, list[Pick]] = {}
         self.window = LatencyWindow()
         #: the endpoints' latency estimates, averaged over the outcomes (so weighted by
         #: traffic): what the strategy's estimate of a typical endpoint is now
@@ -429,12 +432,43 @@ class HedgeState:
         """The hedge delay of ``hedging``: fixed, or adaptive (None before enough samples)."""
         return hedging.delay if hedging.delay is not None else self.window.value
 
-    def is_probe(self, pick: Pick, delay: float) -> bool:
-        """Does ``pick`` go to an endpoint the estimates call slow (the probe rule)?"""
-        if delay <= 0 or self.typical <= 0:
+    def is_probe(self, pick: Pick, delay: float, endpoints: int = 0) -> bool:
+        """Does ``pick`` go to an endpoint known to be slow now: its estimate calls it slow
+        (the probe rule), or it holds an attempt unanswered past its hedge delay while
+        fewer than half of the ``endpoints`` do (the lagging rule)?"""
+        if delay <= 0:
+            return False
+        if self._lagging and self._lags(pick.address, endpoints):
+            return True
+        if self.typical <= 0:
             return False
         estimate = pick.latency_estimate()
         return estimate > delay and estimate >= PROBE_FACTOR * self.typical
+
+    def lagging(self, picks: Iterable[Pick]) -> None:
+        """A hedge was due: ``picks`` (the attempts in flight) are still unanswered after
+        the hedge delay. Each endpoint's latency estimate rises to at least the time its
+        attempt has waited (a censored observation, ``Pick.outlasted``), and until the
+        attempt ends, requests sent to that endpoint are hedged at once."""
+        for pick in picks:
+            if pick.finished:
+                continue
+            pick.outlasted()
+            with self._lock:
+                self._lagging.setdefault(pick.address, []).append(pick)
+
+    def _lags(self, address: str, endpoints: int) -> bool:
+        with self._lock:
+            lagging = self._lagging
+            for key in list(lagging):
+                running = [p for p in lagging[key] if not p.finished]
+                if running:
+                    lagging[key] = running
+                else:
+                    del lagging[key]
+            # every endpoint lagging at once is the client's pause or an overload: it says
+            # nothing about one endpoint (as for the probe rule's typical estimate)
+            return address in lagging and 2 * len(lagging) < endpoints
 
     def take(self, hedging: Hedging, also: Callable[[], bool] | None = None) -> bool:
         """Pay one hedge from the extra-load budget (and ``also``, the retry budget)."""

@@ -830,7 +830,8 @@ class _Router(Generic[P]):
         busy = {a.address for a in live}
         if not live or not runner.room() \
                 or len(call.tried_addresses() | busy) >= len(self.lb.endpoints()) \
-                or not call.take_hedge(call.hedges + 2, live[-1].address):
+                or not call.take_hedge(call.hedges + 2, live[-1].address,
+                                       [a.pick for a in live]):
             return None
         try:
             hedge = self.attempt(call, busy)

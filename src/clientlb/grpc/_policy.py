@@ -300,7 +300,8 @@ class RpcCall:
             return False
         latest = self.latest
         self.hedge_ok = self.logical.take_hedge(
-            self.attempts + 1, None if latest is None else latest.address)
+            self.attempts + 1, None if latest is None else latest.address,
+            () if latest is None else (latest.pick,))
         return self.hedge_ok
 
     def losers(self, winner: Attempt | None, live: list[Attempt]) -> list[Attempt]:
