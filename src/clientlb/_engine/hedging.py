@@ -39,8 +39,32 @@ the HTTP transports and the gRPC channels through the call engine
   the other endpoints, not with the delay: a peak EWMA jumps to any slow answer and
   decays over seconds, so after a pause of the whole client every estimate is high
   for a while, and only an endpoint slower than its peers is a probe.
+* The **lagging rule** (:meth:`HedgeState.lagging`): a stall shows in no estimate
+  until an answer arrives (peak EWMA learns of a 200 ms pause when it ends), but a
+  hedge that is due says the attempt in flight has waited longer than 95% of answers.
+  So when a hedge is due to the delay, the endpoints of the attempts still waiting get
+  a censored observation — their estimate rises to at least the time waited, as for a
+  cancelled hedge — and, until those attempts end, a request sent to one of them is
+  hedged at once, like a probe; not while half the endpoints or more lag at once (a
+  pause of the client, an overload: nothing to learn about one endpoint).
 * :class:`HedgeState` — one per balancer: the latency window, the budgets, the
   counters of ``lb.hedging_statistics()`` and of the ``clientlb.hedges`` metric.
+
+Where this departs from the published designs, and why:
+
+* **The strategy's own attempt is not cancelled when a hedge wins** (Finagle and gRPC
+  cancel the loser, whichever it is): see below — cancelling it would hide the slow
+  endpoint from a latency-aware strategy. Its answer is read and discarded; the extra
+  work on the server is the same as with a cancel over HTTP/1.1 (a server notices a
+  closed connection only when it writes).
+* **A probe is an endpoint whose estimate is at least** :data:`PROBE_FACTOR` **times its
+  peers'** (and above the delay), not an endpoint whose estimate exceeds the delay:
+  after a pause of the whole client every estimate is high at once.
+* **The adaptive delay counts the answers callers got** (the winning attempt's
+  latency), not every attempt: an attempt a hedge beat runs on, and counting it would
+  raise the delay exactly while an endpoint stalls.
+* **The lagging rule** above is clientlb's: neither Finagle nor gRFC A6 hedges at once
+  on what earlier hedges revealed.
 
 What the call engine does with them (:class:`~clientlb._engine.call.LogicalCall`):
 ``hedge_delay`` says when the next hedge is due (or that none is), ``take_hedge``
