@@ -717,8 +717,8 @@ def connect_with(
     An exception of a ``connect_errors`` class raised by ``factory`` is a
     connect failure: it is reported as ``Outcome.CONNECT_FAILURE`` and the
     next endpoint is tried, under the same rules as :func:`connect`
-    (``attempts``, ``deadline`` checked between attempts, the retry budget,
-    never the same endpoint twice). Any other exception is reported as a
+    (``attempts``, ``deadline`` checked between attempts, never the same
+    endpoint twice, free of the retry budget). Any other exception is reported as a
     failure and propagates at once. The factory applies its own timeout
     (``connect_timeout=``, ``socket_connect_timeout=``...).
 
