@@ -212,8 +212,9 @@ class EndpointSnapshot:
     #: False for an endpoint outside this client's subset (``subset=``): discovered,
     #: never picked. True for every endpoint without subsetting.
     in_subset: bool = True
-    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
-    error_rate: float = 0.0
+    #: share of failed calls over the last few seconds (what peak_ewma's cost
+    #: penalises); None with strategies that do not weigh errors (not tracked)
+    error_rate: float | None = None
     #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
     #: (the mean of the others' while it has none; picks follow it multiplied by
     #: ``effective_weight``); None with other strategies.
@@ -855,7 +856,7 @@ class LoadBalancer(Closing):
             failures=load.failures,
             connectivity=state.connectivity.value,
             in_subset=self._subsetter is None or self._subsetter.contains(state.address),
-            error_rate=getattr(load, "error_rate", 0.0),
+            error_rate=load.error_rate if load.track_errors else None,
             load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
@@ -875,7 +876,9 @@ class LoadBalancer(Closing):
 
         In-flight calls are untouched and load metrics (in-flight counts,
         latency estimates) carry over, so a switch to ``least_request`` sees
-        the calls already running.
+        the calls already running. The error rate is tracked only while a
+        strategy that weighs it (``peak_ewma``) is installed: after a switch to
+        one, it starts from zero.
 
         Raises:
             ConfigError: an unknown strategy name.
@@ -883,6 +886,9 @@ class LoadBalancer(Closing):
         new = resolve_strategy(strategy)
         with self._lock:
             old, self._strategy = self._strategy, new
+            if new.weighs_errors != old.weighs_errors:  # e.g. to peak_ewma: start counting
+                for state in (*self._states.values(), *self._draining.values()):
+                    state.load.track_errors = new.weighs_errors
             if not self._closed:
                 self._rebuild_locked(self._clock())
         logger.info("%s: strategy %s -> %s", self.name, old.name, new.name)
