@@ -159,18 +159,20 @@ class Pick:
         if latency is None:
             latency = now - self._start
         state = self._state
-        # the -1 of the pair: EndpointLoad.release decrements in_flight
+        # the -1 of the pair: EndpointLoad.release decrements in_flight; and connectivity
+        # (clientlb._engine.connectivity), fed by every outcome but a cancellation
         if outcome is _SUCCESS:
             state.load.release(now, latency, False)
+            if state.connectivity is not _READY:
+                lb._connectivity.reached(state)
         elif outcome is _CANCELLED:
             state.load.release(now, None, False)
         else:
             state.load.release(now, latency, True)
-        # connectivity (clientlb._engine.connectivity): fed by every outcome
-        if outcome is _CONNECT_FAILURE:
-            lb._connectivity.failed(state)
-        elif state.connectivity is not _READY and outcome is not _CANCELLED:
-            lb._connectivity.reached(state)
+            if outcome is _CONNECT_FAILURE:
+                lb._connectivity.failed(state)
+            elif state.connectivity is not _READY:
+                lb._connectivity.reached(state)
         listeners = lb._outcome_listeners
         if listeners:
             for listener in listeners:
