@@ -30,12 +30,17 @@ def test_calls_spread_over_every_endpoint_per_strategy(backends: list[GrpcBacken
             clientlb.grpc.insecure_channel(lb) as channel:
         assert isinstance(channel, grpc.Channel)
         call = channel.unary_unary(UNARY)
-        wait_until(lambda: call(b"x", timeout=5) is not None and all(
-            e.connectivity == "ready" for e in lb.snapshot().endpoints))
-        answers = Counter(call(b"x", timeout=5) for _ in range(60))
-    assert set(answers) == {b"b0", b"b1", b"b2"}
+        answers: Counter[bytes] = Counter()
+
+        def connected() -> bool:
+            answers[call(b"x", timeout=5)] += 1
+            return all(e.connectivity == "ready" for e in lb.snapshot().endpoints)
+
+        wait_until(connected)
+        counted = Counter(call(b"x", timeout=5) for _ in range(60))
+    assert set(answers + counted) == {b"b0", b"b1", b"b2"}
     if strategy == "round_robin":
-        assert set(answers.values()) == {20}
+        assert set(counted.values()) == {20}
 
 
 @pytest.mark.parametrize("strategy", ["ring_hash", "maglev"])

@@ -249,3 +249,27 @@ def test_real_backends_a_503_on_30_percent_gets_a_fraction_of_its_share(
     assert sum(s == 200 for s in warm + statuses) >= 0.95 * len(warm + statuses)
     assert served[0] < sum(served) / 6, served  # less than half of a fair third
     assert gray.count > 0  # still tried now and then: it can win its share back
+
+
+def test_only_a_strategy_that_weighs_errors_tracks_them_and_a_live_switch_starts_it() -> None:
+    """The error rate costs every release some float work: only peak_ewma's loads keep it.
+    snapshot() says None where it is not tracked, and set_strategy switches it live."""
+    clock = FakeClock(0.0)
+    with clientlb.LoadBalancer(["10.0.0.1:80", "10.0.0.2:80"], strategy="round_robin",
+                               clock=clock, outlier_detection=None) as lb:
+
+        def fail_some() -> None:
+            for i in range(40):
+                clock.now += 0.01
+                lb.pick().done(clientlb.Outcome.GATEWAY_FAILURE if i % 4 == 0
+                               else clientlb.Outcome.SUCCESS, 0.005)
+
+        fail_some()
+        assert [e.error_rate for e in lb.snapshot().endpoints] == [None, None]
+        lb.set_strategy("peak_ewma")
+        assert [e.error_rate for e in lb.snapshot().endpoints] == [0.0, 0.0]  # from zero
+        fail_some()
+        rates = [e.error_rate for e in lb.snapshot().endpoints]
+        assert all(r is not None and 0.1 < r < 0.5 for r in rates), rates
+        lb.set_strategy("least_request")
+        assert [e.error_rate for e in lb.snapshot().endpoints] == [None, None]

@@ -14,24 +14,19 @@ twins of :func:`socket.create_connection` and :func:`asyncio.open_connection`:
     reader, writer = await clientlb.open_connection(lb)   # asyncio streams
 
 **Failover.** A connect that is refused, unreachable, times out or fails its
-TLS handshake never reached the backend's application, so it is always safe
-to try elsewhere (docs/architecture.md, "The call engine"). The failed attempt is reported
-as ``Outcome.CONNECT_FAILURE`` — a *local-origin* failure in Envoy's outlier
-detection vocabulary (see :mod:`clientlb._core.outcome`; a connect timeout is a
-connect failure, not ``TIMEOUT``, which means "accepted and did not answer")
-— and the next attempt picks again with ``exclude=`` the endpoints already
-tried. The call engine decides (clientlb._engine.call, docs/architecture.md):
-each endpoint is tried at most once per connect, within ``attempts`` when
-given (``retry=None`` means one attempt unless ``attempts=`` says otherwise)
-and within a total time (``deadline``). Failovers are free of the retry
-budget: that budget caps the extra load retries put on backends, and a
-refused connect put none; and after one connect failure the endpoint is left
-out of picks until a background probe connects to it again
-(clientlb._engine.connectivity), so a dead endpoint costs one failed attempt,
-not one per connect. When every attempt failed, :class:`ConnectError` names each endpoint tried and
-why; it is a :class:`ConnectionError` (so an ``except OSError`` or ``except
-ConnectionError`` written for the stdlib keeps working) and a
-:class:`~clientlb.ClientLBError`.
+TLS handshake never reached the backend's application: it is reported as
+``Outcome.CONNECT_FAILURE`` (local origin in Envoy's outlier detection; a
+connect timeout is not ``TIMEOUT``, which means "accepted and did not answer")
+and tried again elsewhere under the call engine's rule for attempts that never
+reached a backend (clientlb._engine.call; docs/architecture.md, "The call engine"):
+each endpoint at most once per connect, free of the retry budget, within
+``attempts`` when given (``retry=None``: one attempt unless ``attempts=`` says
+otherwise) and the total ``deadline``; the endpoint then stays out of picks until
+a background probe connects to it (clientlb._engine.connectivity), so a dead
+endpoint costs one failed attempt, not one per connect. When every attempt failed,
+:class:`ConnectError` names each endpoint tried and why; it is a
+:class:`ConnectionError` (an ``except OSError`` or ``except ConnectionError``
+written for the stdlib keeps working) and a :class:`~clientlb.ClientLBError`.
 
 **TLS.** The connection goes to the endpoint's address while the certificate
 is verified against ``server_hostname``, which is also the SNI. Its default is
@@ -722,8 +717,8 @@ def connect_with(
     An exception of a ``connect_errors`` class raised by ``factory`` is a
     connect failure: it is reported as ``Outcome.CONNECT_FAILURE`` and the
     next endpoint is tried, under the same rules as :func:`connect`
-    (``attempts``, ``deadline`` checked between attempts, the retry budget,
-    never the same endpoint twice). Any other exception is reported as a
+    (``attempts``, ``deadline`` checked between attempts, never the same
+    endpoint twice, free of the retry budget). Any other exception is reported as a
     failure and propagates at once. The factory applies its own timeout
     (``connect_timeout=``, ``socket_connect_timeout=``...).
 

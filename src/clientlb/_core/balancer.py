@@ -173,18 +173,20 @@ class Pick:
         if latency is None:
             latency = now - self._start
         state = self._state
-        # the -1 of the pair: EndpointLoad.release decrements in_flight
+        # the -1 of the pair: EndpointLoad.release decrements in_flight; and connectivity
+        # (clientlb._engine.connectivity), fed by every outcome but a cancellation
         if outcome is _SUCCESS:
             state.load.release(now, latency, False)
+            if state.connectivity is not _READY:
+                lb._connectivity.reached(state)
         elif outcome is _CANCELLED:
             state.load.release(now, None, False)
         else:
             state.load.release(now, latency, True)
-        # connectivity (clientlb._engine.connectivity): fed by every outcome
-        if outcome is _CONNECT_FAILURE:
-            lb._connectivity.failed(state)
-        elif state.connectivity is not _READY and outcome is not _CANCELLED:
-            lb._connectivity.reached(state)
+            if outcome is _CONNECT_FAILURE:
+                lb._connectivity.failed(state)
+            elif state.connectivity is not _READY:
+                lb._connectivity.reached(state)
         listeners = lb._outcome_listeners
         if listeners:
             for listener in listeners:
@@ -226,8 +228,9 @@ class EndpointSnapshot:
     #: False for an endpoint outside this client's subset (``subset=``): discovered,
     #: never picked. True for every endpoint without subsetting.
     in_subset: bool = True
-    #: share of failed calls over the last few seconds (what peak_ewma's cost penalises)
-    error_rate: float = 0.0
+    #: share of failed calls over the last few seconds (what peak_ewma's cost
+    #: penalises); None with strategies that do not weigh errors (not tracked)
+    error_rate: float | None = None
     #: The weight ``weighted_round_robin`` gives the endpoint from its load reports
     #: (the mean of the others' while it has none; picks follow it multiplied by
     #: ``effective_weight``); None with other strategies.
@@ -910,7 +913,7 @@ class LoadBalancer(Closing):
             failures=load.failures,
             connectivity=state.connectivity.value,
             in_subset=self._subsetter is None or self._subsetter.contains(state.address),
-            error_rate=getattr(load, "error_rate", 0.0),
+            error_rate=load.error_rate if load.track_errors else None,
             load_weight=None if picker is None else picker.weight_of(state, now),
         )
 
@@ -930,7 +933,9 @@ class LoadBalancer(Closing):
 
         In-flight calls are untouched and load metrics (in-flight counts,
         latency estimates) carry over, so a switch to ``least_request`` sees
-        the calls already running.
+        the calls already running. The error rate is tracked only while a
+        strategy that weighs it (``peak_ewma``) is installed: after a switch to
+        one, it starts from zero.
 
         Raises:
             ConfigError: an unknown strategy name.
@@ -938,6 +943,9 @@ class LoadBalancer(Closing):
         new = resolve_strategy(strategy)
         with self._lock:
             old, self._strategy = self._strategy, new
+            if new.weighs_errors != old.weighs_errors:  # e.g. to peak_ewma: start counting
+                for state in (*self._states.values(), *self._draining.values()):
+                    state.load.track_errors = new.weighs_errors
             if not self._closed:
                 self._rebuild_locked(self._clock())
         logger.info("%s: strategy %s -> %s", self.name, old.name, new.name)

@@ -39,7 +39,10 @@ few calls says little (``1 / (1 + 10)``) while 30 failures in 100 calls say
 (see :mod:`clientlb._strategies.peak_ewma` for the shape and the default): a
 *gray* failure — a backend answering 503 to a third of its requests as fast
 as the others answer 200 — otherwise keeps its full share, since retries
-hide it from callers and no ejection threshold fires.
+hide it from callers and no ejection threshold fires. Only the loads of a
+strategy that reads it (``Strategy.weighs_errors``) track it: for the others it
+would cost about 6% of every pick+done for nothing (``track_errors``, switched
+by ``LoadBalancer.set_strategy``).
 """
 
 from __future__ import annotations
@@ -60,10 +63,10 @@ class EndpointLoad:
     """In-flight count and peak-EWMA latency of one endpoint (thread-safe)."""
 
     __slots__ = ("_failed", "_lock", "_outcomes", "decay", "error_rate", "ewma", "failures",
-                 "in_flight", "requests", "stamp")
+                 "in_flight", "requests", "stamp", "track_errors")
 
     def __init__(self, now: float, *, decay: float = DEFAULT_DECAY,
-                 default_rtt: float = DEFAULT_RTT) -> None:
+                 default_rtt: float = DEFAULT_RTT, track_errors: bool = False) -> None:
         self._lock = threading.Lock()
         self.in_flight = 0
         self.requests = 0
@@ -71,8 +74,10 @@ class EndpointLoad:
         self.ewma = default_rtt
         self.stamp = now
         self.decay = decay
-        #: failed / (outcomes + ERROR_PRIOR) over the decay window (see the module doc)
+        #: failed / (outcomes + ERROR_PRIOR) over the decay window (see the module doc);
+        #: stays 0 unless ``track_errors``
         self.error_rate = 0.0
+        self.track_errors = track_errors
         self._outcomes = 0.0  # outcome and failure counts, decayed with the latency
         self._failed = 0.0
 
@@ -87,12 +92,13 @@ class EndpointLoad:
                 return
             elapsed = now - self.stamp
             w = math.exp(-elapsed / self.decay) if elapsed > 0 else 1.0
-            we = w * w  # = exp(-elapsed / (decay / 2)): errors are judged on a shorter window
-            outcomes = self._outcomes * we + 1.0
-            bad = self._failed * we + (1.0 if failed else 0.0)
-            self._outcomes = outcomes
-            self._failed = bad
-            self.error_rate = bad / (outcomes + ERROR_PRIOR)
+            if self.track_errors:
+                we = w * w  # = exp(-elapsed / (decay / 2)): errors judged on a shorter window
+                outcomes = self._outcomes * we + 1.0
+                bad = self._failed * we + (1.0 if failed else 0.0)
+                self._outcomes = outcomes
+                self._failed = bad
+                self.error_rate = bad / (outcomes + ERROR_PRIOR)
             decayed = self.ewma * w
             if failed and latency < decayed:
                 latency = decayed

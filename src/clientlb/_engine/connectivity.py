@@ -148,14 +148,12 @@ class ConnectivityTracker:
     background thread and hold the balancer only weakly.
     """
 
-    __slots__ = ("__weakref__", "_lb", "_probe", "_rng", "probes", "recoveries")
+    __slots__ = ("__weakref__", "_lb", "_probe", "_rng")
 
     def __init__(self, lb: LoadBalancer) -> None:
         self._lb = weakref.ref(lb)
         self._probe: Probe | None = None  # None: tcp_probe, looked up at each probe
         self._rng = lb.rng
-        self.probes = 0
-        self.recoveries = 0
 
     def set_probe(self, probe: Probe | None) -> None:
         """Use ``probe`` to test endpoints in transient failure (None: a TCP handshake)."""
@@ -196,7 +194,6 @@ class ConnectivityTracker:
         if lb.state_of(state.address) is not state or state.draining:
             return  # left the target: nothing to reconnect to
         state.connectivity = CONNECTING
-        self.probes += 1
         try:
             ok = (self._probe or tcp_probe)(state.endpoint, PROBE_TIMEOUT)
         except Exception:  # a probe must never kill the scheduler
@@ -205,7 +202,6 @@ class ConnectivityTracker:
         if state.connectivity is not CONNECTING:  # a call reported meanwhile
             return
         if ok:
-            self.recoveries += 1
             state.connectivity = READY
             logger.debug("%s: %s accepts connections again", lb.name, state.address)
             lb.endpoint_reconnected(state)

@@ -315,11 +315,6 @@ class RetryState:
         self._stop = tenacity.stop_after_attempt(policy.attempts)
         self._call = tenacity.RetryCallState(_RETRYING, None, (), {})
 
-    @property
-    def attempt_number(self) -> int:
-        """The number of the attempt that just ended (1 for the first)."""
-        return self._call.attempt_number
-
     def next_delay(self, retry_after: float | None = None) -> float | None:
         """Seconds to wait before the next attempt, or None to stop.
 

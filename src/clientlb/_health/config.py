@@ -57,6 +57,14 @@ def _optional_count(owner: str, name: str, value: object) -> int | None:
     return None if value is None else _count(owner, name, value)
 
 
+def _gates(owner: str, detector: SuccessRate | FailurePercentage) -> None:
+    """The gates both statistical detectors have, checked alike: Envoy's
+    ``*_minimum_hosts``, ``*_request_volume`` and ``enforcing_*``."""
+    _count(owner, "minimum_hosts", detector.minimum_hosts)
+    _count(owner, "request_volume", detector.request_volume)
+    _percent(owner, "enforcing", detector.enforcing)
+
+
 @strict_arguments
 @dataclass(frozen=True)
 class SuccessRate:
@@ -92,9 +100,7 @@ class SuccessRate:
             raise ConfigError(f"must be a number >= 0, got {f!r}",
                               field="success_rate.stdev_factor")
         _percent("success_rate", "minimum_gap", self.minimum_gap)
-        _count("success_rate", "minimum_hosts", self.minimum_hosts)
-        _count("success_rate", "request_volume", self.request_volume)
-        _percent("success_rate", "enforcing", self.enforcing)
+        _gates("success_rate", self)
 
 
 @strict_arguments
@@ -121,9 +127,7 @@ class FailurePercentage:
 
     def __post_init__(self) -> None:
         _percent("failure_percentage", "threshold", self.threshold)
-        _count("failure_percentage", "minimum_hosts", self.minimum_hosts)
-        _count("failure_percentage", "request_volume", self.request_volume)
-        _percent("failure_percentage", "enforcing", self.enforcing)
+        _gates("failure_percentage", self)
 
 
 @strict_arguments

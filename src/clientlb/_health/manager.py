@@ -33,6 +33,7 @@ import logging
 import math
 import weakref
 from collections.abc import Sequence
+from typing import TypeVar
 
 from .._core.errors import ConfigError
 from .._core.outcome import Outcome
@@ -85,11 +86,27 @@ _COUNTERS = (
 )
 
 
+_C = TypeVar("_C")
+
+
 def _check_fraction(name: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
             or not low <= value <= high:
         raise ConfigError(f"must be a number {low:g}..{high:g}, got {value!r}", field=name)
     return float(value)
+
+
+def _check_config(name: str, value: object, cls: type[_C]) -> _C | None:
+    """A health setting: a ``cls`` or None (at construction and when set live)."""
+    if value is None or isinstance(value, cls):
+        return value
+    raise ConfigError(f"must be a clientlb.{cls.__name__} or None, got {value!r}", field=name)
+
+
+def _check_zone(value: object) -> str | None:
+    if value is None or (isinstance(value, str) and value):
+        return value
+    raise ConfigError(f"must be a non-empty string or None, got {value!r}", field="local_zone")
 
 
 class HealthManager:
@@ -108,19 +125,10 @@ class HealthManager:
         max_requests: int | None,
         max_requests_per_endpoint: int | None,
     ) -> None:
-        if health_check is not None and not isinstance(health_check, HealthCheck):
-            raise ConfigError(f"must be a clientlb.HealthCheck or None, got {health_check!r}",
-                              field="health_check")
-        if outlier_detection is not None and not isinstance(outlier_detection,
-                                                            OutlierDetection):
-            raise ConfigError(f"must be a clientlb.OutlierDetection or None, got "
-                              f"{outlier_detection!r}", field="outlier_detection")
-        if slow_start is not None and not isinstance(slow_start, SlowStart):
-            raise ConfigError(f"must be a clientlb.SlowStart or None, got {slow_start!r}",
-                              field="slow_start")
-        if local_zone is not None and (not isinstance(local_zone, str) or not local_zone):
-            raise ConfigError(f"must be a non-empty string or None, got {local_zone!r}",
-                              field="local_zone")
+        _check_config("health_check", health_check, HealthCheck)
+        _check_config("outlier_detection", outlier_detection, OutlierDetection)
+        _check_config("slow_start", slow_start, SlowStart)
+        _check_zone(local_zone)
         self.panic_threshold = _check_fraction("panic_threshold", panic_threshold, 0, 100)
         self.overprovisioning_factor = _check_fraction(
             "overprovisioning_factor", overprovisioning_factor, 1.0, 100.0)
@@ -493,9 +501,7 @@ class HealthManager:
 
     def set_health_check(self, health_check: HealthCheck | None) -> None:
         """Replace the active checks; current endpoints stay healthy until probed."""
-        if health_check is not None and not isinstance(health_check, HealthCheck):
-            raise ConfigError(f"must be a clientlb.HealthCheck or None, got {health_check!r}",
-                              field="health_check")
+        _check_config("health_check", health_check, HealthCheck)
         lb = self._lb
         new = (HealthChecker(self, health_check, self._logical_name())
                if health_check is not None else None)
@@ -515,10 +521,7 @@ class HealthManager:
 
     def set_outlier_detection(self, outlier_detection: OutlierDetection | None) -> None:
         """Replace the detectors; ``None`` also ends every current ejection."""
-        if outlier_detection is not None and not isinstance(outlier_detection,
-                                                            OutlierDetection):
-            raise ConfigError(f"must be a clientlb.OutlierDetection or None, got "
-                              f"{outlier_detection!r}", field="outlier_detection")
+        _check_config("outlier_detection", outlier_detection, OutlierDetection)
         lb = self._lb
         with lb.locked():
             if self.outlier is not None:
@@ -551,15 +554,9 @@ class HealthManager:
         elif name == "overprovisioning_factor":
             self.overprovisioning_factor = _check_fraction(name, value, 1.0, 100.0)
         elif name == "slow_start":
-            if value is not None and not isinstance(value, SlowStart):
-                raise ConfigError(f"must be a clientlb.SlowStart or None, got {value!r}",
-                                  field=name)
-            self.slow_start = value
+            self.slow_start = _check_config(name, value, SlowStart)
         elif name == "local_zone":
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ConfigError(f"must be a non-empty string or None, got {value!r}",
-                                  field=name)
-            self.local_zone = value
+            self.local_zone = _check_zone(value)
         else:
             raise ConfigError(f"{name!r} cannot be changed live", field=name)
         self._lb.rebuild()

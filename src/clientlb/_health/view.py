@@ -1,25 +1,16 @@
 """What the health layer may see and do of its balancer: the :class:`BalancerView` contract.
 
-The health manager decides which endpoints may take traffic; the balancer owns
-the endpoint states, the lock that guards them and the picker built from them.
-The manager needs a little of each — to read the states, to change them under
-the balancer's lock and have the picker rebuilt, to tell ``pick()`` when
-time-driven work is due — and nothing more. This protocol lists exactly that,
-so the two sides meet at one typed seam instead of the manager reaching into
-the balancer's private attributes (issue 12: "a narrow, typed interface
-between the balancer and health"). grpc-go draws the same line between a
-balancer and its ``ClientConn`` (``balancer/balancer.go``): the policy sees a
-small interface, never the channel itself. The table of members is in
-docs/architecture.md, "Health ↔ balancer: the contract".
-
-:class:`~clientlb.LoadBalancer` implements it. Its methods are public in name
-only so that another module may call them: they are the layer's contract, not
-part of ``clientlb``'s API, and users never need them.
-
-Locking rule: everything that reads or writes endpoint states, or rebuilds the
-picker, runs inside ``with lb.locked():`` — except :meth:`BalancerView.endpoint_states`
-called to *list* endpoints (the active checker does, from its own thread). The
-lock is re-entrant, so listener registration may happen inside a locked block.
+The health manager decides which endpoints may take traffic; the balancer owns the
+endpoint states, the lock that guards them and the picker built from them. This
+protocol lists the little the manager needs of each, so that the two meet at one typed
+seam instead of the manager reaching into the balancer's private attributes (issue 12),
+as grpc-go draws the line between a balancer and its ``ClientConn``
+(``balancer/balancer.go``). :class:`~clientlb.LoadBalancer` implements it; its members
+are public in name only (the layer's contract, not ``clientlb``'s API). The table of
+members and the rules are in docs/architecture.md, "Health ↔ balancer: the contract":
+everything that reads or writes endpoint states, or rebuilds the picker, runs inside
+``with lb.locked():`` (re-entrant) — except :meth:`BalancerView.endpoint_states` called
+to *list* endpoints (the active checker does, from its own thread).
 """
 
 from __future__ import annotations

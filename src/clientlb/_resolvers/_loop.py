@@ -94,6 +94,10 @@ class ResolverStats:
     malformed_answers: int = 0
 
 
+_COUNTERS = ("resolutions", "updates", "errors", "consecutive_errors", "malformed",
+             "malformed_answers", "refreshes")
+
+
 _shared_lock = threading.Lock()
 _shared: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
@@ -164,13 +168,8 @@ class LoopResolver(Resolver):
         self._last: EndpointSet | None = None
         self._version = 0
         self._malformed_seen: set[str] = set()
-        self._n_resolutions = 0
-        self._n_updates = 0
-        self._n_errors = 0
-        self._n_consecutive_errors = 0
-        self._n_malformed = 0
-        self._n_malformed_answers = 0
-        self._n_refreshes = 0
+        # the counters of ResolverStats, by field name (statistics() copies them)
+        self._counts: dict[str, int] = dict.fromkeys(_COUNTERS, 0)
         self._last_error: str | None = None
         self._last_success: float | None = None
 
@@ -297,7 +296,7 @@ class LoopResolver(Resolver):
             if self._closed:
                 return
             self._refresh_pending = True
-            self._n_refreshes += 1
+            self._counts["refreshes"] += 1
             loop, wake = self._loop, self._wake
         if loop is not None and wake is not None:
             with contextlib.suppress(RuntimeError):
@@ -357,11 +356,11 @@ class LoopResolver(Resolver):
 
         Also counts a success and resets the backoff. True when published.
         """
-        self._n_resolutions += 1
-        if self._n_consecutive_errors and not self._closed:
+        self._counts["resolutions"] += 1
+        if self._counts["consecutive_errors"] and not self._closed:
             logger.info("%s: discovery recovered after %s", self,
-                        plural(self._n_consecutive_errors, "error"))
-        self._n_consecutive_errors = 0
+                        plural(self._counts["consecutive_errors"], "error"))
+        self._counts["consecutive_errors"] = 0
         self._last_success = self._clock()
         self._backoff.reset()
         new = EndpointSet.from_iterable(endpoints, version=self._version + 1, dedupe=True)
@@ -371,7 +370,7 @@ class LoopResolver(Resolver):
             return False
         self._version += 1
         self._last = new
-        self._n_updates += 1
+        self._counts["updates"] += 1
         logger.debug("%s: publishing %s (v%d)", self, plural(len(new), "endpoint"),
                      self._version)
         sink.publish(new)
@@ -381,7 +380,7 @@ class LoopResolver(Resolver):
     def malformed_count(self) -> int:
         """Records skipped as malformed so far (read it before an answer, pass it to
         :meth:`answer`)."""
-        return self._n_malformed
+        return self._counts["malformed"]
 
     def answer(self, sink: ResolverSink, endpoints: Iterable[Endpoint], *,
                malformed_before: int) -> bool:
@@ -394,10 +393,10 @@ class LoopResolver(Resolver):
         a set was published.
         """
         endpoints = list(endpoints)
-        skipped = self._n_malformed - malformed_before
+        skipped = self._counts["malformed"] - malformed_before
         if endpoints or skipped <= 0:
             return self.publish(sink, endpoints)
-        self._n_malformed_answers += 1
+        self._counts["malformed_answers"] += 1
         self.fail(sink, DiscoveryError(
             f"every record of the answer was malformed ({skipped} skipped); not an "
             "authoritative empty set", target=str(self.target)))
@@ -405,26 +404,26 @@ class LoopResolver(Resolver):
 
     def fail(self, sink: ResolverSink, exc: DiscoveryError) -> None:
         """Report a failure; the balancer keeps the last good set."""
-        self._n_errors += 1
-        self._n_consecutive_errors += 1
+        self._counts["errors"] += 1
+        self._counts["consecutive_errors"] += 1
         self._last_error = str(exc)
         if self._closed:
             return
         # One WARNING per episode (from the first failure to the next answer), then
         # DEBUG: a source that stays down must not flood the log.
-        if self._n_consecutive_errors == 1:
+        if self._counts["consecutive_errors"] == 1:
             kept = (f"keeping the last good set ({plural(len(self._last), 'endpoint')}) until "
                     "it recovers" if self._last is not None
                     else "no endpoint set yet: picks fail until it answers")
             logger.warning("%s: discovery failed: %s; %s", self, exc, kept)
         else:
             logger.debug("%s: discovery still failing (%s in a row): %s", self,
-                         plural(self._n_consecutive_errors, "error"), exc)
+                         plural(self._counts["consecutive_errors"], "error"), exc)
         sink.error(exc)
 
     def malformed(self, record: str, reason: str) -> None:
         """Skip a malformed record: counted, logged once per record (then at debug level)."""
-        self._n_malformed += 1
+        self._counts["malformed"] += 1
         key = f"{record}: {reason}"
         if key in self._malformed_seen:
             logger.debug("%s: skipping malformed record %s", self, key)
@@ -441,13 +440,8 @@ class LoopResolver(Resolver):
     def statistics(self) -> ResolverStats:
         """Counters of this resolver (what telemetry exports)."""
         return ResolverStats(
-            resolutions=self._n_resolutions, updates=self._n_updates, errors=self._n_errors,
-            consecutive_errors=self._n_consecutive_errors, malformed=self._n_malformed,
-            refreshes=self._n_refreshes,
-            endpoints=len(self._last) if self._last is not None else 0,
-            last_error=self._last_error, last_success=self._last_success,
-            malformed_answers=self._n_malformed_answers,
-        )
+            **self._counts, endpoints=len(self._last) if self._last is not None else 0,
+            last_error=self._last_error, last_success=self._last_success)
 
     def describe(self) -> dict[str, Any]:
         """Extra ``repr`` details (no secrets); subclasses add theirs."""

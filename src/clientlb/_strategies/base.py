@@ -59,6 +59,9 @@ class Strategy(ABC):
     #: True when the strategy reads the endpoints' ORCA load reports
     #: (``weighted_round_robin``): the integrations parse them only then.
     uses_load_reports: ClassVar[bool] = False
+    #: True when the strategy reads :attr:`EndpointLoad.error_rate` (``peak_ewma``):
+    #: the loads track it only then (it costs ~6% of a pick+done).
+    weighs_errors: ClassVar[bool] = False
 
     def __init__(self) -> None:  # noqa: B027 - not abstract: most strategies have no settings
         """A strategy without settings takes no argument."""
@@ -77,7 +80,7 @@ class Strategy(ABC):
 
     def new_load(self, now: float) -> EndpointLoad:
         """The load metric object for a new endpoint (override to tune it)."""
-        return EndpointLoad(now)
+        return EndpointLoad(now, track_errors=self.weighs_errors)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

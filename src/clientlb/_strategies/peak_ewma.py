@@ -91,6 +91,7 @@ class PeakEwma(Strategy):
     """
 
     name: ClassVar[str] = "peak_ewma"
+    weighs_errors: ClassVar[bool] = True
 
     def __init__(self, *, decay: float = DEFAULT_DECAY, default_rtt: float = DEFAULT_RTT,
                  error_penalty: float = DEFAULT_ERROR_PENALTY) -> None:
@@ -116,7 +117,8 @@ class PeakEwma(Strategy):
         return P2CPicker(endpoints, weights, rng, _cost_with_errors(penalty) if penalty else _cost)
 
     def new_load(self, now: float) -> EndpointLoad:
-        return EndpointLoad(now, decay=self.decay, default_rtt=self.default_rtt)
+        return EndpointLoad(now, decay=self.decay, default_rtt=self.default_rtt,
+                            track_errors=True)
 
     def __repr__(self) -> str:
         return (f"PeakEwma(decay={self.decay:g}, default_rtt={self.default_rtt:g}, "

@@ -29,8 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 from collections.abc import Callable, Generator, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -41,6 +42,8 @@ from .._core.errors import strict_arguments
 from .._core.outcome import Outcome
 from .._engine import connectivity
 from .._engine.orca import record_trailers
+from . import insecure_channel as _sync_insecure_channel
+from . import secure_channel as _sync_secure_channel
 from ._aio_intercept import Answers, InterceptedUnaryUnaryCall, split_interceptors
 from ._common import (
     ChannelConfig,
@@ -706,7 +709,32 @@ def _consume(task: asyncio.Task[Any]) -> None:
 
 
 
-@strict_arguments
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _twin_of(sync: Callable[..., Any]) -> Callable[[_F], _F]:
+    """Make a channel constructor of this module the twin of the sync one ``sync``.
+
+    The twin takes ``sync``'s keyword-only arguments through ``**kwargs`` and gets the
+    same argument handling: :func:`strict_arguments`, and ``server_name_fourth`` when
+    it takes ``credentials``. Its signature (``help()``, ``inspect.signature``) lists
+    its own positional parameters, then ``sync``'s keyword-only ones.
+    """
+    def twin(function: _F) -> _F:
+        own = inspect.signature(function)
+        positional = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        keywords = [p for p in inspect.signature(sync).parameters.values()
+                    if p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+        checked = strict_arguments(server_name_fourth(function) if "credentials" in own.parameters
+                                   else function)
+        checked.__signature__ = own.replace(  # type: ignore[attr-defined]
+            parameters=[*positional, *keywords])
+        return checked
+
+    return twin
+
+
+@_twin_of(_sync_insecure_channel)
 def insecure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     options: Sequence[tuple[str, Any]] | None = None,
@@ -725,8 +753,7 @@ def insecure_channel(
     return _open(lb_or_target, None, options, compression, interceptors, kwargs)
 
 
-@strict_arguments
-@server_name_fourth
+@_twin_of(_sync_secure_channel)
 def secure_channel(
     lb_or_target: LoadBalancer | str | Sequence[str | Endpoint],
     credentials: grpc.ChannelCredentials,
