@@ -54,7 +54,11 @@ def test_hedging_example_takes_the_slow_backend_off_the_callers_tail() -> None:
     assert "retry=3 attempts hedging=50ms>\n" in out  # the transport's own
     assert "retry=3 attempts>\n" in out  # hedging=False
     assert "without hedging: 10 of 30 requests took 300 ms or more" in out
-    assert "with hedging: 0 of 30 requests took 300 ms or more" in out
+    slow = re.search(r"^with hedging: (\d+) of 30 requests took 300 ms or more", out, re.M)
+    assert slow is not None, out
+    # 0 on a quiet machine; one may be late when the hedge's thread is scheduled late (the
+    # full suite on 2 loaded cores once printed 1, slowest 0.36 s), never the ten above
+    assert int(slow.group(1)) <= 1, out
     numbers = re.search(r"hedges sent (\d+), won (\d+), probes (\d+); gamma's latency "
                         r"estimate ([\d.]+) s \(it served (\d+) requests\)", out)
     assert numbers is not None, out
