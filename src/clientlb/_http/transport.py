@@ -44,8 +44,10 @@ OPTIONS, PUT, DELETE, TRACE), when it carries an ``Idempotency-Key`` header,
 or when the request opts in with ``extensions={"clientlb.retry": True}``
 (``False`` turns retries off for one request), after a jittered exponential
 back-off that honours ``Retry-After`` up to the policy's cap. No endpoint is
-tried twice while another may take traffic (``lb.pick(exclude=...)``); every
-retry is paid from the balancer's retry budget (20% + 10/s); a streamed body
+tried twice while another may take traffic (``lb.pick(exclude=...)``); a
+retry after an attempt that may have reached its backend is paid from the
+balancer's retry budget (20% + 10/s), one that never reached any is free
+(docs/architecture.md, "The call engine"); a streamed body
 that was already sent is never replayed. When the attempts are spent the
 last response is returned, or the last error is raised as the same httpx
 exception, its message naming every endpoint tried.
