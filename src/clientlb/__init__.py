@@ -52,6 +52,7 @@ from ._subset import Aperture, RandomSubset, SubsetSnapshot
 _LAZY: dict[str, str] = {
     "AsyncHTTPTransport": "._http.transport",
     "HTTPTransport": "._http.transport",
+    "TransportClosed": "._http.transport",
     "CookieAffinity": "._http.affinity",
     "HeaderAffinity": "._http.affinity",
     "hash_by_client_ip": "._http.affinity",
@@ -79,7 +80,7 @@ if _typing.TYPE_CHECKING:  # what mypy and IDEs see: the same names, imported ea
         hash_by_cookie,
         hash_by_header,
     )
-    from ._http.transport import AsyncHTTPTransport, HTTPTransport
+    from ._http.transport import AsyncHTTPTransport, HTTPTransport, TransportClosed
     from ._ops.registry import Registry
     from ._ops.telemetry import Telemetry, instrument
     from ._resolvers import ResolverStats
@@ -164,6 +165,7 @@ __all__ = [
     "SuccessRate",
     "Target",
     "Telemetry",
+    "TransportClosed",
     "WeightedRoundRobin",
     "__version__",
     "aconnect_with",
