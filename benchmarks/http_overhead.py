@@ -16,7 +16,10 @@ sequential ``httpx.Client`` and for ``httpx.AsyncClient`` at concurrency 32:
 (c) clientlb's transport over the 4 backends (round_robin, and the default
     peak_ewma; default retry policy and outlier detection on);
 (d) through an nginx reverse proxy (round robin, upstream keep-alive);
-(e) through HAProxy (roundrobin, keep-alive).
+(e) through HAProxy (roundrobin, keep-alive);
+(f) (c) peak_ewma with hedging on but never firing (``Hedging(delay=10)``): what a
+    hedgeable request costs the client when no hedge is sent — async, a task and a
+    wait per request; sync, the attempt runs in a hedge thread while the caller waits.
 
 Each configuration runs ``--rounds`` times, interleaved; the best
 requests/s and the lowest client CPU time per request (``process_time``, all
@@ -153,10 +156,11 @@ def configs(backends: list[int], nginx: int, haproxy: int, is_async: bool
     urls = [f"http://127.0.0.1:{p}/" for p in backends]
     addresses = [f"127.0.0.1:{p}" for p in backends]
 
-    def balanced(strategy: str) -> Callable[[], object]:
+    def balanced(strategy: str, hedging: clientlb.Hedging | None = None
+                 ) -> Callable[[], object]:
         def make() -> object:
             lb = clientlb.LoadBalancer(addresses, name="svc", strategy=strategy)
-            return client_cls(transport=transport_cls(lb))  # type: ignore[operator]
+            return client_cls(transport=transport_cls(lb, hedging=hedging))  # type: ignore[operator]
         return make
 
     return {
@@ -166,6 +170,8 @@ def configs(backends: list[int], nginx: int, haproxy: int, is_async: bool
         "(c) clientlb peak_ewma": (balanced("peak_ewma"), lambda i: "http://svc/"),
         "(d) nginx proxy": (client_cls, lambda i: f"http://127.0.0.1:{nginx}/"),
         "(e) HAProxy": (client_cls, lambda i: f"http://127.0.0.1:{haproxy}/"),
+        "(f) clientlb peak_ewma, hedging on, never fires": (
+            balanced("peak_ewma", clientlb.Hedging(delay=10.0)), lambda i: "http://svc/"),
     }
 
 
@@ -216,7 +222,7 @@ def instructions(ports: list[int], low: int, high: int) -> dict[str, float]:
     """Client instructions per request under callgrind: (I(high) - I(low)) / (high - low),
     so that start-up and imports cancel out. Repeatable whatever the machine's load."""
     out: dict[str, float] = {}
-    for config in ("(a)", "(b)", "(c) clientlb round_robin", "(c) clientlb peak_ewma"):
+    for config in ("(a)", "(b)", "(c) clientlb round_robin", "(c) clientlb peak_ewma", "(f)"):
         counts = []
         for n in (low, high):
             with tempfile.NamedTemporaryFile(suffix=".callgrind") as f:
@@ -287,7 +293,7 @@ def main() -> None:
                         help="a few seconds: 64 requests, one round (CI keeps the script alive)")
     parser.add_argument("--instructions", action="store_true",
                         help="also count client instructions per request under callgrind "
-                             "(sequential (a), (b), (c); a few minutes)")
+                             "(sequential (a), (b), (c), (f); a few minutes)")
     parser.add_argument("--micro", action="store_true",
                         help="only the transports' own work, against an in-memory pool")
     parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)

@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import random
 import socket
 import ssl
 import sys
 import threading
 import time
 from typing import Any
+
+import tenacity
+
+import clientlb
+from clientlb import RetryPolicy
+
+from ._helpers import closing
+
+#: The retry policy of the HTTP tests: no back-off sleeps.
+FAST = RetryPolicy(backoff=tenacity.wait_none())
+
+
+def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
+    """A balancer named "users" for the HTTP tests: round robin, ``FAST`` retries, no
+    outlier detection (these tests watch retries and hedges, not ejection), a fixed rng;
+    closed at the end of the test (``_helpers.closing``)."""
+    options.setdefault("strategy", "round_robin")
+    options.setdefault("retry", FAST)
+    options.setdefault("outlier_detection", None)
+    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
+                                         **options))
 
 
 class _QuietServer(http.server.ThreadingHTTPServer):

@@ -9,7 +9,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -33,9 +33,8 @@ from clientlb._http.workers import WorkerPool
 
 from ._grpc_servers import UNARY, GrpcBackend, outcomes_of
 from ._helpers import FakeClock, closing, wait_until
-from ._http_backend import Backend
+from ._http_backend import Backend, make_lb
 
-FAST = RetryPolicy(backoff=tenacity.wait_none())
 HEDGE = Hedging(delay=0.05)
 
 
@@ -46,14 +45,6 @@ def servers() -> Iterator[list[Backend]]:
     yield started
     for b in started:
         b.close()
-
-
-def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
-    options.setdefault("strategy", "round_robin")
-    options.setdefault("retry", FAST)
-    options.setdefault("outlier_detection", None)
-    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
-                                         **options))
 
 
 def outcomes(lb: clientlb.LoadBalancer) -> list[tuple[str, Outcome, float]]:
@@ -70,6 +61,32 @@ async def settled(lb: clientlb.LoadBalancer) -> int:
             break
         await asyncio.sleep(0.01)
     return lb.in_flight()
+
+
+def get_once(lb: clientlb.LoadBalancer, hedging: Hedging, is_async: bool,
+             while_running: Callable[[], None] | None = None) -> tuple[str, float]:
+    """One GET through a new transport of ``lb``: (the answer's text, seconds to it); then
+    waits until every attempt ended (sync: ``while_running()`` first, when the caller has
+    its answer and the attempt it beat may still run)."""
+    async def main() -> tuple[str, float]:
+        transport = clientlb.AsyncHTTPTransport(lb, hedging=hedging)
+        async with httpx.AsyncClient(transport=transport) as client:
+            started = time.monotonic()
+            text = (await client.get("http://users/")).text
+            elapsed = time.monotonic() - started
+            assert await settled(lb) == 0
+            return text, elapsed
+
+    if is_async:
+        return asyncio.run(main())
+    with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=hedging)) as client:
+        started = time.monotonic()
+        text = client.get("http://users/").text
+        elapsed = time.monotonic() - started
+        if while_running is not None:
+            while_running()
+        wait_until(lambda: lb.in_flight() == 0, message="every attempt ended")
+    return text, elapsed
 
 
 def seed_latency(lb: clientlb.LoadBalancer, address: str, seconds: float) -> None:
@@ -322,25 +339,11 @@ def test_a_hedge_on_the_fast_endpoint_wins_and_the_slow_pick_still_reports_its_l
     lb = make_lb([s.address for s in servers])
     seen = outcomes(lb)
 
-    async def main() -> tuple[str, float]:
-        async with httpx.AsyncClient(
-                transport=clientlb.AsyncHTTPTransport(lb, hedging=HEDGE)) as client:
-            started = time.monotonic()
-            text = (await client.get("http://users/")).text
-            elapsed = time.monotonic() - started
-            await settled(lb)
-            return text, elapsed
+    def still_running() -> None:
+        assert lb.in_flight() == 1  # b0's attempt (sync: the caller is back before it ends)
 
     with _first_on(lb, servers[0].address):
-        if is_async:
-            text, elapsed = asyncio.run(main())
-        else:
-            with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=HEDGE)) as client:
-                started = time.monotonic()
-                text = client.get("http://users/").text
-                elapsed = time.monotonic() - started
-                assert lb.in_flight() == 1  # b0's attempt, still running
-                wait_until(lambda: lb.in_flight() == 0, message="b0's attempt ended")
+        text, elapsed = get_once(lb, HEDGE, is_async, while_running=still_running)
     assert text == "b1\n" and elapsed < 0.3
     stats = lb.hedging_statistics()
     assert (stats["requests"], stats["sent"], stats["won"], stats["probes"]) == (1, 1, 1, 0)
@@ -514,24 +517,8 @@ def test_a_probe_of_a_slow_endpoint_is_hedged_at_once_and_still_teaches_its_late
     seen = outcomes(lb)
     hedging = Hedging(delay=0.12)  # b0's 0.3 s: > the delay, ≥ 2 × b1's: a probe
 
-    async def main() -> tuple[str, float]:
-        transport = clientlb.AsyncHTTPTransport(lb, hedging=hedging)
-        async with httpx.AsyncClient(transport=transport) as client:
-            started = time.monotonic()
-            text = (await client.get("http://users/")).text
-            elapsed = time.monotonic() - started
-            await settled(lb)
-            return text, elapsed
-
     with _first_on(lb, servers[0].address):
-        if is_async:
-            text, elapsed = asyncio.run(main())
-        else:
-            with httpx.Client(transport=clientlb.HTTPTransport(lb, hedging=hedging)) as c:
-                started = time.monotonic()
-                text = c.get("http://users/").text
-                elapsed = time.monotonic() - started
-                wait_until(lambda: lb.in_flight() == 0, message="the probe ended")
+        text, elapsed = get_once(lb, hedging, is_async)
     assert text == "b1\n" and elapsed < 0.3  # not b0's answer
     stats = lb.hedging_statistics()
     assert (stats["probes"], stats["sent"], stats["won"]) == (1, 1, 1)  # hedged at once

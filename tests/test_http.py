@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import socket
 import ssl
 import threading
@@ -23,10 +22,8 @@ import trustme
 import clientlb
 from clientlb import Outcome, RetryBudget, RetryPolicy
 
-from ._helpers import FakeClock, closing, wait_until
-from ._http_backend import Backend, HangUpBackend, dead_address
-
-FAST = RetryPolicy(backoff=tenacity.wait_none())  # no back-off sleeps in tests
+from ._helpers import FakeClock, wait_until
+from ._http_backend import FAST, Backend, HangUpBackend, dead_address, make_lb
 
 
 @pytest.fixture
@@ -35,14 +32,6 @@ def backends() -> Iterator[list[Backend]]:
     yield started
     for b in started:
         b.close()
-
-
-def make_lb(addresses: list[str], **options: Any) -> clientlb.LoadBalancer:
-    options.setdefault("strategy", "round_robin")
-    options.setdefault("retry", FAST)
-    options.setdefault("outlier_detection", None)  # these tests watch retries, not ejection
-    return closing(clientlb.LoadBalancer(addresses, name="users", rng=random.Random(7),
-                                         **options))
 
 
 @contextlib.contextmanager
