@@ -288,3 +288,6 @@ def test_only_a_strategy_that_weighs_errors_tracks_them_and_a_live_switch_starts
         assert all(r is not None and 0.1 < r < 0.5 for r in rates), rates
         lb.set_strategy("least_request")
         assert [e.error_rate for e in lb.snapshot().endpoints] == [None, None]
+        fail_some()
+        lb.set_strategy("peak_ewma")  # again from zero, not from the counts of before
+        assert [e.error_rate for e in lb.snapshot().endpoints] == [0.0, 0.0]

@@ -945,7 +945,7 @@ class LoadBalancer(Closing):
             old, self._strategy = self._strategy, new
             if new.weighs_errors != old.weighs_errors:  # e.g. to peak_ewma: start counting
                 for state in (*self._states.values(), *self._draining.values()):
-                    state.load.track_errors = new.weighs_errors
+                    state.load.track(new.weighs_errors)
             if not self._closed:
                 self._rebuild_locked(self._clock())
         logger.info("%s: strategy %s -> %s", self.name, old.name, new.name)

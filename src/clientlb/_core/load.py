@@ -108,6 +108,14 @@ class EndpointLoad:
                 self.ewma = decayed + latency * (1.0 - w)
             self.stamp = now
 
+    def track(self, on: bool) -> None:
+        """Start (from zero: counts kept while untracked would be stale) or stop tracking
+        the error rate; ``LoadBalancer.set_strategy`` calls it when the strategy changes."""
+        with self._lock:
+            if on and not self.track_errors:
+                self._outcomes = self._failed = self.error_rate = 0.0
+            self.track_errors = on
+
     def outlasted(self, now: float, elapsed: float) -> None:
         """A call was still unanswered after ``elapsed`` seconds when it was given up:
         the estimate rises to at least ``elapsed`` (nothing else changes)."""
