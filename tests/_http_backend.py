@@ -15,6 +15,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import tenacity
@@ -59,6 +60,8 @@ class Backend:
                  ) -> None:
         self.name = name
         self.status = status
+        #: ``status_of(n)`` gives the status of the n-th request (from 0), overriding ``status``
+        self.status_of: Callable[[int], int] | None = None
         self.retry_after: str | None = None
         self.hang: threading.Event | None = None
         self.delay = 0.0
@@ -104,6 +107,7 @@ class Backend:
             def _serve(self) -> None:
                 body = self._body()
                 with backend._lock:
+                    n = len(backend.requests)
                     backend.requests.append(
                         (self.command, self.path, self.headers.get("Host"), body))
                 if backend.reset:
@@ -125,7 +129,8 @@ class Backend:
                     self.wfile.write(b"6\r\nsecond\r\n0\r\n\r\n")
                     return
                 payload = f"{backend.name}\n".encode()
-                self.send_response(backend.status)
+                status_of = backend.status_of
+                self.send_response(backend.status if status_of is None else status_of(n))
                 self.send_header("Content-Length", str(len(payload)))
                 self.send_header("X-Backend", backend.name)
                 if backend.retry_after is not None:

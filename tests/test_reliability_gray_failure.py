@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import gc
 import heapq
-import http.server
 import itertools
 import math
 import random
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +30,7 @@ import pytest
 import clientlb
 
 from ._helpers import FakeClock
+from ._http_backend import Backend
 
 BAD = "10.0.0.1:80"
 ONSET = 30.0  # the gray failure starts after 30 s of healthy traffic
@@ -177,52 +175,20 @@ def test_error_rate_is_shrunk_for_few_calls_and_decays_with_time() -> None:
 # -- real servers ---------------------------------------------------------------------------
 
 
-class _GrayBackend:
-    """An HTTP/1.1 server on loopback; with ``gray``, 3 requests in 10 get a 503
-    (never two in a row, as a backend with a bad shard or a flaky dependency).
+@pytest.fixture
+def gray_pool() -> Iterator[list[Backend]]:
+    """Three HTTP/1.1 backends on loopback; the first (gray) answers 503 to 3 requests in
+    10 (never two in a row, as a backend with a bad shard or a flaky dependency).
 
     Every answer, 200 or 503, takes ``SERVICE_TIME`` of server work: without it a loopback
     answer takes well under a millisecond and the latency peak-EWMA sees is the GIL
     scheduling of this one process (client and servers share it), a noise of 10–50× that
     drowns the error penalty on a loaded 2-core machine. With it, latencies differ by a
     few tens of percent, as between real backends, and the test measures the penalty."""
-
-    def __init__(self, gray: bool) -> None:
-        self.count = 0
-        self.lock = threading.Lock()
-        backend = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                with backend.lock:
-                    n = backend.count
-                    backend.count += 1
-                status = 503 if gray and n % 10 in (0, 3, 6) else 200
-                time.sleep(SERVICE_TIME)  # the server's work (see the class docstring)
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.address = f"127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def gray_pool() -> Iterator[list[_GrayBackend]]:
-    backends = [_GrayBackend(gray=True), _GrayBackend(gray=False), _GrayBackend(gray=False)]
+    backends = [Backend(f"b{i}") for i in range(3)]
+    backends[0].status_of = lambda n: 503 if n % 10 in (0, 3, 6) else 200
+    for b in backends:
+        b.delay = SERVICE_TIME
     try:
         yield backends
     finally:
@@ -231,7 +197,7 @@ def gray_pool() -> Iterator[list[_GrayBackend]]:
 
 
 def test_real_backends_a_503_on_30_percent_gets_a_fraction_of_its_share(
-        gray_pool: list[_GrayBackend]) -> None:
+        gray_pool: list[Backend]) -> None:
     """Through HTTPTransport with every default (retries included): counted at the
     backends, the gray one serves well under its third once the balancer has seen it.
 
@@ -255,15 +221,15 @@ def test_real_backends_a_503_on_30_percent_gets_a_fraction_of_its_share(
 
             with ThreadPoolExecutor(3) as pool:
                 warm = list(pool.map(call, range(200)))  # the balancer learns
-                before = [b.count for b in gray_pool]
+                before = [b.served() for b in gray_pool]
                 statuses = list(pool.map(call, range(600)))
-            served = [b.count - n for b, n in zip(gray_pool, before, strict=True)]
+            served = [b.served() - n for b, n in zip(gray_pool, before, strict=True)]
             assert lb.health_statistics()["ejections_total"] == 0  # not ejected: less used
     finally:
         gc.unfreeze()
     assert sum(s == 200 for s in warm + statuses) >= 0.95 * len(warm + statuses)
     assert served[0] < sum(served) / 6, served  # less than half of a fair third
-    assert gray.count > 0  # still tried now and then: it can win its share back
+    assert gray.served() > 0  # still tried now and then: it can win its share back
 
 
 def test_only_a_strategy_that_weighs_errors_tracks_them_and_a_live_switch_starts_it() -> None:
