@@ -48,10 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import xxhash
+from http_overhead import binary, free_port, wait_port
 
 import clientlb
 from clientlb import Aperture, Endpoint, RandomSubset
@@ -407,30 +405,6 @@ class LoopRow:
     seconds: float
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-
-
-def nginx_binary() -> str:
-    path = shutil.which("nginx") or ("/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK)
-                                     else None)
-    if path is None:
-        sys.exit("nginx is not installed: apt-get install -y nginx-light")
-    return path
-
-
 @contextmanager
 def nginx_backends(tmp: Path, count: int) -> Iterator[tuple[list[int], Path]]:
     """One nginx (one worker) serving ``count`` backends on loopback ports; the access log
@@ -455,7 +429,7 @@ http {{
 {servers}
 }}
 """)
-    proc = subprocess.Popen([nginx_binary(), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
+    proc = subprocess.Popen([binary("nginx"), "-c", str(tmp / "nginx.conf"), "-p", str(tmp)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for port in ports:
