@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import socket
 import threading
@@ -117,3 +118,17 @@ def closing(lb: Any) -> Any:
 def close_registered() -> None:
     while _open_balancers:
         _open_balancers.pop().close()
+
+
+def resolver_tasks() -> set[str]:
+    """The names of the clientlb tasks (resolvers) still running on the shared discovery
+    loop."""
+    from clientlb._resolvers._loop import _shared_loop
+
+    loop, _ = _shared_loop()
+
+    async def names() -> set[str]:
+        return {t.get_name() for t in asyncio.all_tasks()
+                if t.get_name().startswith("clientlb-") and not t.done()}
+
+    return asyncio.run_coroutine_threadsafe(names(), loop).result(5)

@@ -30,9 +30,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import clientlb
-from clientlb._resolvers._loop import _shared_loop
 
-from ._helpers import free_port, wait_until
+from ._helpers import free_port, resolver_tasks, wait_until
 
 DEAD = f"127.0.0.1:{free_port()}"  # nothing listens: discovery and connects fail fast
 
@@ -191,16 +190,6 @@ GRPC_CONSTRUCTORS = {
 # -- what must be left running: nothing -----------------------------------------------------
 
 
-def _resolver_tasks() -> set[str]:
-    loop, _ = _shared_loop()
-
-    async def names() -> set[str]:
-        return {t.get_name() for t in asyncio.all_tasks()
-                if t.get_name().startswith("clientlb-") and not t.done()}
-
-    return asyncio.run_coroutine_threadsafe(names(), loop).result(5)
-
-
 def _threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate()
             if t.name.startswith("clientlb-") and t.name != "clientlb-discovery"}
@@ -210,7 +199,7 @@ def _threads() -> set[threading.Thread]:
 def _nothing_left_running() -> Iterator[None]:
     before = _threads()
     yield
-    wait_until(lambda: not (_threads() - before) and not _resolver_tasks(), timeout=10,
+    wait_until(lambda: not (_threads() - before) and not resolver_tasks(), timeout=10,
                message="every clientlb thread and resolver task to end")
 
 
@@ -242,7 +231,7 @@ def _check(name: str, build: Callable[..., Any], kwargs: dict[str, Any]) -> None
         raise AssertionError(f"{name}({kwargs!r}) raised {type(exc).__name__}: {exc}") from exc
     else:
         _close(obj)
-    wait_until(lambda: not (_threads() - before) and not _resolver_tasks(), timeout=10,
+    wait_until(lambda: not (_threads() - before) and not resolver_tasks(), timeout=10,
                message=f"{name}({kwargs!r}) to leave nothing running")
 
 

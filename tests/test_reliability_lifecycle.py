@@ -28,9 +28,8 @@ import pytest
 import clientlb
 from clientlb._health.manager import HealthManager
 from clientlb._http.transport import TransportClosed
-from clientlb._resolvers._loop import _shared_loop
 
-from ._helpers import wait_until
+from ._helpers import resolver_tasks, wait_until
 from ._http_backend import Backend
 from .consul_emulator import ConsulEmulator
 
@@ -68,16 +67,6 @@ def _stays_quiet(consul: ConsulEmulator) -> bool:
     return True
 
 
-def _resolver_tasks() -> set[str]:
-    loop, _ = _shared_loop()
-
-    async def names() -> set[str]:
-        return {t.get_name() for t in asyncio.all_tasks()
-                if t.get_name().startswith("clientlb-") and not t.done()}
-
-    return asyncio.run_coroutine_threadsafe(names(), loop).result(5)
-
-
 def _health_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("clientlb-health-")]
 
@@ -96,7 +85,7 @@ def test_a_balancer_dropped_without_close_stops_discovery_and_probes_and_warns(
     # the warning's source is the balancer (kept alive by the record only), now closed
     assert record[0].source.closed
     wait_until(lambda: not _health_threads(), timeout=10, message="the probe thread to end")
-    wait_until(lambda: not _resolver_tasks(), timeout=10, message="the resolver task to end")
+    wait_until(lambda: not resolver_tasks(), timeout=10, message="the resolver task to end")
     assert _stays_quiet(consul)
 
 
@@ -142,7 +131,7 @@ def test_httptransport_that_fails_closes_the_balancer_it_built(consul: ConsulEmu
     for cls in (clientlb.HTTPTransport, clientlb.AsyncHTTPTransport):
         with pytest.raises(clientlb.ConfigError, match="pool_shards"):
             cls(f"consul://{consul.address}/web", pool_shards=None)
-    wait_until(lambda: not _resolver_tasks(), timeout=10, message="no resolver left")
+    wait_until(lambda: not resolver_tasks(), timeout=10, message="no resolver left")
     assert _queries(consul) - before <= 2  # at most the first query of each
     assert _stays_quiet(consul)
 
@@ -153,7 +142,7 @@ def test_grpc_channel_that_fails_closes_the_balancer_it_built(consul: ConsulEmul
 
     with pytest.raises(clientlb.ConfigError, match="max_attempts"):
         clientlb.grpc.insecure_channel(f"consul://{consul.address}/web", max_attempts=99)
-    wait_until(lambda: not _resolver_tasks(), timeout=10, message="no resolver left")
+    wait_until(lambda: not resolver_tasks(), timeout=10, message="no resolver left")
     assert _stays_quiet(consul)
 
 
@@ -168,7 +157,7 @@ def test_a_balancer_that_fails_after_starting_discovery_stops_it(
     with pytest.raises(RuntimeError, match="cannot start the probes"):
         clientlb.LoadBalancer(f"consul://{consul.address}/web", resolver_options=FAST)
     gc.collect()  # the half-built balancer is closed: no ResourceWarning either
-    wait_until(lambda: not _resolver_tasks(), timeout=10, message="no resolver left")
+    wait_until(lambda: not resolver_tasks(), timeout=10, message="no resolver left")
     assert _stays_quiet(consul)
 
 
